@@ -1,0 +1,19 @@
+//! What every agent of the suite shares, so that they all serve, log and take flags the same
+//! way as the Go exporters they replace.
+//!
+//! - [`cli`]: the `--web.*` and `--log.*` flags;
+//! - [`server`]: the HTTP server (TLS, basic auth, landing page, graceful shutdown, SIGHUP
+//!   reload hook);
+//! - [`web_config`]: the exporter-toolkit `--web.config.file`;
+//! - [`exposition`]: Prometheus text format 0.0.4 with names kept byte-identical;
+//! - [`process_metrics`]: Go-compatible `process_*` self-metrics;
+//! - [`logging`]: logfmt or JSON logs with tracing;
+//! - [`redact`]: masking of passwords in connection strings.
+
+pub mod cli;
+pub mod exposition;
+pub mod logging;
+pub mod process_metrics;
+pub mod redact;
+pub mod server;
+pub mod web_config;
