@@ -272,7 +272,7 @@ impl BoundServer {
                             info!(file = %path.display(), "Web config reloaded.");
                         }
                         Err(e) => {
-                            error!(error = %e, "Web config reload failed; keeping the running one.")
+                            error!(error = %e, "Web config reload failed; keeping the running one.");
                         }
                     }
                 }
