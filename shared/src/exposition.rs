@@ -87,20 +87,8 @@ impl<'a> TextEncoder<'a> {
     /// Starts a family: writes its `# HELP` and `# TYPE` lines and returns a writer for its
     /// samples.
     pub fn family(&mut self, name: &str, help: &str, kind: MetricType) -> FamilyWriter<'_> {
-        self.out.push_str("# HELP ");
-        self.out.push_str(name);
-        self.out.push(' ');
-        escape_help(self.out, help);
-        self.out.push_str("\n# TYPE ");
-        self.out.push_str(name);
-        self.out.push(' ');
-        self.out.push_str(kind.as_str());
-        self.out.push('\n');
-        FamilyWriter {
-            out: self.out,
-            const_labels: self.const_labels,
-            name: name.to_owned(),
-        }
+        write_header(self.out, name, help, kind);
+        FamilyWriter { out: self.out, const_labels: self.const_labels, name: name.to_owned() }
     }
 }
 
@@ -126,29 +114,53 @@ impl FamilyWriter<'_> {
         labels: &[(K, V)],
         value: f64,
     ) {
-        self.out.push_str(&self.name);
-        self.out.push_str(suffix);
-        let mut first = true;
-        let pairs = labels.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).chain(
-            self.const_labels
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        for (k, v) in pairs {
-            self.out.push(if first { '{' } else { ',' });
-            first = false;
-            self.out.push_str(k);
-            self.out.push_str("=\"");
-            escape_label_value(self.out, v);
-            self.out.push('"');
-        }
-        if !first {
-            self.out.push('}');
-        }
-        self.out.push(' ');
-        write_value(self.out, value);
-        self.out.push('\n');
+        let pairs = labels
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .chain(self.const_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        write_sample(self.out, &self.name, suffix, pairs, value);
     }
+}
+
+/// Appends the `# HELP` and `# TYPE` lines of a family.
+pub fn write_header(out: &mut String, name: &str, help: &str, kind: MetricType) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    escape_help(out, help);
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(kind.as_str());
+    out.push('\n');
+}
+
+/// Appends one sample line `name<suffix>{labels} value`. Engines that cache rendered samples
+/// use this directly and add the family header once per scrape with [`write_header`].
+pub fn write_sample<'l>(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: impl IntoIterator<Item = (&'l str, &'l str)>,
+    value: f64,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    let mut first = true;
+    for (k, v) in labels {
+        out.push(if first { '{' } else { ',' });
+        first = false;
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label_value(out, v);
+        out.push('"');
+    }
+    if !first {
+        out.push('}');
+    }
+    out.push(' ');
+    write_value(out, value);
+    out.push('\n');
 }
 
 /// Appends `v` as the text format spells numbers: integers without a fraction, `NaN`, `+Inf`,
