@@ -88,7 +88,11 @@ impl<'a> TextEncoder<'a> {
     /// samples.
     pub fn family(&mut self, name: &str, help: &str, kind: MetricType) -> FamilyWriter<'_> {
         write_header(self.out, name, help, kind);
-        FamilyWriter { out: self.out, const_labels: self.const_labels, name: name.to_owned() }
+        FamilyWriter {
+            out: self.out,
+            const_labels: self.const_labels,
+            name: name.to_owned(),
+        }
     }
 }
 
@@ -114,10 +118,11 @@ impl FamilyWriter<'_> {
         labels: &[(K, V)],
         value: f64,
     ) {
-        let pairs = labels
-            .iter()
-            .map(|(k, v)| (k.as_ref(), v.as_ref()))
-            .chain(self.const_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let pairs = labels.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).chain(
+            self.const_labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         write_sample(self.out, &self.name, suffix, pairs, value);
     }
 }

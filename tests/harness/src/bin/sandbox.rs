@@ -34,18 +34,24 @@ struct Endpoints<'a> {
 
 impl Endpoints<'_> {
     /// Superuser URL of the primary's `postgres` database.
-    #[allow(dead_code)] // Used by agents as they are added to ATTACHED_AGENTS.
     fn primary_url(&self) -> String {
         self.cluster.primary().url("postgres")
+    }
+
+    /// URL of the replica's `postgres` database, as the password user (so the sandbox also
+    /// shows that no password leaks).
+    fn replica_url(&self) -> String {
+        self.cluster.replica().password_url("postgres")
     }
 }
 
 /// An agent of the suite started by the sandbox and scraped by VictoriaMetrics.
 #[derive(Debug)]
 struct AttachedAgent {
-    /// Binary name (found next to the sandbox binary, i.e. `target/<profile>/<name>`) and
-    /// VictoriaMetrics job name.
+    /// VictoriaMetrics job name (also names the log file).
     name: &'static str,
+    /// Binary name, found next to the sandbox binary, i.e. `target/<profile>/<binary>`.
+    binary: &'static str,
     /// Environment variable that overrides the binary path.
     env_var: &'static str,
     /// Command-line arguments, from the cluster's endpoints and the port to listen on.
@@ -67,7 +73,36 @@ struct AttachedAgent {
 ///     metrics_path: "/metrics",
 /// },
 /// ```
-const ATTACHED_AGENTS: &[AttachedAgent] = &[];
+const ATTACHED_AGENTS: &[AttachedAgent] = &[
+    AttachedAgent {
+        name: "pg_exporter_primary",
+        binary: "pg_exporter",
+        env_var: "PGSUITE_PG_EXPORTER_BIN",
+        args: |e, port| {
+            vec![
+                format!("--url={}", e.primary_url()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--connect-timeout=1000".into(),
+                "--label=cls=pg-sandbox,ins=pg-sandbox-1".into(),
+            ]
+        },
+        metrics_path: "/metrics",
+    },
+    AttachedAgent {
+        name: "pg_exporter_replica",
+        binary: "pg_exporter",
+        env_var: "PGSUITE_PG_EXPORTER_BIN",
+        args: |e, port| {
+            vec![
+                format!("--url={}", e.replica_url()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--connect-timeout=1000".into(),
+                "--label=cls=pg-sandbox,ins=pg-sandbox-2".into(),
+            ]
+        },
+        metrics_path: "/metrics",
+    },
+];
 
 /// A started agent and its scrape target.
 #[derive(Debug)]
@@ -155,8 +190,8 @@ fn start_agents(endpoints: &Endpoints<'_>, logs: &ServiceDir) -> Result<Vec<Runn
         .unwrap_or_default();
     let mut running = Vec::new();
     for agent in ATTACHED_AGENTS {
-        let binary =
-            std::env::var_os(agent.env_var).map_or_else(|| own_dir.join(agent.name), PathBuf::from);
+        let binary = std::env::var_os(agent.env_var)
+            .map_or_else(|| own_dir.join(agent.binary), PathBuf::from);
         if !binary.is_file() {
             println!(
                 "sandbox: skipping {}: {} not found (build it, or set {})",

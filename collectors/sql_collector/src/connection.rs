@@ -1,0 +1,183 @@
+//! A database connection as collectors use it: queries with a deadline that cancels the
+//! statement on the server when it passes, results decoded into [`Value`]s.
+//!
+//! PostgreSQL is queried on the extended protocol, which reports column types (booleans,
+//! timestamps and predicate results depend on them). Pgbouncer's admin console accepts only
+//! the simple protocol; its values arrive as untyped text.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use tokio_postgres::{CancelToken, Client, SimpleQueryMessage};
+
+use crate::value::{RawColumn, Value};
+
+/// Which wire protocol queries use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Extended protocol with typed binary results (PostgreSQL).
+    Extended,
+    /// Simple protocol with text results (Pgbouncer's admin console).
+    Simple,
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The deadline passed; a cancel request was sent to the server.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The server answered with an error, or the connection broke.
+    #[error("{0}")]
+    Db(String),
+}
+
+/// Column names and decoded rows of one query.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResultSet {
+    /// Column names in result order.
+    pub columns: Vec<String>,
+    /// Rows of values, one per column.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// Sends a cancel request for whatever runs on a connection (needs the connection's TLS
+/// settings, so it is built by whoever connected).
+pub type Canceller = Arc<dyn Fn(CancelToken) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// One open connection.
+pub struct DbConnection {
+    client: Client,
+    protocol: Protocol,
+    canceller: Canceller,
+}
+
+impl std::fmt::Debug for DbConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbConnection")
+            .field("protocol", &self.protocol)
+            .field("closed", &self.client.is_closed())
+            .finish()
+    }
+}
+
+impl DbConnection {
+    /// Wraps a connected client.
+    pub fn new(client: Client, protocol: Protocol, canceller: Canceller) -> DbConnection {
+        DbConnection {
+            client,
+            protocol,
+            canceller,
+        }
+    }
+
+    /// Whether the connection has broken.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// The underlying client, for statements outside collectors (facts, probes).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `sql`; when `deadline` passes first, cancels the statement on the server and
+    /// returns [`QueryError::Timeout`]. The connection stays usable afterwards.
+    pub async fn query(
+        &self,
+        sql: &str,
+        deadline: Option<Instant>,
+    ) -> Result<ResultSet, QueryError> {
+        let run = async {
+            match self.protocol {
+                Protocol::Extended => self.query_extended(sql).await,
+                Protocol::Simple => self.query_simple(sql).await,
+            }
+        };
+        let Some(deadline) = deadline else {
+            return run.await;
+        };
+        let started = Instant::now();
+        match tokio::time::timeout_at(deadline.into(), run).await {
+            Ok(result) => result,
+            Err(_) => {
+                (self.canceller)(self.client.cancel_token()).await;
+                Err(QueryError::Timeout(
+                    deadline.saturating_duration_since(started),
+                ))
+            }
+        }
+    }
+
+    async fn query_extended(&self, sql: &str) -> Result<ResultSet, QueryError> {
+        // One round trip: Parse/Bind/Describe/Execute on the unnamed statement.
+        let rows = self
+            .client
+            .query_typed(sql, &[])
+            .await
+            .map_err(|e| QueryError::Db(db_error_text(&e)))?;
+        let mut result = ResultSet::default();
+        if let Some(first) = rows.first() {
+            result.columns = first
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect();
+        }
+        result.rows.reserve(rows.len());
+        for row in &rows {
+            let mut values = Vec::with_capacity(row.len());
+            for (i, column) in row.columns().iter().enumerate() {
+                let raw: RawColumn<'_> =
+                    row.try_get(i).map_err(|e| QueryError::Db(e.to_string()))?;
+                values.push(Value::decode(column.type_(), raw.0));
+            }
+            result.rows.push(values);
+        }
+        Ok(result)
+    }
+
+    async fn query_simple(&self, sql: &str) -> Result<ResultSet, QueryError> {
+        let messages = self
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(|e| QueryError::Db(db_error_text(&e)))?;
+        let mut result = ResultSet::default();
+        for message in messages {
+            match message {
+                SimpleQueryMessage::RowDescription(columns) => {
+                    result.columns = columns.iter().map(|c| c.name().to_owned()).collect();
+                }
+                SimpleQueryMessage::Row(row) => {
+                    if result.columns.is_empty() {
+                        result.columns =
+                            row.columns().iter().map(|c| c.name().to_owned()).collect();
+                    }
+                    result.rows.push(
+                        (0..row.len())
+                            .map(|i| Value::from_text(row.get(i)))
+                            .collect(),
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// The server's message with its SQLSTATE when there is one (tokio-postgres' Display only says
+/// "db error").
+pub fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => e.to_string(),
+    }
+}

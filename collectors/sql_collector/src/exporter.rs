@@ -1,0 +1,731 @@
+//! The exporter: the main server and the auto-discovered databases, the whole scrape with its
+//! self-metrics, the health state from a background probe, and config reloads.
+//!
+//! ```no_run
+//! # async fn run(set: sql_collector::config::CollectorSet, info: sql_collector::conninfo::ConnInfo) {
+//! use sql_collector::exporter::{Exporter, ExporterSettings};
+//! let exporter = Exporter::new(ExporterSettings::default(), set, info);
+//! tokio::spawn(exporter.clone().probe_forever());
+//! let body = exporter.scrape(None).await; // the /metrics text
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use agent_kit::exposition::{MetricType, TextEncoder, write_header};
+use futures_util::StreamExt as _;
+use tracing::{info, warn};
+
+use crate::config::CollectorSet;
+use crate::connection::Protocol;
+use crate::conninfo::ConnInfo;
+use crate::planner::ServerKind;
+use crate::server::{EngineSettings, Server, ServerScrape};
+
+/// How many discovered databases are scraped at once.
+const DISCOVERY_CONCURRENCY: usize = 4;
+
+/// Everything the exporter's flags decide.
+#[derive(Debug, Clone)]
+pub struct ExporterSettings {
+    /// Prefix of the built-in metrics (`pg`, `pgbouncer`, or `--namespace`).
+    pub namespace: String,
+    /// Engine settings shared by every server.
+    pub engine: EngineSettings,
+    /// Suppress every built-in metric (`--disable-intro`).
+    pub disable_intro: bool,
+    /// Discover and scrape the other databases (`--auto-discovery`).
+    pub auto_discovery: bool,
+    /// Databases never discovered.
+    pub exclude_databases: Vec<String>,
+    /// When non-empty, only these databases are discovered.
+    pub include_databases: Vec<String>,
+    /// Version string for build info.
+    pub version: String,
+}
+
+impl Default for ExporterSettings {
+    fn default() -> Self {
+        ExporterSettings {
+            namespace: "pg".into(),
+            engine: EngineSettings {
+                connect_timeout: Duration::from_millis(100),
+                disable_cache: false,
+                const_labels: Vec::new(),
+                tags: Vec::new(),
+            },
+            disable_intro: false,
+            auto_discovery: true,
+            exclude_databases: vec!["template0".into(), "template1".into(), "postgres".into()],
+            include_databases: Vec::new(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// The health of the main server, as the health endpoints report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not probed yet.
+    Unknown,
+    /// Up and not in recovery.
+    Primary,
+    /// Up and in recovery.
+    Replica,
+    /// Accepting no connections yet (SQLSTATE 57P03).
+    Starting,
+    /// Unreachable or failing.
+    Down,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Primary,
+            2 => Health::Replica,
+            3 => Health::Starting,
+            4 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Health::Unknown => 0,
+            Health::Primary => 1,
+            Health::Replica => 2,
+            Health::Starting => 3,
+            Health::Down => 4,
+        }
+    }
+
+    /// The status word of the health endpoints.
+    pub fn word(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Primary => "primary",
+            Health::Replica => "replica",
+            Health::Starting => "starting",
+            Health::Down => "down",
+        }
+    }
+
+    /// Whether the server is up.
+    pub fn is_up(self) -> bool {
+        matches!(self, Health::Primary | Health::Replica)
+    }
+}
+
+/// Counters of config loading, beyond upstream: bad files skipped and failed reloads.
+#[derive(Debug, Default)]
+struct ConfigStats {
+    bad_files: AtomicU64,
+    reload_failures: AtomicU64,
+    last_reload_ok: AtomicBool,
+    last_reload_time: AtomicI64,
+}
+
+/// The exporter of one instance.
+pub struct Exporter {
+    settings: ExporterSettings,
+    kind: ServerKind,
+    info: ConnInfo,
+    engine: Arc<EngineSettings>,
+    collectors: RwLock<Arc<CollectorSet>>,
+    primary: Arc<Server>,
+    forks: Mutex<BTreeMap<String, Arc<Server>>>,
+    health: AtomicU8,
+    version: AtomicU32,
+    in_recovery: AtomicBool,
+    started: Instant,
+    scrapes: AtomicU64,
+    scrape_errors: AtomicU64,
+    cut_offs: AtomicU64,
+    last_scrape_time: Mutex<f64>,
+    last_scrape_duration: Mutex<f64>,
+    config_stats: ConfigStats,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter")
+            .field("url", &self.info.masked())
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// An exporter for `info` running `collectors`. Nothing connects until the first scrape
+    /// or probe: a target that is down does not block start-up.
+    pub fn new(
+        settings: ExporterSettings,
+        collectors: CollectorSet,
+        info: ConnInfo,
+    ) -> Arc<Exporter> {
+        let kind = if info.is_pgbouncer() {
+            ServerKind::Pgbouncer
+        } else {
+            ServerKind::Postgres
+        };
+        let engine = Arc::new(settings.engine.clone());
+        let bad_files = collectors.skipped_files.len() as u64;
+        let collectors = Arc::new(collectors);
+        let primary = Server::new(
+            info.clone(),
+            kind,
+            false,
+            engine.clone(),
+            collectors.clone(),
+        );
+        let exporter = Exporter {
+            settings,
+            kind,
+            info,
+            engine,
+            collectors: RwLock::new(collectors),
+            primary,
+            forks: Mutex::default(),
+            health: AtomicU8::new(Health::Unknown.as_u8()),
+            version: AtomicU32::new(0),
+            in_recovery: AtomicBool::new(false),
+            started: Instant::now(),
+            scrapes: AtomicU64::new(0),
+            scrape_errors: AtomicU64::new(0),
+            cut_offs: AtomicU64::new(0),
+            last_scrape_time: Mutex::new(0.0),
+            last_scrape_duration: Mutex::new(0.0),
+            config_stats: ConfigStats::default(),
+        };
+        exporter
+            .config_stats
+            .bad_files
+            .store(bad_files, Ordering::Relaxed);
+        exporter
+            .config_stats
+            .last_reload_ok
+            .store(true, Ordering::Relaxed);
+        exporter
+            .config_stats
+            .last_reload_time
+            .store(unix_now() as i64, Ordering::Relaxed);
+        Arc::new(exporter)
+    }
+
+    /// The server kind (PostgreSQL, or Pgbouncer when the URL's database is `pgbouncer`).
+    pub fn kind(&self) -> ServerKind {
+        self.kind
+    }
+
+    /// The main server.
+    pub fn primary(&self) -> &Arc<Server> {
+        &self.primary
+    }
+
+    /// The health state from the last probe or scrape.
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::SeqCst))
+    }
+
+    fn set_health(&self, health: Health) {
+        let old = Health::from_u8(self.health.swap(health.as_u8(), Ordering::SeqCst));
+        if old != health {
+            info!(from = old.word(), to = health.word(), url = %self.info.masked(), "Health changed.");
+        }
+    }
+
+    /// Probes the main server once: `SELECT pg_is_in_recovery()` (Pgbouncer: `SHOW VERSION`).
+    pub async fn probe(&self) {
+        let health = match self.primary.refresh_facts().await {
+            Ok(facts) => {
+                self.version.store(facts.version, Ordering::Relaxed);
+                self.in_recovery.store(facts.in_recovery, Ordering::Relaxed);
+                if facts.in_recovery {
+                    Health::Replica
+                } else {
+                    Health::Primary
+                }
+            }
+            Err(e) if e.contains("57P03") => Health::Starting,
+            Err(_) => Health::Down,
+        };
+        self.set_health(health);
+    }
+
+    /// Probes every second, forever; spawn it once.
+    pub async fn probe_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.probe().await;
+        }
+    }
+
+    /// Installs a new collector set on every server; they re-plan at their next scrape.
+    pub fn reload(&self, collectors: CollectorSet) {
+        let bad = collectors.skipped_files.len() as u64;
+        let collectors = Arc::new(collectors);
+        *self.collectors.write().expect("collectors lock") = collectors.clone();
+        self.primary.set_collectors(collectors.clone());
+        for fork in self.forks.lock().expect("forks lock").values() {
+            fork.set_collectors(collectors.clone());
+        }
+        self.config_stats.bad_files.store(bad, Ordering::Relaxed);
+        self.config_stats
+            .last_reload_ok
+            .store(true, Ordering::Relaxed);
+        self.config_stats
+            .last_reload_time
+            .store(unix_now() as i64, Ordering::Relaxed);
+        info!(collectors = self.collector_count(), "Config reloaded.");
+    }
+
+    /// Records a reload that was rejected (the running config stays).
+    pub fn reload_failed(&self) {
+        self.config_stats
+            .reload_failures
+            .fetch_add(1, Ordering::Relaxed);
+        self.config_stats
+            .last_reload_ok
+            .store(false, Ordering::Relaxed);
+    }
+
+    /// Number of collector branches loaded.
+    pub fn collector_count(&self) -> usize {
+        self.collectors
+            .read()
+            .expect("collectors lock")
+            .collectors
+            .len()
+    }
+
+    /// The loaded collector set.
+    pub fn collectors(&self) -> Arc<CollectorSet> {
+        self.collectors.read().expect("collectors lock").clone()
+    }
+
+    /// Names of the databases currently scraped through auto-discovery.
+    pub fn discovered(&self) -> Vec<String> {
+        self.forks
+            .lock()
+            .expect("forks lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Adds servers for new databases and drops those of vanished ones.
+    fn discover(&self, databases: &[String], main_db: &str) {
+        if !self.settings.auto_discovery || self.kind == ServerKind::Pgbouncer {
+            return;
+        }
+        let wanted: Vec<&String> = databases
+            .iter()
+            .filter(|db| db.as_str() != main_db)
+            .filter(|db| !self.settings.exclude_databases.contains(db))
+            .filter(|db| {
+                self.settings.include_databases.is_empty()
+                    || self.settings.include_databases.contains(db)
+            })
+            .collect();
+        let mut forks = self.forks.lock().expect("forks lock");
+        let gone: Vec<String> = forks
+            .keys()
+            .filter(|db| !wanted.contains(db))
+            .cloned()
+            .collect();
+        for db in gone {
+            if let Some(server) = forks.remove(&db) {
+                info!(database = %db, "Database gone; no longer scraped.");
+                tokio::spawn(async move { server.close().await });
+            }
+        }
+        for db in wanted {
+            if !forks.contains_key(db) {
+                info!(database = %db, "Database discovered.");
+                let collectors = self.collectors.read().expect("collectors lock").clone();
+                forks.insert(
+                    db.clone(),
+                    Server::new(
+                        self.info.with_dbname(db),
+                        self.kind,
+                        true,
+                        self.engine.clone(),
+                        collectors,
+                    ),
+                );
+            }
+        }
+    }
+
+    /// One whole scrape: the main server, then the discovered databases concurrently, then the
+    /// self-metrics. Stops waiting at `deadline` (from the scraper's timeout header).
+    pub async fn scrape(&self, deadline: Option<Instant>) -> String {
+        let started = Instant::now();
+        let main = self.primary.scrape(deadline).await;
+        match self.primary.facts() {
+            Some(facts) if main.up => {
+                self.version.store(facts.version, Ordering::Relaxed);
+                self.in_recovery.store(facts.in_recovery, Ordering::Relaxed);
+                self.set_health(if facts.in_recovery {
+                    Health::Replica
+                } else {
+                    Health::Primary
+                });
+                self.discover(&facts.databases, &facts.dbname);
+            }
+            _ => self.set_health(Health::Down),
+        }
+        let forks: Vec<Arc<Server>> = self
+            .forks
+            .lock()
+            .expect("forks lock")
+            .values()
+            .cloned()
+            .collect();
+        let fork_scrapes: Vec<ServerScrape> = futures_util::stream::iter(forks.iter().cloned())
+            .map(|server| async move { server.scrape(deadline).await })
+            .buffered(DISCOVERY_CONCURRENCY)
+            .collect()
+            .await;
+
+        self.scrapes.fetch_add(1, Ordering::Relaxed);
+        if !main.up {
+            self.scrape_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let cut_off = main.cut_off + fork_scrapes.iter().map(|s| s.cut_off).sum::<usize>();
+        if cut_off > 0 {
+            self.cut_offs.fetch_add(cut_off as u64, Ordering::Relaxed);
+            warn!(
+                collectors = cut_off,
+                "Scrape deadline reached; results left out."
+            );
+        }
+
+        let mut body = String::with_capacity(64 * 1024);
+        render_collector_output(&mut body, std::iter::once(&main).chain(fork_scrapes.iter()));
+        *self.last_scrape_duration.lock().expect("lock") = started.elapsed().as_secs_f64();
+        *self.last_scrape_time.lock().expect("lock") = unix_now();
+        if !self.settings.disable_intro {
+            let mut servers = vec![self.primary.clone()];
+            servers.extend(forks);
+            self.render_self_metrics(&mut body, main.up, &servers);
+        }
+        body
+    }
+
+    fn render_self_metrics(&self, body: &mut String, up: bool, servers: &[Arc<Server>]) {
+        let ns = &self.settings.namespace;
+        let consts = &self.engine.const_labels;
+        let mut enc = TextEncoder::with_const_labels(body, consts);
+        let none: &[(&str, &str)] = &[];
+        let gauge = MetricType::Gauge;
+        let simple = |enc: &mut TextEncoder<'_>, name: &str, help: &str, kind, v: f64| {
+            enc.family(&format!("{ns}_{name}"), help, kind)
+                .sample(none, v);
+        };
+        simple(
+            &mut enc,
+            "up",
+            "last scrape was able to connect to the server: 1 for yes, 0 for no",
+            gauge,
+            f64::from(u8::from(up)),
+        );
+        simple(
+            &mut enc,
+            "version",
+            "server version number",
+            gauge,
+            f64::from(self.version.load(Ordering::Relaxed)),
+        );
+        let in_recovery =
+            self.kind == ServerKind::Postgres && self.in_recovery.load(Ordering::Relaxed);
+        simple(
+            &mut enc,
+            "in_recovery",
+            "server is in recovery mode? 1 for yes 0 for no",
+            gauge,
+            f64::from(u8::from(in_recovery)),
+        );
+        enc.family(&format!("{ns}_exporter_build_info"), "A metric with a constant '1' value labeled with version, revision, branch, goversion, builddate, goos, and goarch from which pg_exporter was built.", gauge)
+            .sample(
+                &[
+                    ("version", self.settings.version.as_str()),
+                    ("revision", option_env!("GIT_REVISION").unwrap_or("unknown")),
+                    ("branch", "main"),
+                    ("builddate", option_env!("BUILD_DATE").unwrap_or("unknown")),
+                    ("goversion", concat!("rust", env!("CARGO_PKG_RUST_VERSION"))),
+                    ("goos", std::env::consts::OS),
+                    ("goarch", if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+                ],
+                1.0,
+            );
+        simple(
+            &mut enc,
+            "exporter_up",
+            "always be 1 if your could retrieve metrics",
+            gauge,
+            1.0,
+        );
+        simple(
+            &mut enc,
+            "exporter_uptime",
+            "seconds since exporter primary server inited",
+            gauge,
+            self.started.elapsed().as_secs_f64(),
+        );
+        simple(
+            &mut enc,
+            "exporter_last_scrape_time",
+            "seconds exporter spending on scrapping",
+            gauge,
+            *self.last_scrape_time.lock().expect("lock"),
+        );
+        simple(
+            &mut enc,
+            "exporter_scrape_duration",
+            "seconds exporter spending on scrapping",
+            gauge,
+            *self.last_scrape_duration.lock().expect("lock"),
+        );
+        simple(
+            &mut enc,
+            "exporter_scrape_total_count",
+            "times exporter was scraped for metrics",
+            MetricType::Counter,
+            self.scrapes.load(Ordering::Relaxed) as f64,
+        );
+        simple(
+            &mut enc,
+            "exporter_scrape_error_count",
+            "times exporter was scraped for metrics and failed",
+            MetricType::Counter,
+            self.scrape_errors.load(Ordering::Relaxed) as f64,
+        );
+        // Beyond upstream: cut-off collectors and config health.
+        simple(
+            &mut enc,
+            "exporter_scrape_cutoff_count",
+            "collector results left out because the scraper's timeout (X-Prometheus-Scrape-Timeout-Seconds) came first",
+            MetricType::Counter,
+            self.cut_offs.load(Ordering::Relaxed) as f64,
+        );
+        simple(
+            &mut enc,
+            "exporter_config_bad_files",
+            "config files skipped because they are invalid",
+            gauge,
+            self.config_stats.bad_files.load(Ordering::Relaxed) as f64,
+        );
+        simple(
+            &mut enc,
+            "exporter_config_reload_failure_count",
+            "config reloads rejected because the new config is invalid",
+            MetricType::Counter,
+            self.config_stats.reload_failures.load(Ordering::Relaxed) as f64,
+        );
+        simple(
+            &mut enc,
+            "exporter_config_last_reload_successful",
+            "1 if the last config (re)load succeeded",
+            gauge,
+            f64::from(u8::from(
+                self.config_stats.last_reload_ok.load(Ordering::Relaxed),
+            )),
+        );
+        simple(
+            &mut enc,
+            "exporter_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config (re)load",
+            gauge,
+            self.config_stats.last_reload_time.load(Ordering::Relaxed) as f64,
+        );
+
+        type Getter = fn(&Server) -> f64;
+        let server_families: [(&str, &str, Getter); 4] = [
+            (
+                "exporter_server_scrape_duration",
+                "seconds exporter server spending on scrapping last scrape",
+                |s| s.stats.last_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
+            (
+                "exporter_server_scrape_total_seconds",
+                "seconds exporter server spending on scrapping",
+                |s| s.stats.total_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
+            (
+                "exporter_server_scrape_total_count",
+                "times exporter server was scraped for metrics",
+                |s| s.stats.scrapes.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "exporter_server_scrape_error_count",
+                "times exporter server was scraped for metrics and failed",
+                |s| s.stats.errors.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        let dbnames: Vec<String> = servers.iter().map(|s| s.dbname()).collect();
+        for (name, help, get) in server_families {
+            let mut fam = enc.family(&format!("{ns}_{name}"), help, gauge);
+            for (server, db) in servers.iter().zip(&dbnames) {
+                fam.sample(&[("datname", db.as_str())], get(server));
+            }
+        }
+
+        // Per-query statistics, keyed by (datname, collector name) as upstream.
+        let mut rows: BTreeMap<(String, String), [f64; 7]> = BTreeMap::new();
+        for (server, db) in servers.iter().zip(&dbnames) {
+            for planned in &server.plan().collectors {
+                let row = rows
+                    .entry((db.clone(), planned.config.name.clone()))
+                    .or_insert([0.0; 7]);
+                let s = &planned.stats;
+                let last = planned.last.lock().expect("outcome lock").clone();
+                let ttl_left = last.as_ref().map_or(0.0, |o| {
+                    (planned.config.ttl.as_secs_f64() - o.started.elapsed().as_secs_f64()).max(0.0)
+                });
+                row[0] = row[0].max(ttl_left);
+                row[1] += s.total.load(Ordering::Relaxed) as f64;
+                row[2] += s.hits.load(Ordering::Relaxed) as f64;
+                row[3] += s.errors.load(Ordering::Relaxed) as f64;
+                row[4] += s.predicate_skips.load(Ordering::Relaxed) as f64;
+                row[5] += last.as_ref().map_or(0.0, |o| o.sample_count() as f64);
+                row[6] = row[6].max(last.as_ref().map_or(0.0, |o| o.duration.as_secs_f64()));
+            }
+        }
+        let query_families = [
+            ("exporter_query_cache_ttl", "times to live of query cache"),
+            (
+                "exporter_query_scrape_total_count",
+                "times exporter server was scraped for metrics",
+            ),
+            (
+                "exporter_query_scrape_hit_count",
+                "numbers been scrapped from cache",
+            ),
+            (
+                "exporter_query_scrape_error_count",
+                "times the query failed",
+            ),
+            (
+                "exporter_query_scrape_predicate_skip_count",
+                "times the query was skipped due to a predicate returning false",
+            ),
+            (
+                "exporter_query_scrape_metric_count",
+                "numbers of metrics been scrapped from this query",
+            ),
+            (
+                "exporter_query_scrape_duration",
+                "seconds query spending on scrapping",
+            ),
+        ];
+        for (i, (name, help)) in query_families.iter().enumerate() {
+            let mut fam = enc.family(&format!("{ns}_{name}"), help, gauge);
+            for ((db, query), values) in &rows {
+                fam.sample(
+                    &[("datname", db.as_str()), ("query", query.as_str())],
+                    values[i],
+                );
+            }
+        }
+        agent_kit::process_metrics::encode(&mut enc);
+    }
+
+    /// The `/explain` text: every planned collector of the main server.
+    pub fn explain(&self) -> String {
+        let plan = self.primary.plan();
+        plan.collectors
+            .iter()
+            .map(|c| c.config.explain())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The `/stat` table: one row per planned collector of the main server.
+    pub fn stat_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<40} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12}",
+            "name", "total", "hit", "error", "skip", "metric", "ttl/s", "duration/ms"
+        );
+        for planned in &self.primary.plan().collectors {
+            let s = &planned.stats;
+            let last = planned.last.lock().expect("outcome lock").clone();
+            let _ = writeln!(
+                out,
+                "{:<40} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.1} {:>12.3}",
+                planned.config.name,
+                s.total.load(Ordering::Relaxed),
+                s.hits.load(Ordering::Relaxed),
+                s.errors.load(Ordering::Relaxed),
+                s.predicate_skips.load(Ordering::Relaxed),
+                last.as_ref().map_or(0, |o| o.sample_count()),
+                planned.config.ttl.as_secs_f64(),
+                last.as_ref()
+                    .map_or(0.0, |o| o.duration.as_secs_f64() * 1e3),
+            );
+        }
+        out
+    }
+
+    /// The protocol the main server is queried with.
+    pub fn protocol(&self) -> Protocol {
+        match self.kind {
+            ServerKind::Postgres => Protocol::Extended,
+            ServerKind::Pgbouncer => Protocol::Simple,
+        }
+    }
+}
+
+/// Writes every collector family once, with the samples of all servers grouped under it, in
+/// first-seen order.
+fn render_collector_output<'a>(body: &mut String, scrapes: impl Iterator<Item = &'a ServerScrape>) {
+    struct Group<'a> {
+        help: &'a str,
+        kind: MetricType,
+        lines: Vec<&'a str>,
+    }
+    let mut order: Vec<&str> = Vec::new();
+    let mut groups: HashMap<&str, Group<'_>> = HashMap::new();
+    for scrape in scrapes {
+        for outcome in &scrape.outcomes {
+            for family in &outcome.families {
+                if family.samples == 0 {
+                    continue;
+                }
+                groups
+                    .entry(&family.name)
+                    .or_insert_with(|| {
+                        order.push(&family.name);
+                        Group {
+                            help: &family.help,
+                            kind: family.kind,
+                            lines: Vec::new(),
+                        }
+                    })
+                    .lines
+                    .push(&family.lines);
+            }
+        }
+    }
+    for name in order {
+        let group = &groups[name];
+        write_header(body, name, group.help, group.kind);
+        for lines in &group.lines {
+            body.push_str(lines);
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

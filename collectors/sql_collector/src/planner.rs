@@ -1,0 +1,134 @@
+//! Planning: which collectors of the config run on one server, from the facts gathered on it
+//! (version, role, database, user, schemas, extensions) and the exporter's `--tag`s.
+//!
+//! The rules are pg_exporter's (`pg_exporter.md` §2): version range `[min, max)`, `cluster`
+//! only on the main connection, `primary`/`replica` and their aliases, `extension:`,
+//! `schema:`, `dbname:`, `username:`, `not:` and free tags.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::config::CollectorConfig;
+
+/// What kind of server a connection reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// A PostgreSQL server.
+    Postgres,
+    /// Pgbouncer's admin console (database `pgbouncer`).
+    Pgbouncer,
+}
+
+/// Facts gathered on a server before each scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// `server_version_num`, or Pgbouncer's version as `major*10000 + minor*100 + patch`;
+    /// 0 when unknown.
+    pub version: u32,
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// The connected database.
+    pub dbname: String,
+    /// `current_user`.
+    pub user: String,
+    /// Databases that allow connections and are not templates (for auto-discovery).
+    pub databases: Vec<String>,
+    /// Schemas of the connected database.
+    pub schemas: BTreeSet<String>,
+    /// Extensions installed in the connected database.
+    pub extensions: BTreeSet<String>,
+}
+
+impl Facts {
+    /// The part of the facts a plan depends on. A change re-plans the server: version, role,
+    /// database and, beyond upstream, an extension or schema created or dropped.
+    pub fn plan_key(&self) -> (u32, bool, &str, &str, &BTreeSet<String>, &BTreeSet<String>) {
+        (
+            self.version,
+            self.in_recovery,
+            &self.dbname,
+            &self.user,
+            &self.schemas,
+            &self.extensions,
+        )
+    }
+}
+
+/// Where a plan is made.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanTarget<'a> {
+    /// The server's kind.
+    pub kind: ServerKind,
+    /// Whether this is an auto-discovered database (then `cluster` collectors are left out).
+    pub forked: bool,
+    /// The facts gathered on it.
+    pub facts: &'a Facts,
+    /// The exporter's `--tag` list.
+    pub exporter_tags: &'a [String],
+}
+
+/// The collectors of `all` that run on `target`, in the order given (callers pass them
+/// sorted by priority).
+pub fn plan(all: &[Arc<CollectorConfig>], target: PlanTarget<'_>) -> Vec<Arc<CollectorConfig>> {
+    all.iter()
+        .filter(|c| compatible(c, target).is_ok())
+        .cloned()
+        .collect()
+}
+
+/// Whether `c` runs on `target`; `Err` says which rule excluded it (for `--explain`).
+pub fn compatible(c: &CollectorConfig, target: PlanTarget<'_>) -> Result<(), String> {
+    if c.skip {
+        return Err("skip is set".into());
+    }
+    let pgbouncer_branch = c.tags.iter().any(|t| t == "pgbouncer");
+    if pgbouncer_branch != (target.kind == ServerKind::Pgbouncer) {
+        return Err("server kind does not match the pgbouncer tag".into());
+    }
+    let v = target.facts.version;
+    if v != 0 {
+        if c.min_version != 0 && v < c.min_version {
+            return Err(format!(
+                "server version {v} < min_version {}",
+                c.min_version
+            ));
+        }
+        if c.max_version != 0 && v >= c.max_version {
+            return Err(format!(
+                "server version {v} >= max_version {}",
+                c.max_version
+            ));
+        }
+    }
+    for tag in &c.tags {
+        if !tag_satisfied(tag, target) {
+            return Err(format!("tag {tag:?} not satisfied"));
+        }
+    }
+    Ok(())
+}
+
+fn tag_satisfied(tag: &str, target: PlanTarget<'_>) -> bool {
+    let facts = target.facts;
+    match tag {
+        "cluster" => !target.forked,
+        "primary" | "master" | "leader" => !facts.in_recovery,
+        "replica" | "standby" | "slave" => facts.in_recovery,
+        "pgbouncer" => true,
+        _ => {
+            if let Some(ext) = tag.strip_prefix("extension:") {
+                facts.extensions.contains(ext)
+            } else if let Some(schema) = tag.strip_prefix("schema:") {
+                facts.schemas.contains(schema)
+            } else if let Some(db) = tag.strip_prefix("dbname:") {
+                facts.dbname == db
+            } else if let Some(user) = tag.strip_prefix("username:") {
+                facts.user == user
+            } else if let Some(t) = tag.strip_prefix("not:") {
+                !target.exporter_tags.iter().any(|e| e == t)
+            } else {
+                target.exporter_tags.iter().any(|e| e == tag)
+            }
+        }
+    }
+}
