@@ -75,7 +75,8 @@ pub enum SslMode {
     /// Plain first; TLS only if the server rejects the plain connection.
     Allow,
     /// TLS if the server offers it, else plain; also plain again if the TLS attempt fails
-    /// (handshake or authentication), as libpq does. The default.
+    /// (handshake or authentication), as libpq does. The certificate is checked as for
+    /// [`SslMode::Require`]. The default.
     Prefer,
     /// TLS, without checking the server certificate, unless a root certificate file exists
     /// (`sslrootcert`, or `~/.postgresql/root.crt`): then as [`SslMode::VerifyCa`].
@@ -274,12 +275,11 @@ impl ConnInfo {
     /// (also `HOME`, for `~/.pgpass` and `~/.postgresql/`).
     pub fn with_env_from(mut self, env: impl Fn(&str) -> Option<String>) -> Self {
         for keyword in KEYWORDS {
-            if let Some(var) = keyword.env {
-                if !self.values.contains_key(keyword.name) {
-                    if let Some(value) = env(var) {
-                        self.values.insert(keyword.name, value);
-                    }
-                }
+            if let Some(var) = keyword.env
+                && !self.values.contains_key(keyword.name)
+                && let Some(value) = env(var)
+            {
+                self.values.insert(keyword.name, value);
             }
         }
         if let Some(home) = env("HOME").filter(|h| !h.is_empty()) {
@@ -316,14 +316,14 @@ impl ConnInfo {
             self.tls_version("ssl_min_protocol_version")?,
             self.tls_version("ssl_max_protocol_version")?,
         );
-        if let (Some(min), Some(max)) = (min, max) {
-            if min > max {
-                return Err(ConnInfoError::Config(
-                    "invalid SSL protocol version range: ssl_min_protocol_version is above \
-                     ssl_max_protocol_version"
-                        .to_owned(),
-                ));
-            }
+        if let (Some(min), Some(max)) = (min, max)
+            && min > max
+        {
+            return Err(ConnInfoError::Config(
+                "invalid SSL protocol version range: ssl_min_protocol_version is above \
+                 ssl_max_protocol_version"
+                    .to_owned(),
+            ));
         }
         self.targets().map(drop)
     }

@@ -24,7 +24,7 @@ use crate::config::CollectorSet;
 use crate::connection::Protocol;
 use crate::conninfo::ConnInfo;
 use crate::planner::ServerKind;
-use crate::server::{EngineSettings, Server, ServerScrape};
+use crate::server::{EngineSettings, Probe, Server, ServerScrape};
 
 /// How many discovered databases are scraped at once.
 const DISCOVERY_CONCURRENCY: usize = 4;
@@ -141,6 +141,8 @@ pub struct Exporter {
     health: AtomicU8,
     version: AtomicU32,
     in_recovery: AtomicBool,
+    /// The pre-check passed but a fatal collector failed at the last scrape.
+    fatal_failed: AtomicBool,
     started: Instant,
     scrapes: AtomicU64,
     scrape_errors: AtomicU64,
@@ -193,6 +195,7 @@ impl Exporter {
             health: AtomicU8::new(Health::Unknown.as_u8()),
             version: AtomicU32::new(0),
             in_recovery: AtomicBool::new(false),
+            fatal_failed: AtomicBool::new(false),
             started: Instant::now(),
             scrapes: AtomicU64::new(0),
             scrape_errors: AtomicU64::new(0),
@@ -238,20 +241,25 @@ impl Exporter {
         }
     }
 
-    /// Probes the main server once: `SELECT pg_is_in_recovery()` (Pgbouncer: `SHOW VERSION`).
+    /// Probes the main server once: `SELECT pg_is_in_recovery()` (Pgbouncer: `SHOW VERSION`)
+    /// on a connection of its own. A server whose fatal collector failed at the last scrape
+    /// stays down until a scrape succeeds.
     pub async fn probe(&self) {
-        let health = match self.primary.refresh_facts().await {
-            Ok(facts) => {
-                self.version.store(facts.version, Ordering::Relaxed);
-                self.in_recovery.store(facts.in_recovery, Ordering::Relaxed);
-                if facts.in_recovery {
+        let health = match self.primary.probe().await {
+            Probe::Up { .. } if self.fatal_failed.load(Ordering::SeqCst) => Health::Down,
+            Probe::Up { in_recovery } => {
+                self.in_recovery.store(in_recovery, Ordering::Relaxed);
+                if in_recovery {
                     Health::Replica
                 } else {
                     Health::Primary
                 }
             }
-            Err(e) if e.contains("57P03") => Health::Starting,
-            Err(_) => Health::Down,
+            Probe::Starting => Health::Starting,
+            Probe::Down(reason) => {
+                tracing::debug!(url = %self.info.masked(), %reason, "Probe failed.");
+                Health::Down
+            }
         };
         self.set_health(health);
     }
@@ -368,6 +376,7 @@ impl Exporter {
     pub async fn scrape(&self, deadline: Option<Instant>) -> String {
         let started = Instant::now();
         let main = self.primary.scrape(deadline).await;
+        self.fatal_failed.store(main.fatal_failed, Ordering::SeqCst);
         match self.primary.facts() {
             Some(facts) if main.up => {
                 self.version.store(facts.version, Ordering::Relaxed);

@@ -132,3 +132,119 @@ fn tag_satisfied(tag: &str, target: PlanTarget<'_>) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+
+    fn collectors(yaml: &str) -> Vec<Arc<CollectorConfig>> {
+        parse_str(yaml, "test.yml")
+            .unwrap()
+            .into_iter()
+            .map(Arc::new)
+            .collect()
+    }
+
+    fn planned(all: &[Arc<CollectorConfig>], target: PlanTarget<'_>) -> Vec<String> {
+        plan(all, target).iter().map(|c| c.branch.clone()).collect()
+    }
+
+    const SET: &str = r#"
+v13:   { query: "SELECT 1 AS v", min_version: 130000, max_version: 150000, metrics: [ { v: { usage: GAUGE } } ] }
+v15:   { query: "SELECT 1 AS v", min_version: 150000, metrics: [ { v: { usage: GAUGE } } ] }
+lead0: { query: "SELECT 1 AS v", min_version: 090600, max_version: 0140000, metrics: [ { v: { usage: GAUGE } } ] }
+prim:  { query: "SELECT 1 AS v", tags: [cluster, primary], metrics: [ { v: { usage: GAUGE } } ] }
+lead:  { query: "SELECT 1 AS v", tags: [leader], metrics: [ { v: { usage: GAUGE } } ] }
+slave: { query: "SELECT 1 AS v", tags: [slave], metrics: [ { v: { usage: GAUGE } } ] }
+ext:   { query: "SELECT 1 AS v", tags: ["extension:pg_stat_statements"], metrics: [ { v: { usage: GAUGE } } ] }
+sch:   { query: "SELECT 1 AS v", tags: ["schema:monitor"], metrics: [ { v: { usage: GAUGE } } ] }
+db:    { query: "SELECT 1 AS v", tags: ["dbname:app"], metrics: [ { v: { usage: GAUGE } } ] }
+user:  { query: "SELECT 1 AS v", tags: ["username:dbuser_monitor"], metrics: [ { v: { usage: GAUGE } } ] }
+free:  { query: "SELECT 1 AS v", tags: [mytag], metrics: [ { v: { usage: GAUGE } } ] }
+not:   { query: "SELECT 1 AS v", tags: ["not:mytag"], metrics: [ { v: { usage: GAUGE } } ] }
+skip:  { query: "SELECT 1 AS v", skip: true, metrics: [ { v: { usage: GAUGE } } ] }
+bouncer: { query: "SHOW LISTS", tags: [pgbouncer], min_version: 10800, metrics: [ { items: { usage: GAUGE } } ] }
+"#;
+
+    #[test]
+    fn versions_roles_and_tags() {
+        let all = collectors(SET);
+        let mut facts = Facts {
+            version: 130005,
+            dbname: "app".into(),
+            user: "dbuser_monitor".into(),
+            extensions: ["pg_stat_statements".to_owned()].into(),
+            schemas: ["monitor".to_owned()].into(),
+            ..Facts::default()
+        };
+        let tags = vec!["mytag".to_owned()];
+        fn target<'a>(facts: &'a Facts, forked: bool, tags: &'a [String]) -> PlanTarget<'a> {
+            PlanTarget {
+                kind: ServerKind::Postgres,
+                forked,
+                facts,
+                exporter_tags: tags,
+            }
+        }
+        assert_eq!(
+            planned(&all, target(&facts, false, &tags)),
+            [
+                "v13", "lead0", "prim", "lead", "ext", "sch", "db", "user", "free"
+            ]
+        );
+        // A forked (discovered) database skips cluster collectors.
+        assert!(!planned(&all, target(&facts, true, &tags)).contains(&"prim".to_owned()));
+        // A replica of another version, another database, no extension.
+        facts.version = 150002;
+        facts.in_recovery = true;
+        facts.dbname = "other".into();
+        facts.extensions.clear();
+        assert_eq!(
+            planned(&all, target(&facts, false, &tags)),
+            ["v15", "slave", "sch", "user", "free"]
+        );
+        // Unknown version: no gate applies.
+        facts.version = 0;
+        assert!(planned(&all, target(&facts, false, &tags)).contains(&"v13".to_owned()));
+        // Without --tag mytag, `not:mytag` applies instead of `mytag`.
+        let none: Vec<String> = Vec::new();
+        let p = plan(
+            &all,
+            PlanTarget {
+                kind: ServerKind::Postgres,
+                forked: false,
+                facts: &facts,
+                exporter_tags: &none,
+            },
+        );
+        let names: Vec<&str> = p.iter().map(|c| c.branch.as_str()).collect();
+        assert!(names.contains(&"not") && !names.contains(&"free"));
+    }
+
+    #[test]
+    fn pgbouncer_branches_only_on_pgbouncer() {
+        let all = collectors(SET);
+        let facts = Facts {
+            version: 11800,
+            dbname: "pgbouncer".into(),
+            ..Facts::default()
+        };
+        let target = PlanTarget {
+            kind: ServerKind::Pgbouncer,
+            forked: false,
+            facts: &facts,
+            exporter_tags: &[],
+        };
+        assert_eq!(planned(&all, target), ["bouncer"]);
+        let err = compatible(&all[0], target).unwrap_err();
+        assert!(err.contains("pgbouncer"), "{err}");
+    }
+
+    #[test]
+    fn leading_zero_versions_are_decimal() {
+        let all = collectors(SET);
+        let lead0 = all.iter().find(|c| c.branch == "lead0").unwrap();
+        assert_eq!((lead0.min_version, lead0.max_version), (90600, 140000));
+    }
+}

@@ -87,6 +87,22 @@ pub struct ServerScrape {
     pub outcomes: Vec<Arc<Outcome>>,
     /// Collectors left out because the scrape deadline passed first.
     pub cut_off: usize,
+    /// The pre-check passed but a fatal collector failed.
+    pub fatal_failed: bool,
+}
+
+/// The result of a health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The server answered.
+    Up {
+        /// `pg_is_in_recovery()`; always false for Pgbouncer.
+        in_recovery: bool,
+    },
+    /// The server refuses connections while starting up (SQLSTATE 57P03).
+    Starting,
+    /// Unreachable or failing, with the reason.
+    Down(String),
 }
 
 /// Cache entries live for the collector's TTL, counted from the start of the execution, as
@@ -116,6 +132,8 @@ pub struct Server {
     collectors: RwLock<Arc<CollectorSet>>,
     needs_plan: AtomicBool,
     connection: tokio::sync::Mutex<Option<Arc<DbConnection>>>,
+    /// The health probe's own connection: a slow collector query must not delay it.
+    probe_connection: tokio::sync::Mutex<Option<Arc<DbConnection>>>,
     facts: tokio::sync::Mutex<Option<(Instant, Facts)>>,
     last_facts: RwLock<Option<Facts>>,
     last_planned_facts: RwLock<Option<Facts>>,
@@ -157,6 +175,7 @@ impl Server {
             collectors: RwLock::new(collectors),
             needs_plan: AtomicBool::new(true),
             connection: tokio::sync::Mutex::new(None),
+            probe_connection: tokio::sync::Mutex::new(None),
             facts: tokio::sync::Mutex::new(None),
             last_facts: RwLock::new(None),
             last_planned_facts: RwLock::new(None),
@@ -208,9 +227,51 @@ impl Server {
         self.connection.lock().await.take();
     }
 
-    /// Returns the open connection, connecting first when there is none or it broke.
+    /// Returns the open scrape connection, connecting first when there is none or it broke.
     async fn connection(&self) -> Result<Arc<DbConnection>, String> {
-        let mut slot = self.connection.lock().await;
+        self.open(&self.connection).await.map_err(|e| e.to_string())
+    }
+
+    /// Probes liveness and role on the probe connection: `SELECT pg_is_in_recovery()`, or
+    /// `SHOW VERSION` on Pgbouncer (which answers with no rows on some versions: still up).
+    pub async fn probe(&self) -> Probe {
+        let conn = match self.open(&self.probe_connection).await {
+            Ok(c) => c,
+            Err(e) => {
+                let starting = e.db_error().is_some_and(|db| {
+                    db.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW
+                });
+                return if starting {
+                    Probe::Starting
+                } else {
+                    Probe::Down(e.to_string())
+                };
+            }
+        };
+        let deadline = Some(Instant::now() + self.settings.connect_timeout);
+        let sql = match self.kind {
+            ServerKind::Postgres => "SELECT pg_is_in_recovery()",
+            ServerKind::Pgbouncer => "SHOW VERSION",
+        };
+        match conn.query(sql, deadline).await {
+            Ok(result) => Probe::Up {
+                in_recovery: matches!(
+                    result.rows.first().and_then(|r| r.first()),
+                    Some(crate::value::Value::Bool(true))
+                ),
+            },
+            Err(e) => {
+                self.probe_connection.lock().await.take();
+                Probe::Down(e.to_string())
+            }
+        }
+    }
+
+    async fn open(
+        &self,
+        slot: &tokio::sync::Mutex<Option<Arc<DbConnection>>>,
+    ) -> Result<Arc<DbConnection>, crate::conninfo::ConnInfoError> {
+        let mut slot = slot.lock().await;
         if let Some(conn) = slot.as_ref()
             && !conn.is_closed()
         {
@@ -224,16 +285,14 @@ impl Server {
         let conn = self
             .info
             .connect_db(protocol, self.settings.connect_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if self.kind == ServerKind::Postgres {
+            // Best effort, as upstream: the name only helps DBAs spot the exporter.
             let set = conn
                 .client()
                 .batch_execute("SET application_name = 'pg_exporter'");
-            match tokio::time::timeout(self.settings.connect_timeout, set).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(crate::connection::db_error_text(&e)),
-                Err(_) => return Err("timed out setting application_name".into()),
+            if let Ok(Err(e)) = tokio::time::timeout(self.settings.connect_timeout, set).await {
+                debug!(error = %crate::connection::db_error_text(&e), "Cannot set application_name.");
             }
         }
         let conn = Arc::new(conn);
@@ -376,9 +435,8 @@ impl Server {
                             "Fatal collector failed; server is down for this scrape."
                         );
                         return ServerScrape {
-                            up: false,
-                            outcomes: Vec::new(),
-                            cut_off: 0,
+                            fatal_failed: true,
+                            ..ServerScrape::default()
                         };
                     }
                     scrape.outcomes.push(outcome);

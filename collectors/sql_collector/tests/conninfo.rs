@@ -93,425 +93,436 @@ fn write_private(path: &Path, text: &str, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-#[tokio::test]
-async fn tcp_trust() {
-    let pg = pg();
-    let info = info(&format!("{}?sslmode=disable", pg.url("postgres")));
-    let (client, task) = connect(&info).await;
-    assert_eq!(scalar(&client, "SELECT current_user").await, "postgres");
-    assert_eq!(
-        scalar(&client, "SELECT inet_server_addr()").await,
-        "127.0.0.1"
-    );
-    assert!(!server_ssl(&client).await && !task.uses_tls());
-    assert_eq!(
-        task.target(),
-        format!("at \"127.0.0.1\", port {}", pg.port())
-    );
+/// Named `conninfo::…` so that `cargo test -p sql-collector conninfo` selects them.
+mod conninfo {
+    use super::*;
 
-    // key=value form, with application_name from the environment (PGAPPNAME).
-    let kv = ConnInfo::parse(&format!("{} sslmode=disable", pg.conninfo("postgres")))
-        .unwrap()
-        .with_env_from(env(&[("PGAPPNAME", "conninfo-test")]));
-    let (client, _task) = connect(&kv).await;
-    assert_eq!(
-        scalar(&client, "SHOW application_name").await,
-        "conninfo-test"
-    );
-}
-
-#[tokio::test]
-async fn unix_socket() {
-    let pg = pg();
-    let dir = pg.socket_dir().display().to_string();
-    // Pigsty's form: empty host in the URL, socket directory as a query parameter, and no
-    // TLS attempted on the socket even with sslmode=require.
-    for url in [
-        format!(
-            "postgres://postgres@:{}/postgres?host={dir}&sslmode=disable",
-            pg.port()
-        ),
-        format!(
-            "postgres://postgres@:{}/postgres?host={dir}&sslmode=require",
-            pg.port()
-        ),
-        pg.socket_conninfo("postgres"),
-        format!(
-            "postgresql://postgres@{}:{}/postgres",
-            dir.replace('/', "%2F"),
-            pg.port()
-        ),
-    ] {
-        let (client, task) = connect(&info(&url)).await;
-        assert_eq!(
-            scalar(
-                &client,
-                "SELECT coalesce(inet_server_addr()::text, 'socket')"
-            )
-            .await,
-            "socket",
-            "{url}"
-        );
-        assert!(!server_ssl(&client).await && !task.uses_tls(), "{url}");
-        assert!(task.target().starts_with("on socket"), "{}", task.target());
-    }
-    // The database from PGDATABASE and the port from PGPORT.
-    let from_env = ConnInfo::parse(&format!("host={dir} user=postgres"))
-        .unwrap()
-        .with_env_from(env(&[
-            ("PGPORT", &pg.port().to_string()),
-            ("PGDATABASE", "template1"),
-        ]));
-    let (client, _task) = connect(&from_env).await;
-    assert_eq!(
-        scalar(&client, "SELECT current_database()").await,
-        "template1"
-    );
-}
-
-#[tokio::test]
-async fn password_from_url_env_and_file() {
-    let pg = pg();
-    let port = pg.port();
-    let no_password =
-        format!("postgres://{PASSWORD_USER}@127.0.0.1:{port}/postgres?sslmode=disable");
-
-    // In the URL.
-    let (client, _task) = connect(&info(&pg.password_url("postgres"))).await;
-    assert_eq!(scalar(&client, "SELECT current_user").await, PASSWORD_USER);
-
-    // PGPASSWORD.
-    let with_env = ConnInfo::parse(&no_password)
-        .unwrap()
-        .with_env_from(env(&[("PGPASSWORD", PASSWORD_USER_PASSWORD)]));
-    let (client, _task) = connect(&with_env).await;
-    assert_eq!(scalar(&client, "SELECT current_user").await, PASSWORD_USER);
-
-    // A password file through PGPASSFILE: the first matching line wins.
-    let dir = tempfile::tempdir().unwrap();
-    let passfile = dir.path().join("pgpass");
-    let text = format!(
-        "# test\n\
-         127.0.0.1:{other}:postgres:{PASSWORD_USER}:wrong-port\n\
-         127.0.0.1:{port}:*:{PASSWORD_USER}:{PASSWORD_USER_PASSWORD}\n\
-         *:*:*:*:wrong-later\n",
-        other = port.wrapping_add(1)
-    );
-    write_private(&passfile, &text, 0o600);
-    let passfile_env = env(&[("PGPASSFILE", passfile.to_str().unwrap())]);
-    let with_file = ConnInfo::parse(&no_password)
-        .unwrap()
-        .with_env_from(&passfile_env);
-    let (client, _task) = connect(&with_file).await;
-    assert_eq!(scalar(&client, "SELECT current_user").await, PASSWORD_USER);
-
-    // A password file others may read is ignored: the server's password request goes
-    // unanswered.
-    fs::set_permissions(&passfile, fs::Permissions::from_mode(0o644)).unwrap();
-    let err = with_file.connect(TIMEOUT).await.unwrap_err().to_string();
-    assert!(err.contains("password"), "{err}");
-    assert!(!err.contains(PASSWORD_USER_PASSWORD), "{err}");
-
-    // The passfile keyword itself, and an explicit password beats the file.
-    write_private(
-        &passfile,
-        &format!("*:*:*:*:{PASSWORD_USER_PASSWORD}\n"),
-        0o600,
-    );
-    let keyword = info(&format!("{no_password}&passfile={}", passfile.display()));
-    let (client, _task) = connect(&keyword).await;
-    assert_eq!(scalar(&client, "SELECT current_user").await, PASSWORD_USER);
-    let explicit = info(&format!(
-        "{no_password}&passfile={}&password=Wrong-Explicit",
-        passfile.display()
-    ));
-    let err = explicit.connect(TIMEOUT).await.unwrap_err();
-    assert_eq!(
-        err.db_error().map(|e| e.code()),
-        Some(&SqlState::INVALID_PASSWORD)
-    );
-}
-
-#[tokio::test]
-async fn wrong_password_is_not_shown() {
-    let pg = pg();
-    let secret = "Wrong-Pa55word";
-    let url = format!(
-        "postgres://{PASSWORD_USER}:{secret}@127.0.0.1:{}/postgres?sslmode=disable",
-        pg.port()
-    );
-    let err = info(&url).connect(TIMEOUT).await.unwrap_err();
-    assert_eq!(
-        err.db_error().map(|e| e.code()),
-        Some(&SqlState::INVALID_PASSWORD),
-        "{err}"
-    );
-    let (text, debug) = (err.to_string(), format!("{err:?}"));
-    assert!(text.contains("password authentication failed"), "{text}");
-    assert!(
-        !text.contains(secret) && !debug.contains(secret),
-        "{text}\n{debug}"
-    );
-
-    // From a password file: the message says where the password came from.
-    let dir = tempfile::tempdir().unwrap();
-    let passfile = dir.path().join("pgpass");
-    write_private(&passfile, &format!("*:*:*:*:{secret}\n"), 0o600);
-    let from_file = ConnInfo::parse(&format!(
-        "host=127.0.0.1 port={} user={PASSWORD_USER} dbname=postgres sslmode=disable",
-        pg.port()
-    ))
-    .unwrap()
-    .with_env_from(env(&[("PGPASSFILE", passfile.to_str().unwrap())]));
-    let err = from_file.connect(TIMEOUT).await.unwrap_err().to_string();
-    assert!(
-        err.contains(&format!(
-            "password retrieved from file \"{}\"",
-            passfile.display()
-        )),
-        "{err}"
-    );
-    assert!(!err.contains(secret), "{err}");
-
-    // With prefer, libpq retries without TLS after the failure with TLS: both reported.
-    let prefer = info(&url.replace("sslmode=disable", "sslmode=prefer"));
-    let err = prefer.connect(TIMEOUT).await.unwrap_err();
-    assert!(
-        matches!(&err, ConnInfoError::AllFailed(v) if v.len() == 2),
-        "{err}"
-    );
-    assert!(!err.to_string().contains(secret));
-}
-
-#[tokio::test]
-async fn sslmodes() {
-    let pg = pg();
-    let ca = pg.tls().ca_cert.display().to_string();
-    let port = pg.port();
-    for (mode, host, tls) in [
-        ("disable", "127.0.0.1", false),
-        ("allow", "127.0.0.1", false),
-        ("prefer", "127.0.0.1", true),
-        ("require", "127.0.0.1", true),
-        ("verify-ca", "127.0.0.1", true),
-        ("verify-full", "127.0.0.1", true),
-        ("verify-full", "localhost", true),
-    ] {
-        let url =
-            format!("postgres://postgres@{host}:{port}/postgres?sslmode={mode}&sslrootcert={ca}");
-        let info = info(&url);
-        assert_eq!(info.sslmode().unwrap().as_str(), mode);
+    #[tokio::test]
+    async fn tcp_trust() {
+        let pg = pg();
+        let info = info(&format!("{}?sslmode=disable", pg.url("postgres")));
         let (client, task) = connect(&info).await;
-        assert_eq!(server_ssl(&client).await, tls, "{url}");
-        assert_eq!(task.uses_tls(), tls, "{url}");
+        assert_eq!(scalar(&client, "SELECT current_user").await, "postgres");
+        assert_eq!(
+            scalar(&client, "SELECT inet_server_addr()").await,
+            "127.0.0.1"
+        );
+        assert!(!server_ssl(&client).await && !task.uses_tls());
+        assert_eq!(
+            task.target(),
+            format!("at \"127.0.0.1\", port {}", pg.port())
+        );
+
+        // key=value form, with application_name from the environment (PGAPPNAME).
+        let kv = ConnInfo::parse(&format!("{} sslmode=disable", pg.conninfo("postgres")))
+            .unwrap()
+            .with_env_from(env(&[("PGAPPNAME", "conninfo-test")]));
+        let (client, _task) = connect(&kv).await;
+        assert_eq!(
+            scalar(&client, "SHOW application_name").await,
+            "conninfo-test"
+        );
     }
-    // The harness's own helper URL.
-    let (client, _task) = connect(&info(&pg.ssl_url("postgres", "verify-full"))).await;
-    assert!(server_ssl(&client).await);
-    // prefer and require without any root certificate: TLS without verification.
-    for mode in ["prefer", "require"] {
-        let (client, _task) =
-            connect(&info(&format!("{}?sslmode={mode}", pg.url("postgres")))).await;
-        assert!(server_ssl(&client).await, "{mode}");
+
+    #[tokio::test]
+    async fn unix_socket() {
+        let pg = pg();
+        let dir = pg.socket_dir().display().to_string();
+        // Pigsty's form: empty host in the URL, socket directory as a query parameter, and no
+        // TLS attempted on the socket even with sslmode=require.
+        for url in [
+            format!(
+                "postgres://postgres@:{}/postgres?host={dir}&sslmode=disable",
+                pg.port()
+            ),
+            format!(
+                "postgres://postgres@:{}/postgres?host={dir}&sslmode=require",
+                pg.port()
+            ),
+            pg.socket_conninfo("postgres"),
+            format!(
+                "postgresql://postgres@{}:{}/postgres",
+                dir.replace('/', "%2F"),
+                pg.port()
+            ),
+        ] {
+            let (client, task) = connect(&info(&url)).await;
+            assert_eq!(
+                scalar(
+                    &client,
+                    "SELECT coalesce(inet_server_addr()::text, 'socket')"
+                )
+                .await,
+                "socket",
+                "{url}"
+            );
+            assert!(!server_ssl(&client).await && !task.uses_tls(), "{url}");
+            assert!(task.target().starts_with("on socket"), "{}", task.target());
+        }
+        // The database from PGDATABASE and the port from PGPORT.
+        let from_env = ConnInfo::parse(&format!("host={dir} user=postgres"))
+            .unwrap()
+            .with_env_from(env(&[
+                ("PGPORT", &pg.port().to_string()),
+                ("PGDATABASE", "template1"),
+            ]));
+        let (client, _task) = connect(&from_env).await;
+        assert_eq!(
+            scalar(&client, "SELECT current_database()").await,
+            "template1"
+        );
     }
-    // The password role over TLS (scram with channel binding).
-    let url = format!(
-        "{}?sslmode=verify-full&sslrootcert={ca}&channel_binding=require",
-        pg.password_url("postgres")
-    );
-    let (client, _task) = connect(&info(&url)).await;
-    assert!(server_ssl(&client).await);
-}
 
-#[tokio::test]
-async fn certificate_verification_failures() {
-    let pg = pg();
-    let ca = pg.tls().ca_cert.display().to_string();
-    let port = pg.port();
-    let dir = tempfile::tempdir().unwrap();
-    let unrelated = dir.path().join("unrelated.crt");
-    fs::write(&unrelated, UNRELATED_CA).unwrap();
-    let unrelated = unrelated.display().to_string();
+    #[tokio::test]
+    async fn password_from_url_env_and_file() {
+        let pg = pg();
+        let port = pg.port();
+        let no_password =
+            format!("postgres://{PASSWORD_USER}@127.0.0.1:{port}/postgres?sslmode=disable");
 
-    // A name not in the certificate (connecting to 127.0.0.1 through hostaddr): verify-ca
-    // accepts it, verify-full does not.
-    let wrong_name = |mode: &str| {
-        info(&format!(
-            "host=wrong-name.example hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres \
-             sslmode={mode} sslrootcert={ca}"
-        ))
-    };
-    let (client, _task) = connect(&wrong_name("verify-ca")).await;
-    assert!(server_ssl(&client).await);
-    let err = wrong_name("verify-full")
-        .connect(TIMEOUT)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("wrong-name.example") && err.to_lowercase().contains("certificate"),
-        "{err}"
-    );
+        // In the URL.
+        let (client, _task) = connect(&info(&pg.password_url("postgres"))).await;
+        assert_eq!(scalar(&client, "SELECT current_user").await, PASSWORD_USER);
 
-    // Another root CA: verify-ca, verify-full and require (a root file makes require verify)
-    // fail.
-    for mode in ["verify-ca", "verify-full", "require"] {
+        // PGPASSWORD.
+        let with_env = ConnInfo::parse(&no_password)
+            .unwrap()
+            .with_env_from(env(&[("PGPASSWORD", PASSWORD_USER_PASSWORD)]));
+        let (client, _task) = connect(&with_env).await;
+        assert_eq!(scalar(&client, "SELECT current_user").await, PASSWORD_USER);
+
+        // A password file through PGPASSFILE: the first matching line wins.
+        let dir = tempfile::tempdir().unwrap();
+        let passfile = dir.path().join("pgpass");
+        let text = format!(
+            "# test\n\
+             127.0.0.1:{other}:postgres:{PASSWORD_USER}:wrong-port\n\
+             127.0.0.1:{port}:*:{PASSWORD_USER}:{PASSWORD_USER_PASSWORD}\n\
+             *:*:*:*:wrong-later\n",
+            other = port.wrapping_add(1)
+        );
+        write_private(&passfile, &text, 0o600);
+        let passfile_env = env(&[("PGPASSFILE", passfile.to_str().unwrap())]);
+        let with_file = ConnInfo::parse(&no_password)
+            .unwrap()
+            .with_env_from(&passfile_env);
+        let (client, _task) = connect(&with_file).await;
+        assert_eq!(scalar(&client, "SELECT current_user").await, PASSWORD_USER);
+
+        // A password file others may read is ignored: the server's password request goes
+        // unanswered.
+        fs::set_permissions(&passfile, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = with_file.connect(TIMEOUT).await.unwrap_err().to_string();
+        assert!(err.contains("password"), "{err}");
+        assert!(!err.contains(PASSWORD_USER_PASSWORD), "{err}");
+
+        // The passfile keyword itself, and an explicit password beats the file.
+        write_private(
+            &passfile,
+            &format!("*:*:*:*:{PASSWORD_USER_PASSWORD}\n"),
+            0o600,
+        );
+        let keyword = info(&format!("{no_password}&passfile={}", passfile.display()));
+        let (client, _task) = connect(&keyword).await;
+        assert_eq!(scalar(&client, "SELECT current_user").await, PASSWORD_USER);
+        let explicit = info(&format!(
+            "{no_password}&passfile={}&password=Wrong-Explicit",
+            passfile.display()
+        ));
+        let err = explicit.connect(TIMEOUT).await.unwrap_err();
+        assert_eq!(
+            err.db_error().map(|e| e.code()),
+            Some(&SqlState::INVALID_PASSWORD)
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_password_is_not_shown() {
+        let pg = pg();
+        let secret = "Wrong-Pa55word";
         let url = format!(
-            "postgres://postgres@127.0.0.1:{port}/postgres?sslmode={mode}&sslrootcert={unrelated}"
+            "postgres://{PASSWORD_USER}:{secret}@127.0.0.1:{}/postgres?sslmode=disable",
+            pg.port()
+        );
+        let err = info(&url).connect(TIMEOUT).await.unwrap_err();
+        assert_eq!(
+            err.db_error().map(|e| e.code()),
+            Some(&SqlState::INVALID_PASSWORD),
+            "{err}"
+        );
+        let (text, debug) = (err.to_string(), format!("{err:?}"));
+        assert!(text.contains("password authentication failed"), "{text}");
+        assert!(
+            !text.contains(secret) && !debug.contains(secret),
+            "{text}\n{debug}"
+        );
+
+        // From a password file: the message says where the password came from.
+        let dir = tempfile::tempdir().unwrap();
+        let passfile = dir.path().join("pgpass");
+        write_private(&passfile, &format!("*:*:*:*:{secret}\n"), 0o600);
+        let from_file = ConnInfo::parse(&format!(
+            "host=127.0.0.1 port={} user={PASSWORD_USER} dbname=postgres sslmode=disable",
+            pg.port()
+        ))
+        .unwrap()
+        .with_env_from(env(&[("PGPASSFILE", passfile.to_str().unwrap())]));
+        let err = from_file.connect(TIMEOUT).await.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "password retrieved from file \"{}\"",
+                passfile.display()
+            )),
+            "{err}"
+        );
+        assert!(!err.contains(secret), "{err}");
+
+        // With prefer, libpq retries without TLS after the failure with TLS: both reported.
+        let prefer = info(&url.replace("sslmode=disable", "sslmode=prefer"));
+        let err = prefer.connect(TIMEOUT).await.unwrap_err();
+        assert!(
+            matches!(&err, ConnInfoError::AllFailed(v) if v.len() == 2),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(secret));
+    }
+
+    #[tokio::test]
+    async fn sslmodes() {
+        let pg = pg();
+        let ca = pg.tls().ca_cert.display().to_string();
+        let port = pg.port();
+        for (mode, host, tls) in [
+            ("disable", "127.0.0.1", false),
+            ("allow", "127.0.0.1", false),
+            ("prefer", "127.0.0.1", true),
+            ("require", "127.0.0.1", true),
+            ("verify-ca", "127.0.0.1", true),
+            ("verify-full", "127.0.0.1", true),
+            ("verify-full", "localhost", true),
+        ] {
+            let url = format!(
+                "postgres://postgres@{host}:{port}/postgres?sslmode={mode}&sslrootcert={ca}"
+            );
+            let info = info(&url);
+            assert_eq!(info.sslmode().unwrap().as_str(), mode);
+            let (client, task) = connect(&info).await;
+            assert_eq!(server_ssl(&client).await, tls, "{url}");
+            assert_eq!(task.uses_tls(), tls, "{url}");
+        }
+        // The harness's own helper URL.
+        let (client, _task) = connect(&info(&pg.ssl_url("postgres", "verify-full"))).await;
+        assert!(server_ssl(&client).await);
+        // prefer and require without any root certificate: TLS without verification.
+        for mode in ["prefer", "require"] {
+            let (client, _task) =
+                connect(&info(&format!("{}?sslmode={mode}", pg.url("postgres")))).await;
+            assert!(server_ssl(&client).await, "{mode}");
+        }
+        // The password role over TLS (scram with channel binding).
+        let url = format!(
+            "{}?sslmode=verify-full&sslrootcert={ca}&channel_binding=require",
+            pg.password_url("postgres")
+        );
+        let (client, _task) = connect(&info(&url)).await;
+        assert!(server_ssl(&client).await);
+    }
+
+    #[tokio::test]
+    async fn certificate_verification_failures() {
+        let pg = pg();
+        let ca = pg.tls().ca_cert.display().to_string();
+        let port = pg.port();
+        let dir = tempfile::tempdir().unwrap();
+        let unrelated = dir.path().join("unrelated.crt");
+        fs::write(&unrelated, UNRELATED_CA).unwrap();
+        let unrelated = unrelated.display().to_string();
+
+        // A name not in the certificate (connecting to 127.0.0.1 through hostaddr): verify-ca
+        // accepts it, verify-full does not.
+        let wrong_name = |mode: &str| {
+            info(&format!(
+                "host=wrong-name.example hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres \
+                 sslmode={mode} sslrootcert={ca}"
+            ))
+        };
+        let (client, _task) = connect(&wrong_name("verify-ca")).await;
+        assert!(server_ssl(&client).await);
+        let err = wrong_name("verify-full")
+            .connect(TIMEOUT)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("wrong-name.example") && err.to_lowercase().contains("certificate"),
+            "{err}"
+        );
+
+        // Another root CA: verify-ca, verify-full and require (a root file makes require verify)
+        // fail.
+        for mode in ["verify-ca", "verify-full", "require"] {
+            let url = format!(
+                "postgres://postgres@127.0.0.1:{port}/postgres?sslmode={mode}&sslrootcert={unrelated}"
+            );
+            let err = info(&url).connect(TIMEOUT).await.unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("certificate"), "{mode}: {err}");
+        }
+        // prefer falls back to a plain connection after the failed handshake, as libpq.
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=prefer&sslrootcert={unrelated}"
+        );
+        let (client, task) = connect(&info(&url)).await;
+        assert!(!server_ssl(&client).await && !task.uses_tls());
+
+        // A missing root certificate file is named.
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt"
         );
         let err = info(&url).connect(TIMEOUT).await.unwrap_err().to_string();
-        assert!(err.to_lowercase().contains("certificate"), "{mode}: {err}");
+        assert!(
+            err.contains("root certificate file \"/nonexistent/ca.crt\" does not exist"),
+            "{err}"
+        );
+        // ... and as libpq, require ignores a missing one.
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require&sslrootcert=/nonexistent/ca.crt"
+        );
+        let (client, _task) = connect(&info(&url)).await;
+        assert!(server_ssl(&client).await);
     }
-    // prefer falls back to a plain connection after the failed handshake, as libpq.
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=prefer&sslrootcert={unrelated}"
-    );
-    let (client, task) = connect(&info(&url)).await;
-    assert!(!server_ssl(&client).await && !task.uses_tls());
 
-    // A missing root certificate file is named.
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt"
-    );
-    let err = info(&url).connect(TIMEOUT).await.unwrap_err().to_string();
-    assert!(
-        err.contains("root certificate file \"/nonexistent/ca.crt\" does not exist"),
-        "{err}"
-    );
-    // ... and as libpq, require ignores a missing one.
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require&sslrootcert=/nonexistent/ca.crt"
-    );
-    let (client, _task) = connect(&info(&url)).await;
-    assert!(server_ssl(&client).await);
-}
-
-#[tokio::test]
-async fn default_root_certificate_in_home() {
-    let pg = pg();
-    let home = tempfile::tempdir().unwrap();
-    fs::create_dir(home.path().join(".postgresql")).unwrap();
-    fs::copy(&pg.tls().ca_cert, home.path().join(".postgresql/root.crt")).unwrap();
-    let home_env = env(&[("HOME", home.path().to_str().unwrap())]);
-    let url = format!(
-        "host=wrong-name.example hostaddr=127.0.0.1 port={} user=postgres dbname=postgres",
-        pg.port()
-    );
-    // ~/.postgresql/root.crt makes verify-full possible without sslrootcert...
-    let full = ConnInfo::parse(&format!("{url} sslmode=verify-full"))
-        .unwrap()
-        .with_env_from(&home_env);
-    assert!(
-        full.connect(TIMEOUT).await.is_err(),
-        "the name does not match"
-    );
-    let ca = ConnInfo::parse(&format!("{url} sslmode=verify-ca"))
-        .unwrap()
-        .with_env_from(&home_env);
-    let (client, _task) = connect(&ca).await;
-    assert!(server_ssl(&client).await);
-    // ... and with the unrelated CA there, require verifies and fails.
-    fs::write(home.path().join(".postgresql/root.crt"), UNRELATED_CA).unwrap();
-    let require = ConnInfo::parse(&format!("{url} sslmode=require"))
-        .unwrap()
-        .with_env_from(&home_env);
-    assert!(require.connect(TIMEOUT).await.is_err());
-}
-
-#[tokio::test]
-async fn cancel_with_tls_and_on_socket() {
-    let pg = pg();
-    let ca = pg.tls().ca_cert.display().to_string();
-    for url in [
-        format!(
-            "{}?sslmode=verify-full&sslrootcert={ca}",
-            pg.url("postgres")
-        ),
-        format!("{}?sslmode=require", pg.url("postgres")),
-        pg.socket_conninfo("postgres"),
-    ] {
-        let info = info(&url);
-        let (client, task) = connect(&info).await;
-        let token = client.cancel_token();
-        let sleeper =
-            tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token
-            .cancel_query(info.cancel_tls().unwrap())
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"));
-        let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
-            .await
-            .expect("cancelled in time")
-            .unwrap();
-        let err = result.expect_err("the query was cancelled");
-        assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{url}: {err}");
-        // The task's own connector works too.
-        let (client, _) = connect(&info).await;
-        let token = client.cancel_token();
-        let sleeper =
-            tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(task.cancel_tls()).await.unwrap();
-        let err = tokio::time::timeout(Duration::from_secs(10), sleeper)
-            .await
+    #[tokio::test]
+    async fn default_root_certificate_in_home() {
+        let pg = pg();
+        let home = tempfile::tempdir().unwrap();
+        fs::create_dir(home.path().join(".postgresql")).unwrap();
+        fs::copy(&pg.tls().ca_cert, home.path().join(".postgresql/root.crt")).unwrap();
+        let home_env = env(&[("HOME", home.path().to_str().unwrap())]);
+        let url = format!(
+            "host=wrong-name.example hostaddr=127.0.0.1 port={} user=postgres dbname=postgres",
+            pg.port()
+        );
+        // ~/.postgresql/root.crt makes verify-full possible without sslrootcert...
+        let full = ConnInfo::parse(&format!("{url} sslmode=verify-full"))
             .unwrap()
+            .with_env_from(&home_env);
+        assert!(
+            full.connect(TIMEOUT).await.is_err(),
+            "the name does not match"
+        );
+        let ca = ConnInfo::parse(&format!("{url} sslmode=verify-ca"))
             .unwrap()
-            .unwrap_err();
-        assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{url}: {err}");
+            .with_env_from(&home_env);
+        let (client, _task) = connect(&ca).await;
+        assert!(server_ssl(&client).await);
+        // ... and with the unrelated CA there, require verifies and fails.
+        fs::write(home.path().join(".postgresql/root.crt"), UNRELATED_CA).unwrap();
+        let require = ConnInfo::parse(&format!("{url} sslmode=require"))
+            .unwrap()
+            .with_env_from(&home_env);
+        assert!(require.connect(TIMEOUT).await.is_err());
     }
-}
 
-#[tokio::test]
-async fn hosts_and_session_attrs() {
-    let pg = pg();
-    let port = pg.port();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // The first host refuses, the second answers.
-    let url =
-        format!("postgres://postgres@127.0.0.1:{dead},127.0.0.1:{port}/postgres?sslmode=disable");
-    let (client, task) = connect(&info(&url)).await;
-    assert_eq!(scalar(&client, "SELECT 1").await, "1");
-    assert_eq!(task.target(), format!("at \"127.0.0.1\", port {port}"));
-
-    let attrs = |a: &str| {
-        info(&format!(
-            "{}?sslmode=disable&target_session_attrs={a}",
-            pg.url("postgres")
-        ))
-    };
-    for ok in ["any", "read-write", "primary", "prefer-standby"] {
-        connect(&attrs(ok)).await;
+    #[tokio::test]
+    async fn cancel_with_tls_and_on_socket() {
+        let pg = pg();
+        let ca = pg.tls().ca_cert.display().to_string();
+        for url in [
+            format!(
+                "{}?sslmode=verify-full&sslrootcert={ca}",
+                pg.url("postgres")
+            ),
+            format!("{}?sslmode=require", pg.url("postgres")),
+            pg.socket_conninfo("postgres"),
+        ] {
+            let info = info(&url);
+            let (client, task) = connect(&info).await;
+            let token = client.cancel_token();
+            let sleeper =
+                tokio::spawn(
+                    async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) },
+                );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token
+                .cancel_query(info.cancel_tls().unwrap())
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
+                .await
+                .expect("cancelled in time")
+                .unwrap();
+            let err = result.expect_err("the query was cancelled");
+            assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{url}: {err}");
+            // The task's own connector works too.
+            let (client, _) = connect(&info).await;
+            let token = client.cancel_token();
+            let sleeper =
+                tokio::spawn(
+                    async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) },
+                );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel_query(task.cancel_tls()).await.unwrap();
+            let err = tokio::time::timeout(Duration::from_secs(10), sleeper)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{url}: {err}");
+        }
     }
-    let err = attrs("standby")
-        .connect(TIMEOUT)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("server is not in hot standby mode"), "{err}");
-    let err = attrs("read-only")
-        .connect(TIMEOUT)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("session is not read-only"), "{err}");
-}
 
-#[tokio::test]
-async fn with_dbname_connects_to_the_other_database() {
-    let pg = pg();
-    let base = info(&format!("{}?sslmode=disable", pg.url("postgres")));
-    let other = base.with_dbname("template1");
-    assert!(other.masked().contains("/template1?"), "{}", other.masked());
-    let (client, _task) = connect(&other).await;
-    assert_eq!(
-        scalar(&client, "SELECT current_database()").await,
-        "template1"
-    );
-    assert!(!base.is_pgbouncer() && base.with_dbname("pgbouncer").is_pgbouncer());
-    assert_eq!(base.sslmode().unwrap(), SslMode::Disable);
+    #[tokio::test]
+    async fn hosts_and_session_attrs() {
+        let pg = pg();
+        let port = pg.port();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // The first host refuses, the second answers.
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{dead},127.0.0.1:{port}/postgres?sslmode=disable"
+        );
+        let (client, task) = connect(&info(&url)).await;
+        assert_eq!(scalar(&client, "SELECT 1").await, "1");
+        assert_eq!(task.target(), format!("at \"127.0.0.1\", port {port}"));
+
+        let attrs = |a: &str| {
+            info(&format!(
+                "{}?sslmode=disable&target_session_attrs={a}",
+                pg.url("postgres")
+            ))
+        };
+        for ok in ["any", "read-write", "primary", "prefer-standby"] {
+            connect(&attrs(ok)).await;
+        }
+        let err = attrs("standby")
+            .connect(TIMEOUT)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server is not in hot standby mode"), "{err}");
+        let err = attrs("read-only")
+            .connect(TIMEOUT)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("session is not read-only"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn with_dbname_connects_to_the_other_database() {
+        let pg = pg();
+        let base = info(&format!("{}?sslmode=disable", pg.url("postgres")));
+        let other = base.with_dbname("template1");
+        assert!(other.masked().contains("/template1?"), "{}", other.masked());
+        let (client, _task) = connect(&other).await;
+        assert_eq!(
+            scalar(&client, "SELECT current_database()").await,
+            "template1"
+        );
+        assert!(!base.is_pgbouncer() && base.with_dbname("pgbouncer").is_pgbouncer());
+        assert_eq!(base.sslmode().unwrap(), SslMode::Disable);
+    }
 }

@@ -147,7 +147,7 @@ async fn failing_fatal_collector_marks_the_server_down() {
     let cluster = shared_cluster();
     let yaml = "t_fatal:\n  name: t_fatal\n  query: \"SELECT 1/0 AS v\"\n  fatal: true\n  metrics:\n    - v: { usage: GAUGE }\nt_other:\n  name: t_other\n  query: \"SELECT 1 AS v\"\n  metrics:\n    - v: { usage: GAUGE }\n";
     let (exp, _dir) = exporter(&cluster.primary().url("postgres"), yaml, |s| {
-        s.engine.connect_timeout = Duration::from_secs(5)
+        s.engine.connect_timeout = Duration::from_secs(5);
     });
     let body = exp.scrape(None).await;
     assert_eq!(sample(&body, "pg_up"), Some(0.0), "{body}");
@@ -210,7 +210,7 @@ t_bouncer: {{ name: t_bouncer, query: "SHOW LISTS", tags: [pgbouncer], metrics: 
         ("t_bouncer_v", false),
     ];
     let (exp, _dir) = exporter(&cluster.primary().url("postgres"), &yaml, |s| {
-        s.engine.tags = vec!["mytag".into()]
+        s.engine.tags = vec!["mytag".into()];
     });
     let body = exp.scrape(None).await;
     for (family, want) in expectations_primary {
@@ -218,7 +218,7 @@ t_bouncer: {{ name: t_bouncer, query: "SHOW LISTS", tags: [pgbouncer], metrics: 
     }
     // The replica flips the role tags; the extension created on the primary replicated.
     let (exp, _dir) = exporter(&cluster.replica().url("postgres"), &yaml, |s| {
-        s.engine.tags = vec!["mytag".into()]
+        s.engine.tags = vec!["mytag".into()];
     });
     let body = exp.scrape(None).await;
     assert_eq!(sample(&body, "pg_in_recovery"), Some(1.0));
@@ -289,7 +289,7 @@ async fn databases_created_later_are_discovered_and_dropped_ones_forgotten() {
     let db = format!("disc_{}", std::process::id());
     let yaml = "t_db:\n  name: t_db\n  query: \"SELECT current_database() AS datname, 1 AS v\"\n  metrics:\n    - datname: { usage: LABEL }\n    - v: { usage: GAUGE }\nt_cl:\n  name: t_cl\n  tags: [cluster]\n  query: \"SELECT 1 AS v\"\n  metrics:\n    - v: { usage: GAUGE }\n";
     let (exp, _dir) = exporter(&cluster.primary().url("postgres"), yaml, |s| {
-        s.auto_discovery = true
+        s.auto_discovery = true;
     });
     let body = exp.scrape(None).await;
     assert_eq!(sample(&body, "t_db_v{datname=\"db1\""), Some(1.0), "{body}");
@@ -419,4 +419,161 @@ t_types:
         ),
         Some(1.0)
     );
+}
+
+#[tokio::test]
+async fn a_fatal_failure_keeps_health_down_until_a_scrape_succeeds() {
+    use tower::ServiceExt as _;
+    let cluster = shared_cluster();
+    let yaml = "t_fatal:\n  name: t_fatal\n  query: \"SELECT 1/0 AS v\"\n  fatal: true\n  metrics:\n    - v: { usage: GAUGE }\n";
+    let (exp, _dir) = exporter(&cluster.primary().url("postgres"), yaml, |_| {});
+    let _ = exp.scrape(None).await;
+    exp.probe().await;
+    assert_eq!(
+        exp.health(),
+        Health::Down,
+        "the probe alone must not revive it"
+    );
+    let state = Arc::new(sql_collector::app::AppState {
+        exporter: exp.clone(),
+        config_path: None,
+    });
+    let app = sql_collector::app::router(state, "/metrics");
+    for (path, status) in [
+        ("/health", 503),
+        ("/primary", 503),
+        ("/replica", 503),
+        ("/up", 503),
+    ] {
+        let req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+    }
+    let req = axum::http::Request::get("/metrics")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(std::str::from_utf8(&body).unwrap(), "pg_up"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrape_answers_before_the_scrapers_deadline_and_counts_the_cut() {
+    let cluster = shared_cluster();
+    let yaml = "t_slow:\n  name: t_slow\n  query: \"SELECT 5 AS v FROM pg_sleep(2)\"\n  ttl: 60\n  timeout: 10\n  priority: 1\n  metrics:\n    - v: { usage: GAUGE }\nt_quick:\n  name: t_quick\n  query: \"SELECT 6 AS v\"\n  priority: 2\n  timeout: 5\n  metrics:\n    - v: { usage: GAUGE }\n";
+    let (exp, _dir) = exporter(&cluster.primary().url("postgres"), yaml, |_| {});
+    let _ = exp.scrape(None).await; // connect and plan outside the measured scrape
+    exp.reload(config::load(_dir.path(), LoadMode::Strict).unwrap()); // empty the cache
+    let started = Instant::now();
+    let body = exp
+        .scrape(Some(Instant::now() + Duration::from_millis(700)))
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+    assert!(!body.contains("\nt_slow_v "), "{body}");
+    // Collectors of one server run in priority order on its connection: the quick one queued
+    // behind the slow one is cut too.
+    assert_eq!(
+        sample(&body, "pg_exporter_scrape_cutoff_count"),
+        Some(2.0),
+        "{body}"
+    );
+    // The execution went on in the background: a later scrape gets it from the cache at once.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let started = Instant::now();
+    let body = exp
+        .scrape(Some(Instant::now() + Duration::from_millis(700)))
+        .await;
+    assert!(started.elapsed() < Duration::from_millis(700));
+    assert_eq!(sample(&body, "t_slow_v"), Some(5.0), "{body}");
+    assert_eq!(sample(&body, "t_quick_v"), Some(6.0));
+}
+
+#[tokio::test]
+async fn installing_or_dropping_an_extension_replans() {
+    let cluster = shared_cluster();
+    let db = format!("ext_{}", std::process::id());
+    cluster
+        .primary()
+        .execute("postgres", &format!("CREATE DATABASE {db}"))
+        .unwrap();
+    let yaml = "t_trgm:\n  name: t_trgm\n  tags: [\"extension:pg_trgm\"]\n  query: \"SELECT 1 AS v\"\n  metrics:\n    - v: { usage: GAUGE }\n";
+    let (exp, _dir) = exporter(&cluster.primary().url(&db), yaml, |_| {});
+    assert!(!has_family(&exp.scrape(None).await, "t_trgm_v"));
+    cluster
+        .primary()
+        .execute(&db, "CREATE EXTENSION pg_trgm")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        has_family(&exp.scrape(None).await, "t_trgm_v"),
+        "planned once installed"
+    );
+    cluster
+        .primary()
+        .execute(&db, "DROP EXTENSION pg_trgm")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !has_family(&exp.scrape(None).await, "t_trgm_v"),
+        "unplanned once dropped"
+    );
+    drop(exp);
+    cluster
+        .primary()
+        .execute("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn disable_cache_executes_every_time() {
+    let cluster = shared_cluster();
+    let yaml = "t_cached:\n  name: t_cached\n  query: \"SELECT 1 AS v\"\n  ttl: 60\n  metrics:\n    - v: { usage: GAUGE }\n";
+    let stat = "pg_exporter_query_scrape_hit_count{datname=\"postgres\",query=\"t_cached\"";
+    let (exp, _dir) = exporter(&cluster.primary().url("postgres"), yaml, |_| {});
+    let _ = exp.scrape(None).await;
+    assert_eq!(
+        sample(&exp.scrape(None).await, stat),
+        Some(1.0),
+        "cached by default"
+    );
+    let (exp, _dir) = exporter(&cluster.primary().url("postgres"), yaml, |s| {
+        s.engine.disable_cache = true;
+    });
+    let _ = exp.scrape(None).await;
+    assert_eq!(
+        sample(&exp.scrape(None).await, stat),
+        Some(0.0),
+        "--disable-cache ignores the TTL"
+    );
+}
+
+#[tokio::test]
+async fn include_and_exclude_lists_shape_discovery() {
+    let cluster = shared_cluster();
+    let yaml = "t_db:\n  name: t_db\n  query: \"SELECT current_database() AS datname, 1 AS v\"\n  metrics:\n    - datname: { usage: LABEL }\n    - v: { usage: GAUGE }\n";
+    let (exp, _dir) = exporter(&cluster.primary().url("postgres"), yaml, |s| {
+        s.auto_discovery = true;
+        s.include_databases = vec!["db2".into()];
+    });
+    let _ = exp.scrape(None).await;
+    assert_eq!(exp.discovered(), vec!["db2".to_owned()]);
+    let (exp, _dir) = exporter(&cluster.primary().url("postgres"), yaml, |s| {
+        s.auto_discovery = true;
+        s.exclude_databases.push("db1".into());
+    });
+    let body = exp.scrape(None).await;
+    assert!(exp.discovered().contains(&"db2".to_owned()));
+    assert!(!exp.discovered().contains(&"db1".to_owned()));
+    assert!(!body.contains("datname=\"db1\""));
 }

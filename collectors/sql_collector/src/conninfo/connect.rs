@@ -281,13 +281,13 @@ impl ConnInfo {
                         Step::TlsRequired => false,
                     };
                     let mut reason = error_chain(&e);
-                    if let Some(file) = &from_file {
-                        if e.code() == Some(&SqlState::INVALID_PASSWORD) {
-                            reason.push_str(&format!(
-                                " (password retrieved from file \"{}\")",
-                                file.display()
-                            ));
-                        }
+                    if let Some(file) = &from_file
+                        && e.code() == Some(&SqlState::INVALID_PASSWORD)
+                    {
+                        reason.push_str(&format!(
+                            " (password retrieved from file \"{}\")",
+                            file.display()
+                        ));
                     }
                     errors.push(describe(reason, Some(e)));
                     if !retry || i + 1 == steps.len() {

@@ -1,9 +1,9 @@
 //! The two libpq connection string syntaxes: `postgres[ql]://` URLs and `key=value` strings.
 //!
 //! Both parsers follow libpq's `conninfo_uri_parse_options` and `conninfo_parse`, and keep the
-//! byte ranges of the values in the original text so that [`ConnInfo::with_dbname`]
-//! (super::ConnInfo::with_dbname) can rewrite the database name in place. Error messages never
-//! contain the value of a secret keyword, nor a fragment of text that may be part of one.
+//! byte ranges of the values in the original text so that `ConnInfo::with_dbname` can rewrite
+//! the database name in place. Error messages never contain the value of a secret keyword,
+//! nor a fragment of text that may be part of one.
 
 use std::ops::Range;
 

@@ -320,8 +320,8 @@ fn errors_never_contain_passwords() {
     let inputs = [
         format!("postgres://mon:{SECRET}@h:notaport/db"),
         format!("postgres://mon:{SECRET}@h/db?bogus=1"),
-        format!("postgres://mon:Top/Secret@h/db"),
-        format!("postgres://mon:Top?Secret@h/db"),
+        "postgres://mon:Top/Secret@h/db".to_owned(),
+        "postgres://mon:Top?Secret@h/db".to_owned(),
         "postgres://mon:Top%zzSecret@h/db".to_owned(),
         format!("password={SECRET} port=x"),
         "password=Top Secret user=u".to_owned(),
@@ -519,4 +519,12 @@ fn overall_timeout() {
         "timeout expired after 300ms while connecting"
     );
     drop(listener);
+}
+
+#[test]
+fn connect_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let info = ConnInfo::parse("host=127.0.0.1").unwrap();
+    assert_send(&info.connect(Duration::from_secs(1)));
+    assert_send(&info.connect_db(crate::connection::Protocol::Simple, Duration::from_secs(1)));
 }
