@@ -163,6 +163,10 @@ fn predicate_outcome(name: &str, result: &ResultSet) -> Result<bool, CollectErro
         name: name.to_owned(),
         reason,
     };
+    // The extended protocol only describes columns along with rows: no row means skip.
+    if result.rows.is_empty() {
+        return Ok(false);
+    }
     if result.columns.len() != 1 {
         return Err(bad(format!(
             "returned {} columns, expected 1",
@@ -218,6 +222,10 @@ fn render(
     result: &ResultSet,
     const_labels: &[(String, String)],
 ) -> Result<(Vec<FamilyOutput>, usize), CollectError> {
+    // Column names arrive with the rows: an empty result has nothing to check or render.
+    if result.rows.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
     let find = |c: &Column| result.columns.iter().position(|name| *name == c.column);
     let mut label_names: Vec<&str> = Vec::new();
     let mut label_idx = Vec::new();

@@ -577,3 +577,30 @@ async fn include_and_exclude_lists_shape_discovery() {
     assert!(!exp.discovered().contains(&"db1".to_owned()));
     assert!(!body.contains("datname=\"db1\""));
 }
+
+#[tokio::test]
+async fn an_empty_result_is_no_error() {
+    let cluster = shared_cluster();
+    let yaml = "t_empty:\n  name: t_empty\n  query: \"SELECT 'x' AS datname, 1 AS v WHERE false\"\n  predicate_queries:\n    - name: no rows\n      predicate_query: \"SELECT true WHERE false\"\n  metrics:\n    - datname: { usage: LABEL }\n    - v: { usage: GAUGE }\nt_empty2:\n  name: t_empty2\n  query: \"SELECT 'x' AS datname, 1 AS v WHERE false\"\n  metrics:\n    - datname: { usage: LABEL }\n    - v: { usage: GAUGE }\n";
+    let (exp, _dir) = exporter(&cluster.primary().url("postgres"), yaml, |_| {});
+    let body = exp.scrape(None).await;
+    for q in ["t_empty", "t_empty2"] {
+        assert_eq!(
+            sample(
+                &body,
+                &format!(
+                    "pg_exporter_query_scrape_error_count{{datname=\"postgres\",query=\"{q}\""
+                )
+            ),
+            Some(0.0),
+            "{q}: {body}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &body,
+            "pg_exporter_query_scrape_predicate_skip_count{datname=\"postgres\",query=\"t_empty\""
+        ),
+        Some(1.0)
+    );
+}

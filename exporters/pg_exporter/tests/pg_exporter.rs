@@ -315,3 +315,41 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
+
+#[test]
+fn a_bad_file_at_start_up_is_skipped_loudly() {
+    let cluster = shared_cluster();
+    let bad = "t_bad:\n  query: SELECT 1 AS v\n  metrics:\n    - v: { usage: GAUGE, rename: \"bad name\" }\n";
+    let exp = Exporter::start(&cluster.primary().url("postgres"), COLLECTORS, &[]);
+    drop(exp);
+    // Same start, with a second, invalid file next to the good one.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "0100-good.yml", COLLECTORS);
+    write(dir.path(), "0200-bad.yml", bad);
+    let port = free_port().unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_pg_exporter"))
+        .arg(format!("--url={}", cluster.primary().url("postgres")))
+        .arg(format!("--config={}", dir.path().display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .args(["--connect-timeout=3000", "--no-auto-discovery"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let exp = Exporter {
+        child,
+        port,
+        log,
+        _dir: dir,
+    };
+    exp.wait_for(
+        || exp.metric("t_basic_v") == Some(1.0),
+        "the good file's collector",
+    );
+    assert_eq!(exp.metric("pg_exporter_config_bad_files"), Some(1.0));
+    let logs = exp.logs();
+    assert!(
+        logs.contains("0200-bad.yml:4"),
+        "the log names file and line: {logs}"
+    );
+}
