@@ -2,6 +2,7 @@
 //! way as the Go exporters they replace.
 //!
 //! - [`cli`]: the `--web.*` and `--log.*` flags;
+//! - [`entry`]: the shared `main` (flags, logging, runtime, exit codes);
 //! - [`server`]: the HTTP server (TLS, basic auth, landing page, graceful shutdown, SIGHUP
 //!   reload hook);
 //! - [`web_config`]: the exporter-toolkit `--web.config.file`;
@@ -11,6 +12,7 @@
 //! - [`redact`]: masking of passwords in connection strings.
 
 pub mod cli;
+pub mod entry;
 pub mod exposition;
 pub mod logging;
 pub mod process_metrics;

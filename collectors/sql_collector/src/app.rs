@@ -238,39 +238,12 @@ pub fn load_collectors(
 /// Runs the program; returns the process exit code (1 bad flags/paths, 2 construction
 /// failures, as upstream).
 pub fn main(flavor: &Flavor) -> ExitCode {
-    let cli = match Cli::parse_for(flavor, std::env::args()) {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    if let Err(e) = agent_kit::logging::init(&cli.log) {
-        eprintln!("cannot initialise logging: {e}");
-        return ExitCode::from(1);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            error!(error = %e, "Cannot start the runtime.");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(flavor, cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            error!(error = format!("{e:#}"), "Exiting.");
-            ExitCode::from(2)
-        }
-    }
+    agent_kit::entry::run(
+        Cli::parse_for(flavor, std::env::args()),
+        |cli| &cli.log,
+        2,
+        |cli| run(flavor, cli),
+    )
 }
 
 async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
