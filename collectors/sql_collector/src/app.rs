@@ -4,7 +4,7 @@
 //!
 //! Each binary is `fn main() -> ExitCode { sql_collector::app::main(&Flavor { .. }) }`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +40,8 @@ pub struct Flavor {
     pub default_url: &'static str,
     /// Whether auto-discovery is on by default.
     pub auto_discovery: bool,
+    /// Config paths tried in order when neither `--config` nor PG_EXPORTER_CONFIG is set.
+    pub config_candidates: &'static [&'static str],
 }
 
 /// pg_exporter's flags, spelled as upstream (kingpin) spells them.
@@ -247,7 +249,10 @@ pub fn main(flavor: &Flavor) -> ExitCode {
 }
 
 async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
-    let config_path = config::resolve_config_path(cli.config.as_deref());
+    let env = std::env::var_os(config::CONFIG_ENV);
+    let candidates: Vec<&Path> = flavor.config_candidates.iter().map(Path::new).collect();
+    let config_path =
+        config::resolve_config_path_from(cli.config.as_deref(), env.as_deref(), &candidates);
     if let Some(p) = &config_path {
         info!(path = %p.display(), "Using config.");
     } else {
@@ -341,6 +346,7 @@ async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
     let lifecycle = Lifecycle::new();
     lifecycle.listen_for_signals()?;
     let state = Arc::new(AppState {
+        name: flavor.name,
         exporter: exporter.clone(),
         config_path: config_path.clone(),
     });
@@ -363,6 +369,8 @@ async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
 /// Shared by the HTTP handlers and the reload triggers.
 #[derive(Debug)]
 pub struct AppState {
+    /// The binary's name, for `/version`.
+    pub name: &'static str,
     /// The exporter.
     pub exporter: Arc<Exporter>,
     /// The config file or directory, `None` for the built-in set.
@@ -577,11 +585,12 @@ async fn stat(State(state): State<Arc<AppState>>) -> Response {
     text(StatusCode::OK, state.exporter.stat_table())
 }
 
-async fn version() -> Response {
+async fn version(State(state): State<Arc<AppState>>) -> Response {
     text(
         StatusCode::OK,
         format!(
-            "pg_exporter, version {} (rust, {} {})\n",
+            "{}, version {} (rust, {} {})\n",
+            state.name,
             env!("CARGO_PKG_VERSION"),
             std::env::consts::OS,
             std::env::consts::ARCH
@@ -599,6 +608,7 @@ mod tests {
         default_listen: ":9630",
         default_url: "postgresql:///?sslmode=disable",
         auto_discovery: true,
+        config_candidates: &[],
     };
 
     fn parse(args: &[&str]) -> Cli {

@@ -5,7 +5,7 @@
 //! timestamps and predicate results depend on them). Pgbouncer's admin console accepts only
 //! the simple protocol; its values arrive as untyped text.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -46,11 +46,30 @@ pub struct ResultSet {
 /// settings, so it is built by whoever connected).
 pub type Canceller = Arc<dyn Fn(CancelToken) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// The text of the last NOTICE a connection received (Pgbouncer before 1.12 answers
+/// `SHOW VERSION` with one). Shared between the connection task, which sets it, and the
+/// [`DbConnection`], which takes it.
+#[derive(Debug, Clone, Default)]
+pub struct LastNotice(Arc<Mutex<Option<String>>>);
+
+impl LastNotice {
+    /// Replaces the kept notice.
+    pub fn set(&self, message: String) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(message);
+    }
+
+    /// Takes the kept notice, leaving none.
+    pub fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
 /// One open connection.
 pub struct DbConnection {
     client: Client,
     protocol: Protocol,
     canceller: Canceller,
+    notice: LastNotice,
 }
 
 impl std::fmt::Debug for DbConnection {
@@ -69,7 +88,21 @@ impl DbConnection {
             client,
             protocol,
             canceller,
+            notice: LastNotice::default(),
         }
+    }
+
+    /// Reads NOTICE messages from `notice` (the slot the connection task fills).
+    pub fn with_notices(mut self, notice: LastNotice) -> DbConnection {
+        self.notice = notice;
+        self
+    }
+
+    /// Takes the last NOTICE received since the previous call, if any. A notice arrives
+    /// before the answer of the statement that raised it is complete, so after a query it
+    /// is already here.
+    pub fn take_notice(&self) -> Option<String> {
+        self.notice.take()
     }
 
     /// Whether the connection has broken.

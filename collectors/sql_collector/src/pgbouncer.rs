@@ -21,7 +21,13 @@ pub fn parse_version(text: &str) -> Option<u32> {
 }
 
 /// Facts of a Pgbouncer: its version, database `pgbouncer`, never in recovery.
+///
+/// The version comes from `SHOW VERSION`'s row (1.12 and later) or, when no row comes back,
+/// from the NOTICE that answered it (before 1.12). Without either the pre-check fails: with
+/// an unknown version every branch of every collector would be planned at once.
 pub(crate) async fn facts(conn: &DbConnection, deadline: Option<Instant>) -> Result<Facts, String> {
+    // A notice left over from an earlier statement must not pass for the answer.
+    let _ = conn.take_notice();
     let result = conn
         .query("SHOW VERSION", deadline)
         .await
@@ -29,12 +35,18 @@ pub(crate) async fn facts(conn: &DbConnection, deadline: Option<Instant>) -> Res
             QueryError::Timeout(d) => format!("SHOW VERSION timed out after {d:?}"),
             QueryError::Db(msg) => msg,
         })?;
-    let version = result
-        .rows
-        .first()
-        .and_then(|row| row.first())
-        .and_then(|v| parse_version(&v.to_label()))
-        .unwrap_or(0);
+    let notice = conn.take_notice();
+    let text = match result.rows.first().and_then(|row| row.first()) {
+        Some(value) => value.to_label(),
+        None => notice.unwrap_or_default(),
+    };
+    let version = parse_version(&text).ok_or_else(|| {
+        if text.is_empty() {
+            "SHOW VERSION answered with neither a row nor a NOTICE".to_owned()
+        } else {
+            format!("SHOW VERSION answered {text:?}, which holds no version number")
+        }
+    })?;
     Ok(Facts {
         version,
         dbname: "pgbouncer".into(),

@@ -435,6 +435,7 @@ async fn a_fatal_failure_keeps_health_down_until_a_scrape_succeeds() {
         "the probe alone must not revive it"
     );
     let state = Arc::new(sql_collector::app::AppState {
+        name: "pg_exporter",
         exporter: exp.clone(),
         config_path: None,
     });

@@ -12,5 +12,6 @@ fn main() -> ExitCode {
         default_listen: ":9630",
         default_url: "postgresql:///?sslmode=disable",
         auto_discovery: true,
+        config_candidates: &sql_collector::config::DEFAULT_CONFIG_CANDIDATES,
     })
 }

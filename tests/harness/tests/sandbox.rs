@@ -26,7 +26,12 @@ fn sandbox_comes_up_and_ctrl_c_leaves_nothing_behind() {
     loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("sandbox not up in time; output so far:\n{}", output.join("\n")));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "sandbox not up in time; output so far:\n{}",
+                    output.join("\n")
+                )
+            });
         let done = line.contains("VictoriaMetrics sees up == 1 for every target");
         output.push(line);
         if done {
@@ -36,7 +41,12 @@ fn sandbox_comes_up_and_ctrl_c_leaves_nothing_behind() {
     let text = output.join("\n");
     // Every attached agent that was built is among the targets VictoriaMetrics saw up.
     let up_line = output.last().unwrap();
-    for agent in ["pg_exporter_primary", "pg_exporter_replica"] {
+    for agent in [
+        "pg_exporter_primary",
+        "pg_exporter_replica",
+        "pgbouncer_exporter",
+        "pgbackrest_exporter",
+    ] {
         if text.contains(&format!("{agent} /metrics")) {
             assert!(up_line.contains(agent), "{agent} not up: {up_line}");
         }
@@ -50,19 +60,31 @@ fn sandbox_comes_up_and_ctrl_c_leaves_nothing_behind() {
             format!("/tmp/{}", rest.split('/').next().unwrap())
         })
         .collect();
-    assert!(!dirs.is_empty(), "no temporary directories announced:\n{text}");
+    assert!(
+        !dirs.is_empty(),
+        "no temporary directories announced:\n{text}"
+    );
     for d in &dirs {
-        assert!(std::path::Path::new(d).exists(), "{d} should exist while running");
+        assert!(
+            std::path::Path::new(d).exists(),
+            "{d} should exist while running"
+        );
     }
 
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     let exit = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "sandbox did not stop after SIGINT");
+        assert!(
+            Instant::now() < deadline,
+            "sandbox did not stop after SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(exit.success(), "sandbox exit status {exit:?}");
@@ -77,7 +99,10 @@ fn sandbox_comes_up_and_ctrl_c_leaves_nothing_behind() {
         if leftovers.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "processes left behind: {leftovers:?}");
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {leftovers:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -87,10 +112,15 @@ fn processes_mentioning(dirs: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let path = entry.path();
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let zombie = std::fs::read_to_string(path.join("stat"))
-            .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
             .unwrap_or(true);
         if !zombie && dirs.iter().any(|d| cmdline.contains(d.as_str())) {
             found.push(cmdline);

@@ -13,9 +13,9 @@ use tokio_postgres::config::{
     ChannelBinding, LoadBalanceHosts, SslMode as PgSslMode, SslNegotiation,
 };
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{CancelToken, Client, Config};
+use tokio_postgres::{AsyncMessage, CancelToken, Client, Config};
 
-use crate::connection::{Canceller, DbConnection, Protocol};
+use crate::connection::{Canceller, DbConnection, LastNotice, Protocol};
 
 use super::tls::{TlsConnector, TlsSettings, Verify};
 use super::{ConnInfo, ConnInfoError, SslMode, parse_int, parse_port, pgpass};
@@ -40,6 +40,7 @@ pub struct ConnectionTask {
     target: String,
     tls: bool,
     cancel_tls: TlsConnector,
+    notice: LastNotice,
 }
 
 impl ConnectionTask {
@@ -58,6 +59,11 @@ impl ConnectionTask {
     /// TLS settings.
     pub fn cancel_tls(&self) -> TlsConnector {
         self.cancel_tls.fresh()
+    }
+
+    /// The last NOTICE the server sent on this connection (the task keeps the latest one).
+    pub fn last_notice(&self) -> LastNotice {
+        self.notice.clone()
     }
 
     /// Whether the connection has ended.
@@ -185,6 +191,7 @@ impl ConnInfo {
         timeout: Duration,
     ) -> Result<DbConnection, ConnInfoError> {
         let (client, task) = self.connect(timeout).await?;
+        let notice = task.last_notice();
         let tls = task.cancel_tls();
         let target = task.target().to_owned();
         let canceller: Canceller = Arc::new(move |token: CancelToken| {
@@ -204,7 +211,7 @@ impl ConnInfo {
                 }
             })
         });
-        Ok(DbConnection::new(client, protocol, canceller))
+        Ok(DbConnection::new(client, protocol, canceller).with_notices(notice))
     }
 
     async fn connect_inner(&self) -> Result<(Client, ConnectionTask), ConnInfoError> {
@@ -342,8 +349,23 @@ impl ConnInfo {
         .map_err(Failure::Driver)?;
         let describe = target.describe();
         let logged = describe.clone();
+        let notice = LastNotice::default();
+        let kept = notice.clone();
         let handle = tokio::spawn(async move {
-            let result = connection.await;
+            // Driven message by message (as its `Future` does) to keep NOTICEs: Pgbouncer
+            // before 1.12 answers `SHOW VERSION` with one.
+            let mut connection = connection;
+            let result = loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notice(n))) => {
+                        tracing::debug!("server {logged}: {}: {}", n.severity(), n.message());
+                        kept.set(n.message().to_owned());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(()),
+                }
+            };
             if let Err(e) = &result {
                 tracing::debug!("connection to server {logged} ended: {e}");
             }
@@ -354,6 +376,7 @@ impl ConnInfo {
             target: describe,
             tls: tls.established(),
             cancel_tls: tls.fresh(),
+            notice,
         };
         if let Err(e) = check_session_attrs(&client, attrs).await {
             task.abort();

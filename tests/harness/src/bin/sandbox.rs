@@ -43,6 +43,34 @@ impl Endpoints<'_> {
     fn replica_url(&self) -> String {
         self.cluster.replica().password_url("postgres")
     }
+
+    /// pgbackrest_exporter's arguments for the sandbox's pgBackRest repository: its config and,
+    /// when the sandbox runs as root, `--backrest.user` so that pgbackrest runs as the
+    /// repository's owner (`postgres`).
+    /// Pgbouncer's admin console over its unix socket, as the stats-only user (Pigsty's usual
+    /// form: `postgres://user@:6432/pgbouncer?host=<socket dir>`).
+    fn pgbouncer_url(&self) -> String {
+        let bouncer = self.cluster.pgbouncer();
+        format!(
+            "postgres://{}@:{}/pgbouncer?host={}",
+            test_harness::pgbouncer::STATS_USER,
+            bouncer.port(),
+            bouncer.socket_dir().display()
+        )
+    }
+
+    fn pgbackrest_args(&self) -> Vec<String> {
+        let mut args = vec![format!(
+            "--backrest.config={}",
+            self.cluster.pgbackrest().config_path().display()
+        )];
+        if let Ok(user) = test_harness::privileges::service_user()
+            && user.switch_user
+        {
+            args.push(format!("--backrest.user={}", user.name));
+        }
+        args
+    }
 }
 
 /// An agent of the suite started by the sandbox and scraped by VictoriaMetrics.
@@ -99,6 +127,34 @@ const ATTACHED_AGENTS: &[AttachedAgent] = &[
                 "--connect-timeout=1000".into(),
                 "--label=cls=pg-sandbox,ins=pg-sandbox-2".into(),
             ]
+        },
+        metrics_path: "/metrics",
+    },
+    AttachedAgent {
+        name: "pgbouncer_exporter",
+        binary: "pgbouncer_exporter",
+        env_var: "PGSUITE_PGBOUNCER_EXPORTER_BIN",
+        args: |e, port| {
+            vec![
+                format!("--url={}", e.pgbouncer_url()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--connect-timeout=1000".into(),
+                "--label=cls=pg-sandbox,ins=pg-sandbox-1".into(),
+            ]
+        },
+        metrics_path: "/metrics",
+    },
+    AttachedAgent {
+        name: "pgbackrest_exporter",
+        binary: "pgbackrest_exporter",
+        env_var: "PGSUITE_PGBACKREST_EXPORTER_BIN",
+        args: |e, port| {
+            let mut args = e.pgbackrest_args();
+            args.extend([
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--collect.interval=60".into(),
+            ]);
+            args
         },
         metrics_path: "/metrics",
     },

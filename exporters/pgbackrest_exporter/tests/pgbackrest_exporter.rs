@@ -1,0 +1,470 @@
+//! The pgbackrest_exporter binary as users run it.
+//!
+//! - Against a fake `pgbackrest` (a shell script switched between behaviours): every bad input
+//!   keeps it serving, sets `pgbackrest_exporter_status` to 0, logs one line naming the cause
+//!   and keeps the last good values with their age; scrapes stay fast while pgbackrest hangs.
+//! - Against the harness (PostgreSQL 15 + pgBackRest, as `postgres`): real full, diff and incr
+//!   backups show up within one collection, ages grow without new backups, and WAL archiving
+//!   and a new backup still work after the exporter ran (it runs pgbackrest as the
+//!   repository's owner: `--backrest.user=postgres` when the tests run as root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use test_harness::privileges::service_user;
+use test_harness::{BackupType, ClusterBuilder, ManagedChild, PgVersion, free_port};
+
+const FAKE: &str = r#"#!/bin/sh
+DIR="$(dirname "$0")"
+echo "$*" >> "$DIR/calls"
+case " $* " in
+  *" version "*) echo "pgBackRest 2.45"; exit 0 ;;
+esac
+case "$(cat "$DIR/mode")" in
+  ok) cat "$DIR/info.json" ;;
+  fail) echo "ERROR: [055]: unable to open missing file '/etc/pgbackrest/missing.conf' for read" >&2; exit 55 ;;
+  hang) sleep 1000 & wait ;;
+  garbage) echo 'garbage {' ;;
+esac
+"#;
+
+/// A running exporter (stopped with SIGTERM on drop) and where its log goes.
+struct Exporter {
+    process: ManagedChild,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Exporter {
+    fn start(args: &[String]) -> Exporter {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgbackrest_exporter"));
+        cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(args)
+            .env("TZ", "UTC");
+        let log = dir.path().join("exporter.log");
+        let process = ManagedChild::spawn("pgbackrest_exporter", &mut cmd, &log).unwrap();
+        let exporter = Exporter {
+            process,
+            port,
+            _dir: dir,
+        };
+        exporter.wait_for(|| exporter.scrape().is_some(), "the exporter to listen");
+        exporter
+    }
+
+    fn scrape(&self) -> Option<String> {
+        let r = test_harness::http::get(&format!("http://127.0.0.1:{}/metrics", self.port), &[])
+            .ok()?;
+        (r.status == 200).then_some(r.body)
+    }
+
+    fn metrics(&self) -> String {
+        self.scrape().expect("scrape failed")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
+    }
+
+    fn wait_for(&self, mut cond: impl FnMut() -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn collections(&self) -> f64 {
+        self.scrape()
+            .and_then(|t| value(&t, "pgbackrest_exporter_collections_total", &[]))
+            .unwrap_or(0.0)
+    }
+
+    /// Sends SIGHUP (collect now) and waits for that collection to finish.
+    fn collect_now(&self) {
+        let before = self.collections();
+        self.process.signal("HUP").unwrap();
+        self.wait_for(|| self.collections() > before, "a triggered collection");
+    }
+}
+
+/// The value of the one series `name{...}` containing all `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(found.len() <= 1, "{name}{labels:?}: {} series", found.len());
+    found.first().copied()
+}
+
+fn count(text: &str, name: &str) -> usize {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .count()
+}
+
+fn fake_pgbackrest(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = dir.join("pgbackrest");
+    std::fs::write(&bin, FAKE).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../collectors/pgbackrest/tests/fixtures/info-2.45-full-incr.json"),
+        dir.join("info.json"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("mode"), "ok").unwrap();
+    bin
+}
+
+fn failure_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("pgBackRest collection failed"))
+        .collect()
+}
+
+#[test]
+fn bad_inputs_keep_it_serving_with_one_log_line_each() {
+    let fake = tempfile::tempdir().unwrap();
+    let bin = fake_pgbackrest(fake.path());
+    let mode = |m: &str| std::fs::write(fake.path().join("mode"), m).unwrap();
+    let exp = Exporter::start(&[
+        format!("--backrest.binary={}", bin.display()),
+        "--collect.interval=3600".into(),
+        "--collect.timeout=1".into(),
+        "--no-backrest.wal-age".into(),
+    ]);
+    exp.wait_for(|| exp.collections() >= 1.0, "the collection at start");
+    let t = exp.metrics();
+    let all = [("stanza", "all-stanzas")];
+    assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(1.0));
+    assert_eq!(count(&t, "pgbackrest_backup_info"), 2);
+    assert!(
+        t.contains("start_time=\"2026-11-25 20:49:38\""),
+        "TZ=UTC labels"
+    );
+    assert!(t.contains("# TYPE process_cpu_seconds_total counter"));
+    let success = value(
+        &t,
+        "pgbackrest_exporter_last_success_timestamp_seconds",
+        &all,
+    )
+    .unwrap();
+
+    // Non-zero exit, twice: status 0, values kept, one log line naming the cause.
+    mode("fail");
+    exp.collect_now();
+    exp.collect_now();
+    let t = exp.metrics();
+    assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(0.0));
+    assert_eq!(
+        count(&t, "pgbackrest_backup_info"),
+        2,
+        "last good values are kept"
+    );
+    assert_eq!(
+        value(
+            &t,
+            "pgbackrest_exporter_last_success_timestamp_seconds",
+            &all
+        ),
+        Some(success)
+    );
+    let log = exp.log();
+    let lines = failure_lines(&log);
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("level=error"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("exit code 55") && lines[0].contains("unable to open missing file"),
+        "{}",
+        lines[0]
+    );
+
+    // A hang: scrapes answer at once meanwhile; the run is killed after 1 s.
+    mode("hang");
+    let before = exp.collections();
+    exp.process.signal("HUP").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let t = exp.metrics();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a scrape waited for pgbackrest"
+    );
+    assert_eq!(count(&t, "pgbackrest_backup_info"), 2);
+    exp.wait_for(|| exp.collections() > before, "the hung collection to end");
+    let t = exp.metrics();
+    assert_eq!(
+        value(&t, "pgbackrest_exporter_timeouts_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(0.0));
+
+    // Garbage.
+    mode("garbage");
+    exp.collect_now();
+    let t = exp.metrics();
+    assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(0.0));
+    assert_eq!(count(&t, "pgbackrest_backup_info"), 2);
+    let log = exp.log();
+    let lines = failure_lines(&log);
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(
+        lines[1].contains("did not finish within 1s"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("invalid JSON"), "{}", lines[2]);
+    assert!(value(&t, "pgbackrest_exporter_data_age_seconds", &all).unwrap() > 1.0);
+
+    // Recovery.
+    mode("ok");
+    exp.collect_now();
+    let t = exp.metrics();
+    assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(1.0));
+    assert!(exp.log().contains("pgBackRest collection recovered"));
+    assert!(exp.process.is_running());
+}
+
+#[test]
+fn missing_pgbackrest() {
+    let exp = Exporter::start(&[
+        "--backrest.binary=/nonexistent/pgbackrest".into(),
+        "--backrest.stanza-include=demo".into(),
+    ]);
+    exp.wait_for(|| exp.collections() >= 1.0, "the collection at start");
+    let t = exp.metrics();
+    assert_eq!(
+        value(&t, "pgbackrest_exporter_status", &[("stanza", "demo")]),
+        Some(0.0)
+    );
+    assert_eq!(value(&t, "pgbackrest_version_info", &[]), Some(0.0));
+    let log = exp.log();
+    let lines = failure_lines(&log);
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("stanza=demo") && lines[0].contains("/nonexistent/pgbackrest not found"),
+        "{log}"
+    );
+}
+
+#[test]
+fn bad_flags_exit_1_and_help_exits_0() {
+    let bin = env!("CARGO_BIN_EXE_pgbackrest_exporter");
+    let out = Command::new(bin).arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(bin).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--web.listen-address",
+        "--web.telemetry-path",
+        "--web.config.file",
+        "--web.systemd-socket",
+        "--collect.interval",
+        "--backrest.config",
+        "--backrest.config-include-path",
+        "--backrest.stanza-include",
+        "--backrest.stanza-exclude",
+        "--backrest.backup-type",
+        "--backrest.database-count",
+        "--backrest.database-parallel-processes",
+        "--backrest.database-count-latest",
+        "--backrest.reference-count",
+        "--backrest.verbose-wal",
+        "--collector.pgbackrest",
+        "--log.level",
+        "--log.format",
+        "--version",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    let out = Command::new(bin)
+        .args(["--backrest.user=no-such-user-xyz"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such user"));
+}
+
+/// Files under `dir` not owned by the repository's owner (pgbackrest run as root would leave
+/// some, breaking the owner's next archive-push or backup).
+fn foreign_files(dir: &Path, uid: u32) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.uid() != uid {
+                out.push(path.clone());
+            }
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn real_backups_are_reflected_within_one_collection() {
+    let cluster = ClusterBuilder::new(PgVersion::V15)
+        .pgbackrest()
+        .start()
+        .unwrap();
+    let br = cluster.pgbackrest();
+    br.backup(BackupType::Full).unwrap();
+    let user = service_user().unwrap();
+    let mut args = vec![
+        format!("--backrest.config={}", br.config_path().display()),
+        "--collect.interval=3600".into(),
+        "--collect.timeout=60".into(),
+        "--backrest.reference-count".into(),
+        "--backrest.database-count-latest".into(),
+    ];
+    if user.switch_user {
+        args.push(format!("--backrest.user={}", user.name));
+    }
+    let exp = Exporter::start(&args);
+    exp.wait_for(|| exp.collections() >= 1.0, "the collection at start");
+    let stanza = br.stanza();
+    let s = [("stanza", stanza)];
+    let t = exp.metrics();
+    assert_eq!(
+        value(
+            &t,
+            "pgbackrest_exporter_status",
+            &[("stanza", "all-stanzas")]
+        ),
+        Some(1.0),
+        "{}",
+        exp.log()
+    );
+    assert_eq!(value(&t, "pgbackrest_stanza_status", &s), Some(0.0));
+    assert_eq!(value(&t, "pgbackrest_repo_status", &s), Some(0.0));
+    assert_eq!(value(&t, "pgbackrest_wal_archive_status", &s), Some(1.0));
+    assert_eq!(count(&t, "pgbackrest_backup_info"), 1);
+    assert!(t.contains("backup_type=\"full\""));
+    assert!(value(&t, "pgbackrest_backup_size_bytes", &s).unwrap() > 1e6);
+    assert!(
+        value(
+            &t,
+            "pgbackrest_backup_last_databases",
+            &[("backup_type", "full")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    let wal_age = value(&t, "pgbackrest_wal_since_last_archived_seconds", &s).unwrap();
+    assert!((0.0..600.0).contains(&wal_age), "{wal_age}");
+    let since_full = |t: &str| {
+        value(
+            t,
+            "pgbackrest_backup_since_last_completion_seconds",
+            &[("backup_type", "full")],
+        )
+        .unwrap()
+    };
+    let age0 = since_full(&t);
+
+    // Left without new backups, the age grows: between scrapes, and across a collection.
+    std::thread::sleep(Duration::from_millis(2100));
+    let age1 = since_full(&exp.metrics());
+    assert!(age1 >= age0 + 2.0, "{age0} -> {age1}");
+    exp.collect_now();
+    let age2 = since_full(&exp.metrics());
+    assert!(age2 >= age1, "{age1} -> {age2}");
+
+    // A diff, then an incr: each visible after one collection.
+    br.backup(BackupType::Diff).unwrap();
+    exp.collect_now();
+    let t = exp.metrics();
+    assert_eq!(count(&t, "pgbackrest_backup_info"), 2);
+    let diff_line = t
+        .lines()
+        .find(|l| l.starts_with("pgbackrest_backup_info{") && l.contains("backup_type=\"diff\""))
+        .expect("diff backup_info");
+    assert!(diff_line.contains("prior=\""), "{diff_line}");
+    let since_diff = value(
+        &t,
+        "pgbackrest_backup_since_last_completion_seconds",
+        &[("backup_type", "diff")],
+    )
+    .unwrap();
+    assert!(since_diff < since_full(&t), "the diff slot holds the diff");
+    assert_eq!(
+        value(
+            &t,
+            "pgbackrest_backup_last_references",
+            &[("backup_type", "diff"), ("ref_backup", "full")]
+        ),
+        Some(1.0)
+    );
+
+    br.backup(BackupType::Incr).unwrap();
+    exp.collect_now();
+    let t = exp.metrics();
+    assert_eq!(count(&t, "pgbackrest_backup_info"), 3);
+    assert!(t.contains("backup_type=\"incr\""));
+    let incr_refs = |r: &str| {
+        value(
+            &t,
+            "pgbackrest_backup_last_references",
+            &[("backup_type", "incr"), ("ref_backup", r)],
+        )
+    };
+    assert_eq!(incr_refs("full"), Some(1.0));
+    assert_eq!(incr_refs("diff"), Some(1.0));
+    assert_eq!(count(&t, "pgbackrest_backup_references"), 9);
+    // The same backups as pgBackRest itself reports.
+    let info = br.info_json().unwrap();
+    assert_eq!(info[0]["backup"].as_array().unwrap().len(), 3);
+
+    // pgbackrest ran as the repository's owner: nothing foreign left behind, and archiving
+    // (`check` switches and archives a WAL segment) and a new backup still work.
+    let dir = br.config_path().parent().unwrap();
+    let foreign = foreign_files(dir, user.uid);
+    assert!(
+        foreign.is_empty(),
+        "files not owned by {}: {foreign:?}",
+        user.name
+    );
+    br.run_checked(&["check"]).unwrap();
+    br.backup(BackupType::Incr).unwrap();
+    exp.collect_now();
+    let t = exp.metrics();
+    assert_eq!(count(&t, "pgbackrest_backup_info"), 4);
+    assert_eq!(
+        value(
+            &t,
+            "pgbackrest_exporter_status",
+            &[("stanza", "all-stanzas")]
+        ),
+        Some(1.0)
+    );
+    assert!(failure_lines(&exp.log()).is_empty(), "{}", exp.log());
+    // Shown with --nocapture.
+    println!("{t}\n--- log ---\n{}", exp.log());
+}
