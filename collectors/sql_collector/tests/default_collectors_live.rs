@@ -547,6 +547,26 @@ async fn verify(role: &str, url: &str, allowed: &[(&str, &str)]) -> Vec<String> 
     };
     println!("{role}: server_version_num {}", facts.version);
 
+    // The harness's replica streams with a password in primary_conninfo: pg_meta shows the
+    // connection string, masked, and no password ever reaches the exposition.
+    for secret in [
+        test_harness::REPLICATION_PASSWORD,
+        test_harness::PASSWORD_USER_PASSWORD,
+    ] {
+        if body1.contains(secret) || body2.contains(secret) {
+            problems.push(format!("{role}: a password reached /metrics"));
+        }
+    }
+    if facts.in_recovery
+        && !body2
+            .lines()
+            .any(|l| l.starts_with("pg_meta_info{") && l.contains("password=xxxxx"))
+    {
+        problems.push(format!(
+            "{role}: pg_meta_info lacks the masked primary_conninfo"
+        ));
+    }
+
     let discovered = exporter.discovered();
     for db in DISCOVERED {
         if !discovered.iter().any(|d| d == db) {
