@@ -353,3 +353,53 @@ fn a_bad_file_at_start_up_is_skipped_loudly() {
         "the log names file and line: {logs}"
     );
 }
+
+#[test]
+fn url_comes_from_pgurl_or_a_url_file_when_no_flag_is_given() {
+    let cluster = shared_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "0100-test.yml", COLLECTORS);
+    let url_file = dir.path().join("url");
+    std::fs::write(
+        &url_file,
+        format!("{}\n", cluster.primary().url("postgres")),
+    )
+    .unwrap();
+    let explain = |envs: &[(&str, String)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg_exporter"));
+        cmd.args([
+            "--explain",
+            "--connect-timeout=3000",
+            &format!("--config={}", dir.path().display()),
+        ])
+        .env_remove("PG_EXPORTER_URL")
+        .env_remove("PGURL")
+        .env_remove("PG_EXPORTER_URL_FILE");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // --explain prints the planned collectors only when it reached the server.
+    assert!(explain(&[("PGURL", cluster.primary().url("postgres"))]).contains("t_basic"));
+    assert!(
+        explain(&[("PG_EXPORTER_URL_FILE", url_file.display().to_string())]).contains("t_basic")
+    );
+    assert!(explain(&[("PG_EXPORTER_URL", cluster.primary().url("postgres"))]).contains("t_basic"));
+    // PG_EXPORTER_URL wins over PGURL.
+    let wrong = "postgres://postgres@127.0.0.1:1/postgres".to_owned();
+    assert!(
+        explain(&[
+            ("PG_EXPORTER_URL", cluster.primary().url("postgres")),
+            ("PGURL", wrong.clone())
+        ])
+        .contains("t_basic")
+    );
+    assert!(!explain(&[("PGURL", wrong)]).contains("t_basic"));
+}
