@@ -8,10 +8,9 @@
 //! per scrape and per 1,000 series (from /proc, the exporter process only); peak RSS (VmHWM).
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
-use test_harness::{ManagedChild, PgVersion, PostgresBuilder, free_port};
+use test_harness::bench::{ExporterFigures, measure_exporter};
+use test_harness::{PgVersion, PostgresBuilder, free_port};
 
 const SCRAPES: usize = 30;
 const PEER: &str = "/usr/bin/prometheus-postgres-exporter";
@@ -23,6 +22,20 @@ struct Figures {
     warm_ms: Option<f64>,
     cpu_per_scrape: f64,
     peak_rss_mib: f64,
+}
+
+impl Figures {
+    /// Cold figures (every query executed) and, where there is a cache, the warm run's.
+    fn new(cold: ExporterFigures, warm: Option<ExporterFigures>) -> Figures {
+        Figures {
+            series: cold.series,
+            first_ms: cold.first_ms,
+            cold_ms: cold.median_ms,
+            warm_ms: warm.map(|w| w.median_ms),
+            cpu_per_scrape: cold.cpu_per_scrape,
+            peak_rss_mib: warm.map_or(cold.peak_rss_mib, |w| w.peak_rss_mib.max(cold.peak_rss_mib)),
+        }
+    }
 }
 
 fn main() {
@@ -58,31 +71,27 @@ fn main() {
         a
     };
 
-    let cold = run_exporter(
+    let cold = measure_exporter(
         dir.path(),
         "ours-cold",
         ours_bin,
         &ours_args(free_port().unwrap(), &["--disable-cache"]),
         &[],
-        false,
+        SCRAPES,
     );
-    let warm = run_exporter(
+    let warm = measure_exporter(
         dir.path(),
         "ours-warm",
         ours_bin,
         &ours_args(free_port().unwrap(), &[]),
         &[],
-        true,
+        SCRAPES,
     );
-    let ours = Figures {
-        warm_ms: warm.warm_ms,
-        peak_rss_mib: cold.peak_rss_mib.max(warm.peak_rss_mib),
-        ..cold
-    };
+    let ours = Figures::new(cold, Some(warm));
 
     let peer = if Path::new(PEER).exists() {
         let port = free_port().unwrap();
-        Some(run_exporter(
+        let run = measure_exporter(
             dir.path(),
             "postgres_exporter",
             PEER,
@@ -93,8 +102,9 @@ fn main() {
                 "--log.level=warn".into(),
             ],
             &[("DATA_SOURCE_NAME", format!("{url}?sslmode=disable"))],
-            false,
-        ))
+            SCRAPES,
+        );
+        Some(Figures::new(run, None))
     } else {
         eprintln!(
             "bench: {PEER} missing (apt-get install prometheus-postgres-exporter); no peer column"
@@ -103,96 +113,6 @@ fn main() {
     };
 
     print_table(&ours, peer.as_ref());
-}
-
-fn run_exporter(
-    dir: &Path,
-    name: &str,
-    bin: &str,
-    args: &[String],
-    env: &[(&str, String)],
-    warm: bool,
-) -> Figures {
-    let port: u16 = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--web.listen-address=127.0.0.1:"))
-        .and_then(|p| p.parse().ok())
-        .expect("listen address in args");
-    let mut cmd = Command::new(bin);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = ManagedChild::spawn(name, &mut cmd, &dir.join(format!("{name}.log")))
-        .expect("exporter starts");
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while test_harness::http::get(&url, &[]).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not listen: {}",
-            child.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // The readiness probe above was the first scrape for exporters without a cache.
-    let t = Instant::now();
-    let first = scrape(&url);
-    let first_ms = t.elapsed().as_secs_f64() * 1e3;
-    let series = first
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .count();
-
-    let cpu_before = cpu_seconds(child.pid());
-    let mut times = Vec::with_capacity(SCRAPES);
-    for _ in 0..SCRAPES {
-        let t = Instant::now();
-        let _ = scrape(&url);
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let cpu = (cpu_seconds(child.pid()) - cpu_before) / SCRAPES as f64;
-    let peak = peak_rss_mib(child.pid());
-    child.stop(Duration::from_secs(5));
-    let median = median(&mut times);
-    Figures {
-        series,
-        first_ms,
-        cold_ms: median,
-        warm_ms: warm.then_some(median),
-        cpu_per_scrape: cpu,
-        peak_rss_mib: peak,
-    }
-}
-
-fn scrape(url: &str) -> String {
-    test_harness::http::get(url, &[]).expect("scrape").body
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// utime + stime of a process, seconds (USER_HZ = 100).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn print_table(ours: &Figures, peer: Option<&Figures>) {

@@ -12,23 +12,14 @@
 //! start against Pgbouncer 1.18, and the Go pg_exporter is not packaged for Debian.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
-use test_harness::{ClusterBuilder, ManagedChild, PgVersion, free_port};
+use test_harness::bench::{ExporterFigures, measure_exporter};
+use test_harness::{ClusterBuilder, PgVersion, free_port};
 
 const SCRAPES: usize = 200;
 const PEER: &str = "/usr/bin/prometheus-pgbouncer-exporter";
 const DATABASES: [&str; 5] = ["bench1", "bench2", "bench3", "bench4", "bench5"];
-
-struct Figures {
-    series: usize,
-    first_ms: f64,
-    median_ms: f64,
-    p90_ms: f64,
-    cpu_per_scrape: f64,
-    peak_rss_mib: f64,
-}
 
 fn main() {
     eprintln!("bench: starting PostgreSQL 15 and Pgbouncer 1.18 ...");
@@ -76,96 +67,27 @@ fn main() {
         a.extend(extra.iter().map(|s| (*s).to_owned()));
         a
     };
-    let cold = run_exporter(
+    let cold = measure_exporter(
         dir.path(),
         "cold",
         bin,
         &args(free_port().unwrap(), &["--disable-cache"]),
+        &[],
+        SCRAPES,
     );
-    let warm = run_exporter(dir.path(), "warm", bin, &args(free_port().unwrap(), &[]));
+    let warm = measure_exporter(
+        dir.path(),
+        "warm",
+        bin,
+        &args(free_port().unwrap(), &[]),
+        &[],
+        SCRAPES,
+    );
     print_table(&cold, &warm);
 }
 
-fn run_exporter(dir: &Path, name: &str, bin: &str, args: &[String]) -> Figures {
-    let port: u16 = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--web.listen-address=127.0.0.1:"))
-        .and_then(|p| p.parse().ok())
-        .expect("listen address in args");
-    let mut cmd = Command::new(bin);
-    cmd.args(args).env_remove("PG_EXPORTER_CONFIG");
-    let child = ManagedChild::spawn(name, &mut cmd, &dir.join(format!("{name}.log")))
-        .expect("exporter starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while test_harness::http::get(&format!("http://127.0.0.1:{port}/version"), &[]).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not listen: {}",
-            child.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let t = Instant::now();
-    let first = scrape(&url);
-    let first_ms = t.elapsed().as_secs_f64() * 1e3;
-    assert!(
-        first.lines().any(|l| l == "pgbouncer_up 1"),
-        "{name}: Pgbouncer not up:\n{first}"
-    );
-    let series = first
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .count();
-
-    let cpu_before = cpu_seconds(child.pid());
-    let mut times = Vec::with_capacity(SCRAPES);
-    for _ in 0..SCRAPES {
-        let t = Instant::now();
-        let _ = scrape(&url);
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let cpu = (cpu_seconds(child.pid()) - cpu_before) / SCRAPES as f64;
-    let peak = peak_rss_mib(child.pid());
-    child.stop(Duration::from_secs(5));
-    times.sort_by(|a, b| a.total_cmp(b));
-    Figures {
-        series,
-        first_ms,
-        median_ms: times[times.len() / 2],
-        p90_ms: times[times.len() * 9 / 10],
-        cpu_per_scrape: cpu,
-        peak_rss_mib: peak,
-    }
-}
-
-fn scrape(url: &str) -> String {
-    test_harness::http::get(url, &[]).expect("scrape").body
-}
-
-/// utime + stime of a process, seconds (USER_HZ = 100).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-fn print_table(cold: &Figures, warm: &Figures) {
-    let per_k = |f: &Figures| f.cpu_per_scrape / f.series.max(1) as f64 * 1000.0;
+fn print_table(cold: &ExporterFigures, warm: &ExporterFigures) {
+    let per_k = ExporterFigures::cpu_per_k_series;
     println!(
         "\npgbouncer_exporter, Pgbouncer 1.18 with 7 pools after pgbench traffic, {SCRAPES} scrapes per run\n"
     );

@@ -22,6 +22,7 @@
 //!
 //! Missing binaries are reported with the Debian package to install, or "run scripts/setup".
 
+pub mod bench;
 pub mod cluster;
 pub mod http;
 pub mod pgbackrest;
