@@ -1,0 +1,439 @@
+//! Checkpoints: per source, the position in each file up to which every subscribed sink has
+//! acknowledged the records, written atomically (temp file, fsync, rename, fsync of the
+//! directory) to `<checkpoint_dir>/<source>.json`.
+//!
+//! A file is identified by device + inode + a hash of its first bytes (up to
+//! [`HEAD_MAX`]), so a reused inode is a new file and a truncated file is recognised. Ended
+//! files (rotated away and drained, truncated) are kept as `dead` entries for a while: a copy
+//! of them (logrotate `copytruncate`) is then read from where the original stopped.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, warn};
+
+use crate::stats::SourceCounters;
+
+/// How many head bytes identify a file.
+pub const HEAD_MAX: usize = 256;
+/// How long an ended file's entry is kept once fully acknowledged.
+pub const DEAD_TTL: Duration = Duration::from_secs(600);
+
+/// FNV-1a, 64 bits: the head hash.
+pub fn head_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A file's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// Bytes hashed (at most [`HEAD_MAX`]; fewer while the file is shorter).
+    pub head_len: u32,
+    /// FNV-1a of those bytes.
+    pub head_hash: u64,
+}
+
+impl FileId {
+    /// Whether `head` (the file's current first bytes) starts with the bytes this id hashed.
+    pub fn head_matches(&self, head: &[u8]) -> bool {
+        let n = self.head_len as usize;
+        head.len() >= n && head_hash(&head[..n]) == self.head_hash
+    }
+
+    /// Whether `other` hashes the same full-length head (a copy of the same content).
+    pub fn same_full_head(&self, other: &FileId) -> bool {
+        self.head_len as usize == HEAD_MAX && self.same_head(other)
+    }
+
+    /// Whether `other` hashes the same non-empty head, of the same length.
+    pub fn same_head(&self, other: &FileId) -> bool {
+        self.head_len > 0 && self.head_len == other.head_len && self.head_hash == other.head_hash
+    }
+}
+
+/// One entry of a checkpoint file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The file.
+    #[serde(flatten)]
+    pub id: FileId,
+    /// Byte offset after the last record every sink acknowledged.
+    pub offset: u64,
+    /// Byte offset after the last record read (offset..read may be re-sent after a crash).
+    #[serde(default)]
+    pub read: u64,
+    /// Last known path.
+    pub path: PathBuf,
+    /// The file has ended (rotated away and drained, or truncated).
+    #[serde(default)]
+    pub dead: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointFile {
+    version: u32,
+    files: Vec<Entry>,
+}
+
+/// Why a checkpoint file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Reading or writing failed.
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The content is not a checkpoint.
+    #[error("checkpoint {path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The checkpoint file of source `name`.
+pub fn path_for(dir: &Path, source: &str) -> PathBuf {
+    dir.join(format!("{source}.json"))
+}
+
+/// Loads a checkpoint file; `Ok(None)` when there is none (the very first start).
+pub fn load(path: &Path) -> Result<Option<Vec<Entry>>, CheckpointError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let file: CheckpointFile =
+        serde_json::from_str(&text).map_err(|e| CheckpointError::Corrupt {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    if file.version != 1 {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_owned(),
+            message: format!("unknown version {}", file.version),
+        });
+    }
+    Ok(Some(file.files))
+}
+
+/// Writes `entries` atomically: a temp file beside it, fsync, rename, fsync of the directory.
+pub fn store(path: &Path, entries: &[Entry]) -> Result<(), CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let body = serde_json::to_vec(&CheckpointFile {
+        version: 1,
+        files: entries.to_vec(),
+    })
+    .map_err(|e| io(std::io::Error::other(e)))?;
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&body).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Stream ids are unique within the process.
+pub type StreamId = u64;
+
+#[derive(Debug)]
+struct StreamEntry {
+    id: FileId,
+    path: PathBuf,
+    /// Per subscribed sink, the offset after its last acknowledged record.
+    acked: Vec<u64>,
+    /// Offset after the last record handed to the sinks.
+    sent: u64,
+    dead_since: Option<Instant>,
+}
+
+impl StreamEntry {
+    fn offset(&self) -> u64 {
+        self.acked.iter().copied().min().unwrap_or(self.sent)
+    }
+}
+
+/// What the tailer, the sinks and the checkpointer of one source share.
+#[derive(Debug)]
+pub struct SourceProgress {
+    /// Global indices of the sinks subscribed to the source.
+    sinks: Vec<usize>,
+    streams: Mutex<HashMap<StreamId, StreamEntry>>,
+    changed: Notify,
+    /// Counts acknowledgements.
+    acks: AtomicU64,
+    /// The acknowledgement count covered by the last checkpoint written.
+    persisted: watch::Sender<u64>,
+}
+
+impl SourceProgress {
+    /// Progress for a source whose records go to `sinks`.
+    pub fn new(sinks: Vec<usize>) -> SourceProgress {
+        SourceProgress {
+            sinks,
+            streams: Mutex::default(),
+            changed: Notify::new(),
+            acks: AtomicU64::new(0),
+            persisted: watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, StreamEntry>> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts tracking a stream read from `start`.
+    pub fn register(&self, stream: StreamId, id: FileId, path: &Path, start: u64) {
+        self.lock().insert(
+            stream,
+            StreamEntry {
+                id,
+                path: path.to_owned(),
+                acked: vec![start; self.sinks.len()],
+                sent: start,
+                dead_since: None,
+            },
+        );
+        self.changed.notify_one();
+    }
+
+    /// Tracks an ended file known from the last checkpoint (kept for copy detection).
+    pub fn register_dead(&self, stream: StreamId, entry: &Entry) {
+        self.lock().insert(
+            stream,
+            StreamEntry {
+                id: entry.id,
+                path: entry.path.clone(),
+                acked: vec![entry.offset; self.sinks.len()],
+                sent: entry.offset,
+                dead_since: Some(Instant::now()),
+            },
+        );
+    }
+
+    /// The file's identity or path changed (head grew, rename).
+    pub fn update(&self, stream: StreamId, id: FileId, path: &Path) {
+        if let Some(e) = self.lock().get_mut(&stream) {
+            e.id = id;
+            if e.path != path {
+                path.clone_into(&mut e.path);
+            }
+        }
+    }
+
+    /// Records up to `offset` were handed to the sinks.
+    pub fn sent(&self, stream: StreamId, offset: u64) {
+        if let Some(e) = self.lock().get_mut(&stream) {
+            e.sent = e.sent.max(offset);
+            if self.sinks.is_empty() {
+                self.changed.notify_one();
+            }
+        }
+    }
+
+    /// Sink `sink` (global index) acknowledged records up to `offset`. Returns the
+    /// acknowledgement's number, to wait for with [`wait_persisted`](Self::wait_persisted).
+    pub fn ack(&self, sink: usize, stream: StreamId, offset: u64) -> u64 {
+        let Some(slot) = self.sinks.iter().position(|s| *s == sink) else {
+            return 0;
+        };
+        let n = {
+            let mut map = self.lock();
+            if let Some(e) = map.get_mut(&stream) {
+                e.acked[slot] = e.acked[slot].max(offset);
+            }
+            self.acks.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        self.changed.notify_one();
+        n
+    }
+
+    /// Waits (at most `timeout`) until a checkpoint covering acknowledgement `n` is on disk,
+    /// so that a crash re-sends at most the batch in flight.
+    pub async fn wait_persisted(&self, n: u64, timeout: Duration) {
+        let mut rx = self.persisted.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|p| *p >= n)).await;
+    }
+
+    /// The stream ended; its entry stays (dead) until acknowledged and expired.
+    pub fn end(&self, stream: StreamId) {
+        if let Some(e) = self.lock().get_mut(&stream) {
+            e.dead_since = Some(Instant::now());
+        }
+        self.changed.notify_one();
+    }
+
+    /// The acknowledged offset of a stream.
+    pub fn acked_offset(&self, stream: StreamId) -> Option<u64> {
+        self.lock().get(&stream).map(StreamEntry::offset)
+    }
+
+    /// The entries to write, dropping dead ones that are fully acknowledged and expired.
+    /// Also returns whether everything read is acknowledged.
+    pub fn snapshot(&self) -> (Vec<Entry>, bool, u64) {
+        let mut map = self.lock();
+        let acks = self.acks.load(Ordering::SeqCst);
+        map.retain(|_, e| match e.dead_since {
+            Some(t) => e.offset() < e.sent || t.elapsed() < DEAD_TTL,
+            None => true,
+        });
+        let mut caught_up = true;
+        let mut entries: Vec<Entry> = map
+            .values()
+            .map(|e| {
+                let offset = e.offset();
+                caught_up &= offset >= e.sent;
+                Entry {
+                    id: e.id,
+                    offset,
+                    read: e.sent,
+                    path: e.path.clone(),
+                    dead: e.dead_since.is_some(),
+                }
+            })
+            .collect();
+        entries.sort_by(|a, b| (&a.path, a.dead, a.id.ino).cmp(&(&b.path, b.dead, b.id.ino)));
+        (entries, caught_up, acks)
+    }
+
+    /// Resolves when something changed.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// Writes the checkpoint of one source whenever acknowledgements move it, at most every
+/// `min_interval`, and once more when `stop` turns true.
+pub async fn run_checkpointer(
+    path: PathBuf,
+    progress: Arc<SourceProgress>,
+    counters: Arc<SourceCounters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last: Option<Vec<Entry>> = None;
+    let mut caught_up_at = Instant::now();
+    loop {
+        let stopping = *stop.borrow();
+        let (entries, caught_up, acks) = progress.snapshot();
+        if caught_up {
+            caught_up_at = Instant::now();
+        }
+        counters
+            .checkpoint_age_ms
+            .store(caught_up_at.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if last.as_ref() == Some(&entries) {
+            progress.persisted.send_replace(acks);
+        } else {
+            match store(&path, &entries) {
+                Ok(()) => {
+                    debug!(path = %path.display(), files = entries.len(), "Checkpoint written.");
+                    last = Some(entries);
+                    progress.persisted.send_replace(acks);
+                }
+                Err(e) => {
+                    counters.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "Cannot write the checkpoint; retrying.");
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            () = progress.changed() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ino: u64) -> FileId {
+        FileId {
+            dev: 1,
+            ino,
+            head_len: 3,
+            head_hash: head_hash(b"abc"),
+        }
+    }
+
+    #[test]
+    fn store_and_load_round_trip_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(dir.path(), "pg");
+        assert!(load(&path).unwrap().is_none());
+        let entries = vec![Entry {
+            id: id(7),
+            offset: 42,
+            read: 50,
+            path: "/x/y.csv".into(),
+            dead: false,
+        }];
+        store(&path, &entries).unwrap();
+        assert_eq!(load(&path).unwrap().unwrap(), entries);
+        assert!(!path.with_extension("json.tmp").exists());
+        std::fs::write(&path, "{").unwrap();
+        assert!(matches!(load(&path), Err(CheckpointError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn offset_is_the_minimum_over_sinks() {
+        let p = SourceProgress::new(vec![0, 2]);
+        p.register(1, id(7), Path::new("/a"), 10);
+        p.sent(1, 100);
+        p.ack(0, 1, 100);
+        assert_eq!(p.acked_offset(1), Some(10));
+        p.ack(2, 1, 60);
+        assert_eq!(p.acked_offset(1), Some(60));
+        let (entries, caught_up, _) = p.snapshot();
+        assert!(!caught_up);
+        assert_eq!(entries[0].offset, 60);
+        assert_eq!(entries[0].read, 100);
+        p.ack(2, 1, 100);
+        p.end(1);
+        let (entries, caught_up, _) = p.snapshot();
+        assert!(caught_up && entries[0].dead);
+        assert!(id(7).head_matches(b"abcdef"));
+        assert!(!id(7).head_matches(b"abd"));
+        assert!(!id(7).head_matches(b"ab"));
+    }
+}

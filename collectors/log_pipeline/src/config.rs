@@ -1,0 +1,1254 @@
+//! The YAML config of `log_shipper`, validated into [`Config`].
+//!
+//! ```yaml
+//! checkpoint_dir: /var/lib/log_shipper      # positions acknowledged by every sink
+//! message_max_length: 8192                  # `message` is cut at this many characters
+//! record_max_bytes: 1MiB                    # a raw record over this is truncated, with a marker
+//! fields: {ins: pg-test-1, ip: 10.10.10.11, cls: pg-test}   # defaults for every source
+//! sources:
+//!   postgres:
+//!     include: [/pg/log/postgres/*.csv]
+//!     format: postgres_csv                  # postgres_json, postgres_stderr (with
+//!                                           # log_line_prefix), patroni, pgbouncer, pgbackrest, plain
+//!     read_from: beginning                  # or end, for files present at the very first start
+//!     min_level: info                       # drop records less severe than this
+//! sinks:
+//!   vlogs:
+//!     type: victorialogs                    # or loki, file
+//!     endpoint: http://10.10.10.10:9428
+//! ```
+//!
+//! Every error names the field it is about (`sources.postgres.include: ...`). Options that
+//! later versions will implement (the journald source, the disk buffer) are accepted by the
+//! parser and refused with "not supported yet", never silently ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::parse::prefix::LinePrefix;
+use crate::record::Level;
+
+/// Default cut of the `message` field, in characters (Pigsty's value).
+pub const DEFAULT_MESSAGE_MAX_LENGTH: usize = 8192;
+/// Default limit of one raw record, in bytes.
+pub const DEFAULT_RECORD_MAX_BYTES: u64 = 1024 * 1024;
+/// PostgreSQL's default `log_line_prefix` (since PG 10).
+pub const DEFAULT_LOG_LINE_PREFIX: &str = "%m [%p] ";
+/// Default checkpoint directory.
+pub const DEFAULT_CHECKPOINT_DIR: &str = "/var/lib/log_shipper";
+
+/// A config error, naming the field it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML does not match the schema (the message names the field).
+    #[error("{0}")]
+    Syntax(String),
+    /// A field has an invalid value.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `sources.postgres.include`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An option that a later version implements.
+    #[error("{field}: not supported yet ({what})")]
+    Unsupported {
+        /// Dotted path of the field.
+        field: String,
+        /// What is not supported.
+        what: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn unsupported(field: impl Into<String>, what: impl Into<String>) -> ConfigError {
+    ConfigError::Unsupported {
+        field: field.into(),
+        what: what.into(),
+    }
+}
+
+/// A duration written as `500ms`, `2s`, `5m`, `1h` or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) if n >= 0.0 && n.is_finite() => {
+                Ok(HumanDuration(Duration::from_secs_f64(n)))
+            }
+            Raw::Num(n) => Err(serde::de::Error::custom(format!("invalid duration {n}"))),
+            Raw::Text(s) => parse_duration(&s)
+                .map(HumanDuration)
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?}"))),
+        }
+    }
+}
+
+/// Parses `500ms`, `2s`, `1.5s`, `5m`, `1h`, `1d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "us" | "µs" => 0.000_001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return None,
+    };
+    let secs = n * factor;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// A size written as `1MiB`, `512KiB`, `10MB`, `1GiB` or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => parse_size(&s)
+                .map(ByteSize)
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid size {s:?}"))),
+        }
+    }
+}
+
+/// Parses `1MiB`, `512KiB`, `10MB`, `1GiB`, `100B` or a bare number of bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let v = n * factor;
+    (v.is_finite() && v >= 0.0).then_some(v as u64)
+}
+
+/// The format of a source's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// PostgreSQL csvlog (PG 12-18; 23 to 26 columns).
+    PostgresCsv,
+    /// PostgreSQL jsonlog (PG 15+).
+    PostgresJson,
+    /// PostgreSQL stderr, with the server's `log_line_prefix`.
+    PostgresStderr,
+    /// Patroni's Python logging format.
+    Patroni,
+    /// Pgbouncer's log file.
+    Pgbouncer,
+    /// pgBackRest's log files.
+    Pgbackrest,
+    /// One record per line, shipped as is.
+    Plain,
+}
+
+impl Format {
+    /// The `job` this format ships as unless the config says otherwise.
+    pub fn default_job(self) -> &'static str {
+        match self {
+            Format::PostgresCsv | Format::PostgresJson | Format::PostgresStderr => "postgres",
+            Format::Patroni => "patroni",
+            Format::Pgbouncer => "pgbouncer",
+            Format::Pgbackrest => "pgbackrest",
+            Format::Plain => "syslog",
+        }
+    }
+}
+
+/// Where to start reading a file present at the very first start (no checkpoint yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// From its first byte.
+    #[default]
+    Beginning,
+    /// From its current end.
+    End,
+}
+
+/// The static fields added to every record of a source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFields {
+    /// `job` (defaults to the format's: postgres, patroni, pgbouncer, pgbackrest, syslog).
+    pub job: Option<String>,
+    /// `ins`: the instance, e.g. `pg-test-1`.
+    pub ins: Option<String>,
+    /// `ip`: the node's address.
+    pub ip: Option<String>,
+    /// `cls`: the cluster, e.g. `pg-test`.
+    pub cls: Option<String>,
+}
+
+impl StaticFields {
+    fn or(&self, defaults: &StaticFields) -> StaticFields {
+        StaticFields {
+            job: self.job.clone().or_else(|| defaults.job.clone()),
+            ins: self.ins.clone().or_else(|| defaults.ins.clone()),
+            ip: self.ip.clone().or_else(|| defaults.ip.clone()),
+            cls: self.cls.clone().or_else(|| defaults.cls.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawSourceKind {
+    #[default]
+    File,
+    Journald,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[serde(rename = "type", default)]
+    kind: RawSourceKind,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    format: Option<Format>,
+    #[serde(default)]
+    read_from: ReadFrom,
+    #[serde(default)]
+    fields: StaticFields,
+    min_level: Option<Level>,
+    log_line_prefix: Option<String>,
+    multiline_timeout: Option<HumanDuration>,
+    message_max_length: Option<usize>,
+    rescan_interval: Option<HumanDuration>,
+    rotate_wait: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawSinkKind {
+    Victorialogs,
+    Loki,
+    File,
+}
+
+/// VictoriaLogs ingestion API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VlApi {
+    /// `/insert/jsonline`.
+    #[default]
+    Jsonline,
+    /// `/insert/loki/api/v1/push` (protobuf + snappy or JSON).
+    Loki,
+}
+
+/// Loki request encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LokiEncoding {
+    /// `logproto.PushRequest`, snappy block-compressed.
+    #[default]
+    Protobuf,
+    /// `{"streams":[...]}`.
+    Json,
+}
+
+/// HTTP body compression for JSON bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// None.
+    #[default]
+    None,
+    /// `Content-Encoding: gzip`.
+    Gzip,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    bearer_token: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+}
+
+/// How a sink authenticates.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// HTTP basic auth.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &agent_kit::redact::MASK)
+                .finish(),
+            Auth::Bearer(_) => f
+                .debug_tuple("Bearer")
+                .field(&agent_kit::redact::MASK)
+                .finish(),
+        }
+    }
+}
+
+/// TLS settings of an HTTP sink.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file with the CA certificates to trust (in addition to the system's).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM client key (with `cert_file`).
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate (testing only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// When a sink sends a batch: whichever limit is reached first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// Uncompressed bytes.
+    pub max_bytes: u64,
+    /// Records.
+    pub max_events: usize,
+    /// Age of the oldest record in the batch.
+    pub timeout: Duration,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            max_bytes: 1_000_000,
+            max_events: 10_000,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    max_bytes: Option<ByteSize>,
+    max_events: Option<usize>,
+    timeout: Option<HumanDuration>,
+}
+
+/// Retry policy on 429, 5xx and connection errors: exponential backoff with full jitter,
+/// forever (at-least-once), until shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// First backoff.
+    pub initial_backoff: Duration,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial_backoff: Option<HumanDuration>,
+    max_backoff: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawBufferKind {
+    #[default]
+    Memory,
+    Disk,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    #[serde(rename = "type", default)]
+    kind: RawBufferKind,
+    max_chunks: Option<usize>,
+    max_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    #[serde(rename = "type")]
+    kind: RawSinkKind,
+    endpoint: Option<String>,
+    path: Option<PathBuf>,
+    api: Option<VlApi>,
+    encoding: Option<LokiEncoding>,
+    compression: Option<Compression>,
+    labels: Option<Vec<String>>,
+    stream_fields: Option<Vec<String>>,
+    tenant_id: Option<String>,
+    account_id: Option<u32>,
+    project_id: Option<u32>,
+    auth: Option<RawAuth>,
+    tls: Option<Tls>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    batch: RawBatch,
+    #[serde(default)]
+    retry: RawRetry,
+    request_timeout: Option<HumanDuration>,
+    #[serde(default)]
+    buffer: RawBuffer,
+    inputs: Option<Vec<String>>,
+    dead_letter_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    checkpoint_dir: Option<PathBuf>,
+    dead_letter_dir: Option<PathBuf>,
+    message_max_length: Option<usize>,
+    record_max_bytes: Option<ByteSize>,
+    #[serde(default)]
+    fields: StaticFields,
+    #[serde(default)]
+    sources: BTreeMap<String, RawSource>,
+    #[serde(default)]
+    sinks: BTreeMap<String, RawSink>,
+}
+
+/// A validated file source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    /// Its name (the key under `sources`), also the checkpoint file's name.
+    pub name: String,
+    /// Glob patterns of the files to tail.
+    pub include: Vec<String>,
+    /// Glob patterns of files to leave out.
+    pub exclude: Vec<String>,
+    /// The format of the files.
+    pub format: Format,
+    /// Where to start in files present at the very first start.
+    pub read_from: ReadFrom,
+    /// `job` of every record.
+    pub job: String,
+    /// `ins`, `ip`, `cls` (empty: not shipped).
+    pub ins: String,
+    /// The node's address.
+    pub ip: String,
+    /// The cluster.
+    pub cls: String,
+    /// Records less severe than this are dropped.
+    pub min_level: Option<Level>,
+    /// How long an incomplete multi-line record may wait for its next line.
+    pub multiline_timeout: Duration,
+    /// `message` is cut at this many characters.
+    pub message_max_length: usize,
+    /// A raw record over this many bytes is truncated.
+    pub record_max_bytes: u64,
+    /// How often the globs are re-expanded and files re-checked (fallback to notify).
+    pub rescan_interval: Duration,
+    /// How long a file that left the globs is still read after its last growth.
+    pub rotate_wait: Duration,
+    /// `log_line_prefix` (format `postgres_stderr` only).
+    pub log_line_prefix: Option<String>,
+}
+
+/// What kind of sink, with its specific settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    /// VictoriaLogs.
+    VictoriaLogs {
+        /// Which ingestion API.
+        api: VlApi,
+        /// `VL-Stream-Fields` (jsonline) or `_stream_fields` (loki API).
+        stream_fields: Vec<String>,
+        /// Loki-API encoding (only with `api: loki`).
+        encoding: LokiEncoding,
+    },
+    /// Grafana Loki.
+    Loki {
+        /// Request encoding.
+        encoding: LokiEncoding,
+        /// Record fields sent as stream labels.
+        labels: Vec<String>,
+    },
+    /// JSON lines appended to a local file (for debugging).
+    File {
+        /// The output file.
+        path: PathBuf,
+    },
+}
+
+/// HTTP settings of the VictoriaLogs and Loki sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Http {
+    /// Base URL (`http://host:9428`); the API path is appended.
+    pub endpoint: String,
+    /// JSON body compression.
+    pub compression: Compression,
+    /// Extra headers, tenant headers included.
+    pub headers: Vec<(String, String)>,
+    /// Authentication.
+    pub auth: Option<Auth>,
+    /// TLS.
+    pub tls: Tls,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+}
+
+/// A validated sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sink {
+    /// Its name (the key under `sinks`).
+    pub name: String,
+    /// Indices into [`Config::sources`] of the sources it receives.
+    pub inputs: Vec<usize>,
+    /// What it is.
+    pub kind: SinkKind,
+    /// HTTP settings (`None` for the file sink).
+    pub http: Option<Http>,
+    /// Batching.
+    pub batch: Batch,
+    /// Retries.
+    pub retry: Retry,
+    /// Chunks (one read of a file, at most 128 KiB of input) buffered in front of it.
+    pub buffer_chunks: usize,
+    /// Where records rejected with a 400 go.
+    pub dead_letter_path: PathBuf,
+}
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Checkpoint directory.
+    pub checkpoint_dir: PathBuf,
+    /// The sources, sorted by name.
+    pub sources: Vec<Source>,
+    /// The sinks, sorted by name.
+    pub sinks: Vec<Sink>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates a config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            serde_norway::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        raw.validate()
+    }
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with("__")
+}
+
+/// Fields of the output schema that a sink may use as labels or stream fields.
+const RECORD_FIELDS: [&str; 17] = [
+    "job",
+    "ins",
+    "ip",
+    "cls",
+    "level",
+    "lv",
+    "code",
+    "user",
+    "db",
+    "app",
+    "query",
+    "duration",
+    "pid",
+    "backend_type",
+    "topic",
+    "parse_error",
+    "message",
+];
+
+fn check_field_list(field: &str, list: &[String]) -> Result<(), ConfigError> {
+    if list.is_empty() {
+        return Err(invalid(field, "must name at least one field"));
+    }
+    for f in list {
+        if !RECORD_FIELDS.contains(&f.as_str()) || f == "message" {
+            return Err(invalid(
+                field,
+                format!(
+                    "{f:?} is not a record field usable here (one of job, ins, ip, cls, level, lv, code, user, db, app, backend_type, topic)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_glob(field: &str, pattern: &str) -> Result<(), ConfigError> {
+    if !pattern.starts_with('/') {
+        return Err(invalid(
+            field,
+            format!("{pattern:?} must be an absolute path"),
+        ));
+    }
+    glob::Pattern::new(pattern)
+        .map(drop)
+        .map_err(|e| invalid(field, format!("{pattern:?}: {e}")))
+}
+
+fn read_secret(field: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let checkpoint_dir = self
+            .checkpoint_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CHECKPOINT_DIR));
+        if !checkpoint_dir.is_absolute() {
+            return Err(invalid("checkpoint_dir", "must be an absolute path"));
+        }
+        let dead_letter_dir = self
+            .dead_letter_dir
+            .unwrap_or_else(|| checkpoint_dir.join("dead_letter"));
+        let message_max_length = self
+            .message_max_length
+            .unwrap_or(DEFAULT_MESSAGE_MAX_LENGTH);
+        if message_max_length == 0 {
+            return Err(invalid("message_max_length", "must be positive"));
+        }
+        let record_max_bytes = self
+            .record_max_bytes
+            .map_or(DEFAULT_RECORD_MAX_BYTES, |b| b.0);
+        if record_max_bytes < 1024 {
+            return Err(invalid("record_max_bytes", "must be at least 1KiB"));
+        }
+        if self.sources.is_empty() {
+            return Err(invalid("sources", "at least one source is required"));
+        }
+        if self.sinks.is_empty() {
+            return Err(invalid("sinks", "at least one sink is required"));
+        }
+
+        let mut sources = Vec::new();
+        for (name, s) in &self.sources {
+            let f = |k: &str| format!("sources.{name}.{k}");
+            if !is_label_name(name) {
+                return Err(invalid(
+                    format!("sources.{name}"),
+                    "a source name is letters, digits and '_'",
+                ));
+            }
+            if s.kind == RawSourceKind::Journald {
+                return Err(unsupported(f("type"), "the journald source"));
+            }
+            let format = s
+                .format
+                .ok_or_else(|| invalid(f("format"), "is required"))?;
+            let log_line_prefix = match (format, &s.log_line_prefix) {
+                (Format::PostgresStderr, p) => {
+                    let p = p
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_LOG_LINE_PREFIX.to_owned());
+                    LinePrefix::compile(&p).map_err(|e| invalid(f("log_line_prefix"), e))?;
+                    Some(p)
+                }
+                (_, Some(_)) => {
+                    return Err(invalid(
+                        f("log_line_prefix"),
+                        "only for format postgres_stderr",
+                    ));
+                }
+                (_, None) => None,
+            };
+            if s.include.is_empty() {
+                return Err(invalid(
+                    f("include"),
+                    "at least one glob pattern is required",
+                ));
+            }
+            for p in &s.include {
+                check_glob(&f("include"), p)?;
+            }
+            for p in &s.exclude {
+                check_glob(&f("exclude"), p)?;
+            }
+            let fields = s.fields.or(&self.fields);
+            let message_max_length = s.message_max_length.unwrap_or(message_max_length);
+            if message_max_length == 0 {
+                return Err(invalid(f("message_max_length"), "must be positive"));
+            }
+            sources.push(Source {
+                name: name.clone(),
+                include: s.include.clone(),
+                exclude: s.exclude.clone(),
+                format,
+                read_from: s.read_from,
+                job: fields
+                    .job
+                    .unwrap_or_else(|| format.default_job().to_owned()),
+                ins: fields.ins.unwrap_or_default(),
+                ip: fields.ip.unwrap_or_default(),
+                cls: fields.cls.unwrap_or_default(),
+                min_level: s.min_level,
+                multiline_timeout: s.multiline_timeout.map_or(Duration::from_secs(1), |d| d.0),
+                message_max_length,
+                record_max_bytes,
+                rescan_interval: s.rescan_interval.map_or(Duration::from_secs(1), |d| d.0),
+                rotate_wait: s.rotate_wait.map_or(Duration::from_secs(10), |d| d.0),
+                log_line_prefix,
+            });
+            let last = sources.last().expect("just pushed");
+            if last.rescan_interval < Duration::from_millis(10) {
+                return Err(invalid(f("rescan_interval"), "must be at least 10ms"));
+            }
+        }
+
+        let mut sinks = Vec::new();
+        for (name, s) in &self.sinks {
+            sinks.push(validate_sink(name, s, &sources, &dead_letter_dir)?);
+        }
+        Ok(Config {
+            checkpoint_dir,
+            sources,
+            sinks,
+        })
+    }
+}
+
+fn validate_sink(
+    name: &str,
+    s: &RawSink,
+    sources: &[Source],
+    dead_letter_dir: &Path,
+) -> Result<Sink, ConfigError> {
+    let f = |k: &str| format!("sinks.{name}.{k}");
+    if !is_label_name(name) {
+        return Err(invalid(
+            format!("sinks.{name}"),
+            "a sink name is letters, digits and '_'",
+        ));
+    }
+    let only = |present: bool, key: &str, kinds: &str| -> Result<(), ConfigError> {
+        if present {
+            Err(invalid(f(key), format!("only for sinks of type {kinds}")))
+        } else {
+            Ok(())
+        }
+    };
+    let is_vl = s.kind == RawSinkKind::Victorialogs;
+    let is_loki = s.kind == RawSinkKind::Loki;
+    let is_file = s.kind == RawSinkKind::File;
+    only(!is_file && s.path.is_some(), "path", "file")?;
+    only(!is_vl && s.api.is_some(), "api", "victorialogs")?;
+    only(
+        !is_vl && s.stream_fields.is_some(),
+        "stream_fields",
+        "victorialogs",
+    )?;
+    only(
+        !is_vl && s.account_id.is_some(),
+        "account_id",
+        "victorialogs",
+    )?;
+    only(
+        !is_vl && s.project_id.is_some(),
+        "project_id",
+        "victorialogs",
+    )?;
+    only(!is_loki && s.labels.is_some(), "labels", "loki")?;
+    only(!is_loki && s.tenant_id.is_some(), "tenant_id", "loki")?;
+    only(
+        is_file && s.endpoint.is_some(),
+        "endpoint",
+        "victorialogs, loki",
+    )?;
+    only(is_file && s.auth.is_some(), "auth", "victorialogs, loki")?;
+    only(is_file && s.tls.is_some(), "tls", "victorialogs, loki")?;
+    only(
+        is_file && !s.headers.is_empty(),
+        "headers",
+        "victorialogs, loki",
+    )?;
+    only(
+        is_file && s.compression.is_some(),
+        "compression",
+        "victorialogs, loki",
+    )?;
+    only(
+        is_file && s.request_timeout.is_some(),
+        "request_timeout",
+        "victorialogs, loki",
+    )?;
+
+    if s.buffer.kind == RawBufferKind::Disk || s.buffer.max_size.is_some() {
+        return Err(unsupported(f("buffer"), "the disk buffer"));
+    }
+    let buffer_chunks = s.buffer.max_chunks.unwrap_or(16);
+    if buffer_chunks == 0 {
+        return Err(invalid(f("buffer.max_chunks"), "must be positive"));
+    }
+
+    let inputs = match &s.inputs {
+        None => (0..sources.len()).collect(),
+        Some(list) if list.is_empty() => {
+            return Err(invalid(f("inputs"), "must name at least one source"));
+        }
+        Some(list) => {
+            let mut v = Vec::new();
+            for i in list {
+                let idx = sources
+                    .iter()
+                    .position(|s| &s.name == i)
+                    .ok_or_else(|| invalid(f("inputs"), format!("no source named {i:?}")))?;
+                if !v.contains(&idx) {
+                    v.push(idx);
+                }
+            }
+            v
+        }
+    };
+
+    let defaults = Batch::default();
+    let batch = Batch {
+        max_bytes: s.batch.max_bytes.map_or(defaults.max_bytes, |b| b.0),
+        max_events: s.batch.max_events.unwrap_or(defaults.max_events),
+        timeout: s.batch.timeout.map_or(defaults.timeout, |d| d.0),
+    };
+    if batch.max_bytes == 0 {
+        return Err(invalid(f("batch.max_bytes"), "must be positive"));
+    }
+    if batch.max_events == 0 {
+        return Err(invalid(f("batch.max_events"), "must be positive"));
+    }
+    let rd = Retry::default();
+    let retry = Retry {
+        initial_backoff: s.retry.initial_backoff.map_or(rd.initial_backoff, |d| d.0),
+        max_backoff: s.retry.max_backoff.map_or(rd.max_backoff, |d| d.0),
+    };
+    if retry.initial_backoff.is_zero() || retry.max_backoff < retry.initial_backoff {
+        return Err(invalid(
+            f("retry"),
+            "initial_backoff must be positive and at most max_backoff",
+        ));
+    }
+
+    let kind = match s.kind {
+        RawSinkKind::File => SinkKind::File {
+            path: s
+                .path
+                .clone()
+                .ok_or_else(|| invalid(f("path"), "is required"))?,
+        },
+        RawSinkKind::Victorialogs => {
+            let stream_fields = s
+                .stream_fields
+                .clone()
+                .unwrap_or_else(|| vec!["job".into(), "ins".into(), "ip".into()]);
+            check_field_list(&f("stream_fields"), &stream_fields)?;
+            let api = s.api.unwrap_or_default();
+            if api == VlApi::Jsonline && s.encoding.is_some() {
+                return Err(invalid(f("encoding"), "only with api: loki"));
+            }
+            SinkKind::VictoriaLogs {
+                api,
+                stream_fields,
+                encoding: s.encoding.unwrap_or_default(),
+            }
+        }
+        RawSinkKind::Loki => {
+            let labels = s
+                .labels
+                .clone()
+                .unwrap_or_else(|| vec!["job".into(), "ins".into(), "ip".into(), "cls".into()]);
+            check_field_list(&f("labels"), &labels)?;
+            if labels.len() > 15 {
+                return Err(invalid(f("labels"), "Loki accepts at most 15 labels"));
+            }
+            SinkKind::Loki {
+                encoding: s.encoding.unwrap_or_default(),
+                labels,
+            }
+        }
+    };
+
+    let http = if is_file {
+        None
+    } else {
+        let endpoint = s
+            .endpoint
+            .clone()
+            .ok_or_else(|| invalid(f("endpoint"), "is required"))?;
+        let url =
+            reqwest::Url::parse(&endpoint).map_err(|e| invalid(f("endpoint"), format!("{e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(f("endpoint"), "must be an http:// or https:// URL"));
+        }
+        let protobuf = match &kind {
+            SinkKind::Loki { encoding, .. } => *encoding == LokiEncoding::Protobuf,
+            SinkKind::VictoriaLogs { api, encoding, .. } => {
+                *api == VlApi::Loki && *encoding == LokiEncoding::Protobuf
+            }
+            SinkKind::File { .. } => false,
+        };
+        if protobuf && s.compression == Some(Compression::Gzip) {
+            return Err(invalid(
+                f("compression"),
+                "protobuf bodies are always snappy-compressed; gzip is for JSON",
+            ));
+        }
+        let mut headers = Vec::new();
+        for (k, v) in &s.headers {
+            if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(v).is_err()
+            {
+                return Err(invalid(f("headers"), format!("invalid header {k:?}")));
+            }
+            headers.push((k.clone(), v.clone()));
+        }
+        if let Some(t) = &s.tenant_id {
+            headers.push(("X-Scope-OrgID".into(), t.clone()));
+        }
+        if s.account_id.is_some() || s.project_id.is_some() {
+            headers.push(("AccountID".into(), s.account_id.unwrap_or(0).to_string()));
+            headers.push(("ProjectID".into(), s.project_id.unwrap_or(0).to_string()));
+        }
+        let auth = match &s.auth {
+            None => None,
+            Some(a) => Some(validate_auth(&f("auth"), a)?),
+        };
+        let tls = s.tls.clone().unwrap_or_default();
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(invalid(f("tls"), "cert_file and key_file go together"));
+        }
+        Some(Http {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            compression: s.compression.unwrap_or_default(),
+            headers,
+            auth,
+            tls,
+            request_timeout: s.request_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        })
+    };
+
+    Ok(Sink {
+        name: name.to_owned(),
+        inputs,
+        kind,
+        http,
+        batch,
+        retry,
+        buffer_chunks,
+        dead_letter_path: s
+            .dead_letter_path
+            .clone()
+            .unwrap_or_else(|| dead_letter_dir.join(format!("{name}.jsonl"))),
+    })
+}
+
+fn validate_auth(field: &str, a: &RawAuth) -> Result<Auth, ConfigError> {
+    let basic = a.username.is_some() || a.password.is_some() || a.password_file.is_some();
+    let bearer = a.bearer_token.is_some() || a.bearer_token_file.is_some();
+    match (basic, bearer) {
+        (true, true) => Err(invalid(
+            field,
+            "either basic auth or a bearer token, not both",
+        )),
+        (false, false) => Err(invalid(field, "needs username/password or bearer_token")),
+        (true, false) => {
+            let username = a
+                .username
+                .clone()
+                .ok_or_else(|| invalid(format!("{field}.username"), "is required"))?;
+            let password = match (&a.password, &a.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(field, "password or password_file, not both"));
+                }
+                (Some(p), None) => p.clone(),
+                (None, Some(path)) => read_secret(&format!("{field}.password_file"), path)?,
+                (None, None) => String::new(),
+            };
+            Ok(Auth::Basic { username, password })
+        }
+        (false, true) => match (&a.bearer_token, &a.bearer_token_file) {
+            (Some(_), Some(_)) => Err(invalid(
+                field,
+                "bearer_token or bearer_token_file, not both",
+            )),
+            (Some(t), None) => Ok(Auth::Bearer(t.clone())),
+            (None, Some(path)) => Ok(Auth::Bearer(read_secret(
+                &format!("{field}.bearer_token_file"),
+                path,
+            )?)),
+            (None, None) => unreachable!("bearer is set"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+checkpoint_dir: /var/lib/ls
+fields: {ins: pg-test-1, ip: 10.10.10.11, cls: pg-test}
+sources:
+  postgres:
+    include: [/pg/log/postgres/*.csv]
+    format: postgres_csv
+    min_level: info
+  patroni:
+    include: [/pg/log/patroni/patroni.log]
+    format: patroni
+    read_from: end
+    fields: {ins: other}
+sinks:
+  vlogs:
+    type: victorialogs
+    endpoint: http://10.10.10.10:9428/
+    account_id: 0
+    project_id: 0
+    compression: gzip
+    batch: {max_bytes: 2MiB, max_events: 500, timeout: 250ms}
+  loki:
+    type: loki
+    endpoint: https://loki:3100
+    tenant_id: pigsty
+    inputs: [patroni]
+    auth: {username: u, password: p}
+  debug:
+    type: file
+    path: /tmp/out.jsonl
+"#;
+
+    #[test]
+    fn a_full_config_validates() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.sources.len(), 2);
+        let pg = &c.sources[1];
+        assert_eq!(pg.name, "postgres");
+        assert_eq!(pg.job, "postgres");
+        assert_eq!(pg.ins, "pg-test-1");
+        assert_eq!(pg.min_level, Some(Level::Info));
+        let pat = &c.sources[0];
+        assert_eq!(pat.ins, "other");
+        assert_eq!(pat.cls, "pg-test");
+        assert_eq!(pat.read_from, ReadFrom::End);
+        let vl = c.sinks.iter().find(|s| s.name == "vlogs").unwrap();
+        assert_eq!(vl.inputs, vec![0, 1]);
+        assert_eq!(vl.batch.max_bytes, 2 * 1024 * 1024);
+        assert_eq!(vl.batch.timeout, Duration::from_millis(250));
+        let http = vl.http.as_ref().unwrap();
+        assert_eq!(http.endpoint, "http://10.10.10.10:9428");
+        assert!(http.headers.contains(&("AccountID".into(), "0".into())));
+        let loki = c.sinks.iter().find(|s| s.name == "loki").unwrap();
+        assert_eq!(loki.inputs, vec![0]);
+        assert!(
+            loki.http
+                .as_ref()
+                .unwrap()
+                .headers
+                .contains(&("X-Scope-OrgID".into(), "pigsty".into()))
+        );
+        assert_eq!(
+            loki.dead_letter_path,
+            PathBuf::from("/var/lib/ls/dead_letter/loki.jsonl")
+        );
+        assert!(!format!("{:?}", loki.http).contains("\"p\""));
+    }
+
+    fn err(yaml: &str) -> String {
+        Config::parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = "sinks: {f: {type: file, path: /tmp/x}}\n";
+        assert!(
+            err(&format!(
+                "{base}sources: {{pg: {{include: [/x], format: csv}}}}"
+            ))
+            .contains("sources.pg.format"),
+        );
+        assert_eq!(
+            err(&format!("{base}sources: {{pg: {{format: plain}}}}")),
+            "sources.pg.include: at least one glob pattern is required"
+        );
+        assert_eq!(
+            err(&format!(
+                "{base}sources: {{pg: {{include: [rel/*.log], format: plain}}}}"
+            )),
+            "sources.pg.include: \"rel/*.log\" must be an absolute path"
+        );
+        assert!(
+            err(&format!(
+                "{base}sources: {{pg: {{include: [/x], format: plain, colour: red}}}}"
+            ))
+            .contains("unknown field `colour`")
+        );
+        assert_eq!(
+            err(&format!(
+                "{base}sources: {{pg: {{type: journald, include: [/x], format: plain}}}}"
+            )),
+            "sources.pg.type: not supported yet (the journald source)"
+        );
+        assert_eq!(
+            err(&format!(
+                "{base}sources: {{pg: {{include: [/x], format: postgres_stderr, log_line_prefix: '%m %Z'}}}}"
+            )),
+            "sources.pg.log_line_prefix: unknown escape %Z"
+        );
+        assert_eq!(
+            err(&format!(
+                "{base}sources: {{pg: {{include: [/x], format: plain, log_line_prefix: '%m'}}}}"
+            )),
+            "sources.pg.log_line_prefix: only for format postgres_stderr"
+        );
+        let c = Config::parse(&format!(
+            "{base}sources: {{pg: {{include: [/x], format: postgres_stderr}}}}"
+        ))
+        .unwrap();
+        assert_eq!(c.sources[0].log_line_prefix.as_deref(), Some("%m [%p] "));
+        let src = "sources: {pg: {include: [/x], format: plain}}\n";
+        assert_eq!(
+            err(&format!("{src}sinks: {{v: {{type: victorialogs}}}}")),
+            "sinks.v.endpoint: is required"
+        );
+        assert_eq!(
+            err(&format!(
+                "{src}sinks: {{v: {{type: victorialogs, endpoint: 'http://x', labels: [job]}}}}"
+            )),
+            "sinks.v.labels: only for sinks of type loki"
+        );
+        assert_eq!(
+            err(&format!(
+                "{src}sinks: {{v: {{type: loki, endpoint: 'http://x', inputs: [nope]}}}}"
+            )),
+            "sinks.v.inputs: no source named \"nope\""
+        );
+        assert_eq!(
+            err(&format!(
+                "{src}sinks: {{v: {{type: loki, endpoint: 'http://x', buffer: {{type: disk, max_size: 1GiB}}}}}}"
+            )),
+            "sinks.v.buffer: not supported yet (the disk buffer)"
+        );
+        assert_eq!(
+            err(&format!(
+                "{src}sinks: {{v: {{type: loki, endpoint: 'http://x', compression: gzip}}}}"
+            )),
+            "sinks.v.compression: protobuf bodies are always snappy-compressed; gzip is for JSON"
+        );
+        assert_eq!(
+            err(&format!(
+                "{src}sinks: {{v: {{type: loki, endpoint: 'http://x', labels: [pid2]}}}}"
+            )),
+            "sinks.v.labels: \"pid2\" is not a record field usable here (one of job, ins, ip, cls, level, lv, code, user, db, app, backend_type, topic)"
+        );
+        assert_eq!(
+            err(&format!(
+                "{src}sinks: {{v: {{type: loki, endpoint: 'http://x', auth: {{bearer_token: t, username: u}}}}}}"
+            )),
+            "sinks.v.auth: either basic auth or a bearer token, not both"
+        );
+        assert!(
+            err(&format!(
+                "{src}sinks: {{v: {{type: loki, endpoint: 'http://x', batch: {{timeout: soon}}}}}}"
+            ))
+            .contains("invalid duration")
+        );
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("lots"), None);
+    }
+}

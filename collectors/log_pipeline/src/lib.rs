@@ -1,0 +1,26 @@
+//! The engine of `log_shipper`: a small, at-least-once log tailer for the logs of a PostgreSQL
+//! HA node (PostgreSQL csvlog/jsonlog, Patroni, Pgbouncer, pgBackRest), shipping to
+//! VictoriaLogs, Loki, or a JSON-lines file.
+//!
+//! - [`config`]: the YAML config, validated with errors that name the field;
+//! - [`record`]: the output schema Pigsty's log dashboards query;
+//! - [`parse`]: record framing (multi-line records) and the parsers of each format;
+//! - [`tailer`]: file discovery, identity (device + inode + head checksum), rotation and
+//!   truncation handling;
+//! - [`checkpoint`]: positions acknowledged by every sink, written atomically;
+//! - [`sink`]: batching, delivery with retries, dead letters;
+//! - [`pipeline`]: wiring sources to sinks with bounded buffers (backpressure);
+//! - [`stats`]: the shipper's own metrics.
+//!
+//! Delivery is at-least-once: a checkpoint only moves over data that every sink subscribed to
+//! the source has acknowledged, so a crash or an outage re-sends at most the unacknowledged
+//! tail and never loses data still on disk.
+
+pub mod checkpoint;
+pub mod config;
+pub mod parse;
+pub mod pipeline;
+pub mod record;
+pub mod sink;
+pub mod stats;
+pub mod tailer;

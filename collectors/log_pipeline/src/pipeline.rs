@@ -1,0 +1,213 @@
+//! Wires one config into running parts: a tailer thread per source, a task per sink with a
+//! bounded channel in front of it, and a checkpointer per source.
+//!
+//! Stopping is graceful: tailers stop reading, sinks deliver what they hold, checkpoints are
+//! written last. Whatever a sink could not deliver within the grace period is not
+//! acknowledged, so it is read again by the next pipeline (a reload) or after a restart.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::checkpoint::{self, CheckpointError, SourceProgress};
+use crate::config::Config;
+use crate::sink::{SinkError, SinkSetup, SinkTask};
+use crate::stats::Stats;
+use crate::tailer::{self, TailerHandle, TailerSetup};
+
+/// Why a pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The checkpoint directory cannot be created.
+    #[error("checkpoint_dir {path}: {source}")]
+    CheckpointDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A checkpoint file cannot be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A sink cannot be built.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A thread could not be started.
+    #[error("cannot start a tailer thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// A running pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    tailers: Vec<TailerHandle>,
+    sinks: Vec<tokio::task::JoinHandle<()>>,
+    checkpointers: Vec<tokio::task::JoinHandle<()>>,
+    abort: watch::Sender<bool>,
+    checkpoint_stop: watch::Sender<bool>,
+}
+
+impl Pipeline {
+    /// Starts everything `config` describes. Must be called inside a tokio runtime.
+    pub fn start(config: &Config, stats: &Arc<Stats>) -> Result<Pipeline, PipelineError> {
+        std::fs::create_dir_all(&config.checkpoint_dir).map_err(|source| {
+            PipelineError::CheckpointDir {
+                path: config.checkpoint_dir.clone(),
+                source,
+            }
+        })?;
+        let mut checkpoints = Vec::new();
+        let mut progress = Vec::new();
+        for source in &config.sources {
+            let path = checkpoint::path_for(&config.checkpoint_dir, &source.name);
+            let loaded = match checkpoint::load(&path) {
+                Ok(c) => c,
+                Err(e @ CheckpointError::Corrupt { .. }) => {
+                    // Nothing is lost: every file is read again from its beginning.
+                    warn!(error = %e, "Corrupt checkpoint ignored; files are read again from the start.");
+                    Some(Vec::new())
+                }
+                Err(e) => return Err(e.into()),
+            };
+            checkpoints.push(loaded);
+            let subscribed = config
+                .sinks
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.inputs.contains(&progress.len()))
+                .map(|(i, _)| i)
+                .collect();
+            progress.push(Arc::new(SourceProgress::new(subscribed)));
+        }
+
+        let (abort, abort_rx) = watch::channel(false);
+        let mut senders: Vec<Vec<tokio::sync::mpsc::Sender<_>>> =
+            vec![Vec::new(); config.sources.len()];
+        let mut sink_tasks = Vec::new();
+        for (i, sink) in config.sinks.iter().enumerate() {
+            let (tx, rx) = tokio::sync::mpsc::channel(sink.buffer_chunks);
+            for &src in &sink.inputs {
+                senders[src].push(tx.clone());
+            }
+            let task = SinkTask::new(SinkSetup {
+                index: i,
+                config: sink.clone(),
+                rx,
+                progress: progress
+                    .iter()
+                    .enumerate()
+                    .map(|(s, p)| sink.inputs.contains(&s).then(|| p.clone()))
+                    .collect(),
+                stats: stats.clone(),
+                abort: abort_rx.clone(),
+            })?;
+            sink_tasks.push(task);
+        }
+        let sinks = sink_tasks
+            .into_iter()
+            .map(|t| tokio::spawn(t.run()))
+            .collect();
+
+        let (checkpoint_stop, stop_rx) = watch::channel(false);
+        let mut checkpointers = Vec::new();
+        for (source, p) in config.sources.iter().zip(&progress) {
+            checkpointers.push(tokio::spawn(checkpoint::run_checkpointer(
+                checkpoint::path_for(&config.checkpoint_dir, &source.name),
+                p.clone(),
+                stats.source(&source.name),
+                stop_rx.clone(),
+            )));
+        }
+
+        let mut tailers = Vec::new();
+        for (i, ((source, outputs), checkpoint)) in config
+            .sources
+            .iter()
+            .zip(senders)
+            .zip(checkpoints)
+            .enumerate()
+        {
+            let handle = tailer::spawn(TailerSetup {
+                index: i,
+                source: source.clone(),
+                progress: progress[i].clone(),
+                outputs,
+                stats: stats.clone(),
+                checkpoint,
+            });
+            match handle {
+                Ok(h) => tailers.push(h),
+                Err(e) => {
+                    let _ = abort.send(true);
+                    return Err(PipelineError::Spawn(e));
+                }
+            }
+        }
+        info!(
+            sources = config.sources.len(),
+            sinks = config.sinks.len(),
+            "Pipeline started."
+        );
+        Ok(Pipeline {
+            tailers,
+            sinks,
+            checkpointers,
+            abort,
+            checkpoint_stop,
+        })
+    }
+
+    /// Stops reading, lets the sinks deliver what they hold for up to `grace`, and writes the
+    /// final checkpoints.
+    pub async fn stop(mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        for t in &self.tailers {
+            t.request_stop();
+        }
+        // Tailers blocked on a full buffer finish once the sinks take from it or abort.
+        while !self.tailers.iter().all(TailerHandle::is_finished) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !self.tailers.iter().all(TailerHandle::is_finished) {
+            let _ = self.abort.send(true);
+        }
+        let mut tailers = std::mem::take(&mut self.tailers);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in &mut tailers {
+                t.join();
+            }
+        })
+        .await;
+        // The senders are gone: sinks flush and end.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let sinks = std::mem::take(&mut self.sinks);
+        let all = futures_join(sinks);
+        if tokio::time::timeout(remaining, all).await.is_err() {
+            warn!("Sinks did not deliver everything in time; the rest is re-read later.");
+            let _ = self.abort.send(true);
+        }
+        let _ = self.checkpoint_stop.send(true);
+        for c in std::mem::take(&mut self.checkpointers) {
+            let _ = c.await;
+        }
+        info!("Pipeline stopped.");
+    }
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for t in &self.tailers {
+            t.request_stop();
+        }
+        let _ = self.abort.send(true);
+        let _ = self.checkpoint_stop.send(true);
+    }
+}

@@ -1,0 +1,376 @@
+//! The output schema: the fields Pigsty's log dashboards query, exactly.
+//!
+//! Every record has `_time` (RFC 3339, UTC), `job`, `ins`, `ip`, `cls`, `level` (a syslog
+//! word) and `message`; PostgreSQL records add `lv`, `code`, `user`, `db`, `app`, `query`,
+//! `duration`, `pid` and `backend_type`; pgBackRest and Patroni records add `topic`; a record
+//! no parser understood carries `parse_error`. Empty fields are left out.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde::Deserialize;
+
+/// Syslog severities, most severe first; the `level` field is one of these words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// System is unusable (PostgreSQL PANIC).
+    Emerg,
+    /// Action must be taken immediately.
+    Alert,
+    /// Critical (PostgreSQL FATAL, Python CRITICAL).
+    Crit,
+    /// Error.
+    #[serde(alias = "error")]
+    Err,
+    /// Warning.
+    #[serde(alias = "warn")]
+    Warning,
+    /// Normal but significant.
+    Notice,
+    /// Informational (PostgreSQL LOG and INFO).
+    Info,
+    /// Debug.
+    Debug,
+}
+
+impl Level {
+    /// The syslog word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Emerg => "emerg",
+            Level::Alert => "alert",
+            Level::Crit => "crit",
+            Level::Err => "err",
+            Level::Warning => "warning",
+            Level::Notice => "notice",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+
+    /// Maps a severity word of any of our sources (PostgreSQL, Python logging, Pgbouncer,
+    /// pgBackRest, syslog) to its syslog level; `None` for an unknown word.
+    pub fn from_word(word: &str) -> Option<Level> {
+        let w = word.trim();
+        let eq = |s: &str| w.eq_ignore_ascii_case(s);
+        Some(if eq("PANIC") || eq("EMERG") || eq("EMERGENCY") {
+            Level::Emerg
+        } else if eq("ALERT") {
+            Level::Alert
+        } else if eq("FATAL") || eq("CRITICAL") || eq("CRIT") {
+            Level::Crit
+        } else if eq("ERROR") || eq("ERR") {
+            Level::Err
+        } else if eq("WARNING") || eq("WARN") {
+            Level::Warning
+        } else if eq("NOTICE") {
+            Level::Notice
+        } else if eq("LOG") || eq("INFO") || eq("STATEMENT") || eq("DETAIL") || eq("HINT") {
+            Level::Info
+        } else if eq("DEBUG")
+            || eq("NOISE")
+            || eq("TRACE")
+            || (w.len() == 6
+                && w[..5].eq_ignore_ascii_case("DEBUG")
+                && w.as_bytes()[5].is_ascii_digit())
+        {
+            Level::Debug
+        } else {
+            return None;
+        })
+    }
+}
+
+/// The static fields of a source, shared by all its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `job`.
+    pub job: String,
+    /// `ins`.
+    pub ins: String,
+    /// `ip`.
+    pub ip: String,
+    /// `cls`.
+    pub cls: String,
+}
+
+/// The PostgreSQL-specific fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PgFields {
+    /// PostgreSQL's own severity (`LOG`, `ERROR`, ...).
+    pub lv: String,
+    /// SQLSTATE.
+    pub code: String,
+    /// User name.
+    pub user: String,
+    /// Database name.
+    pub db: String,
+    /// application_name.
+    pub app: String,
+    /// Query id (`compute_query_id`), empty when 0 or absent.
+    pub query: String,
+    /// Milliseconds, from `duration: X ms`.
+    pub duration: Option<f64>,
+    /// Backend PID.
+    pub pid: String,
+    /// Backend type (PG13+).
+    pub backend_type: String,
+}
+
+/// One shipped record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// `_time`.
+    pub time: Timestamp,
+    /// `job`, `ins`, `ip`, `cls`.
+    pub origin: Arc<Origin>,
+    /// `level`; `None` ships as `unknown`.
+    pub level: Option<Level>,
+    /// `message`.
+    pub message: String,
+    /// PostgreSQL fields.
+    pub pg: Option<Box<PgFields>>,
+    /// `topic` (pgBackRest, Patroni).
+    pub topic: Option<String>,
+    /// Extra fields some formats add (e.g. Pgbouncer's `pid`, `db`, `user`).
+    pub extra: Vec<(&'static str, String)>,
+    /// `parse_error`: why the record was shipped as plain text.
+    pub parse_error: Option<String>,
+}
+
+impl Record {
+    /// The `level` word.
+    pub fn level_str(&self) -> &'static str {
+        self.level.map_or("unknown", Level::as_str)
+    }
+
+    /// `_time` as RFC 3339 in UTC with milliseconds, e.g. `2024-01-01T12:00:00.123Z`.
+    pub fn time_rfc3339(&self) -> String {
+        format!("{:.3}", self.time)
+    }
+
+    /// The value of a field by name, for labels and stream fields (`None` when absent).
+    pub fn field(&self, name: &str) -> Option<&str> {
+        fn non_empty(s: &str) -> Option<&str> {
+            (!s.is_empty()).then_some(s)
+        }
+        let pg = self.pg.as_deref();
+        match name {
+            "job" => non_empty(&self.origin.job),
+            "ins" => non_empty(&self.origin.ins),
+            "ip" => non_empty(&self.origin.ip),
+            "cls" => non_empty(&self.origin.cls),
+            "level" => Some(self.level_str()),
+            "message" => Some(&self.message),
+            "lv" => pg.and_then(|p| non_empty(&p.lv)),
+            "code" => pg.and_then(|p| non_empty(&p.code)),
+            "user" => pg
+                .and_then(|p| non_empty(&p.user))
+                .or_else(|| self.extra_field("user")),
+            "db" => pg
+                .and_then(|p| non_empty(&p.db))
+                .or_else(|| self.extra_field("db")),
+            "app" => pg.and_then(|p| non_empty(&p.app)),
+            "query" => pg.and_then(|p| non_empty(&p.query)),
+            "pid" => pg
+                .and_then(|p| non_empty(&p.pid))
+                .or_else(|| self.extra_field("pid")),
+            "backend_type" => pg.and_then(|p| non_empty(&p.backend_type)),
+            "topic" => self.topic.as_deref().and_then(non_empty),
+            "parse_error" => self.parse_error.as_deref(),
+            _ => self.extra_field(name),
+        }
+    }
+
+    fn extra_field(&self, name: &str) -> Option<&str> {
+        self.extra
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Appends the record as one JSON object (no newline). With `with_time` false, `_time`
+    /// is left out (Loki carries it as the entry timestamp).
+    pub fn write_json(&self, out: &mut String, with_time: bool) {
+        let mut w = JsonObject::new(out);
+        if with_time {
+            w.key("_time");
+            let _ = write!(w.out, "\"{:.3}\"", self.time);
+        }
+        w.opt("job", &self.origin.job);
+        w.opt("ins", &self.origin.ins);
+        w.opt("ip", &self.origin.ip);
+        w.opt("cls", &self.origin.cls);
+        w.str("level", self.level_str());
+        w.str("message", &self.message);
+        if let Some(pg) = &self.pg {
+            w.opt("lv", &pg.lv);
+            w.opt("code", &pg.code);
+            w.opt("user", &pg.user);
+            w.opt("db", &pg.db);
+            w.opt("app", &pg.app);
+            w.opt("query", &pg.query);
+            if let Some(d) = pg.duration {
+                w.num("duration", d);
+            }
+            w.opt("pid", &pg.pid);
+            w.opt("backend_type", &pg.backend_type);
+        }
+        if let Some(t) = &self.topic {
+            w.opt("topic", t);
+        }
+        for (k, v) in &self.extra {
+            w.opt(k, v);
+        }
+        if let Some(e) = &self.parse_error {
+            w.str("parse_error", e);
+        }
+        w.end();
+    }
+
+    /// The record as a JSON object string.
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(self.message.len() + 256);
+        self.write_json(&mut s, true);
+        s
+    }
+
+    /// A rough size of the encoded record, for batching.
+    pub fn estimated_size(&self) -> usize {
+        self.message.len() + 160
+    }
+}
+
+struct JsonObject<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl<'a> JsonObject<'a> {
+    fn new(out: &'a mut String) -> Self {
+        out.push('{');
+        JsonObject { out, first: true }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        write_json_string(self.out, k);
+        self.out.push(':');
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        write_json_string(self.out, v);
+    }
+
+    fn opt(&mut self, k: &str, v: &str) {
+        if !v.is_empty() {
+            self.str(k, v);
+        }
+    }
+
+    fn num(&mut self, k: &str, v: f64) {
+        self.key(k);
+        if v.is_finite() {
+            let _ = write!(self.out, "{v}");
+        } else {
+            self.out.push_str("null");
+        }
+    }
+
+    fn end(self) {
+        self.out.push('}');
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: Option<&str> = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        match esc {
+            Some(e) => out.push_str(e),
+            None => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels() {
+        for (w, l) in [
+            ("PANIC", Level::Emerg),
+            ("FATAL", Level::Crit),
+            ("ERROR", Level::Err),
+            ("WARNING", Level::Warning),
+            ("NOTICE", Level::Notice),
+            ("LOG", Level::Info),
+            ("INFO", Level::Info),
+            ("DEBUG1", Level::Debug),
+            ("DEBUG5", Level::Debug),
+            ("CRITICAL", Level::Crit),
+            ("warn", Level::Warning),
+            ("NOISE", Level::Debug),
+        ] {
+            assert_eq!(Level::from_word(w), Some(l), "{w}");
+        }
+        assert_eq!(Level::from_word("SHOUT"), None);
+        assert!(Level::Err < Level::Info);
+    }
+
+    #[test]
+    fn json_escapes_and_omits_empty_fields() {
+        let r = Record {
+            time: "2024-01-01T12:00:00.5Z".parse().unwrap(),
+            origin: Arc::new(Origin {
+                job: "postgres".into(),
+                ins: "pg-1".into(),
+                ip: String::new(),
+                cls: "pg".into(),
+            }),
+            level: Some(Level::Err),
+            message: "a \"q\"\n\tb\u{1}".into(),
+            pg: Some(Box::new(PgFields {
+                lv: "ERROR".into(),
+                duration: Some(1.5),
+                ..PgFields::default()
+            })),
+            topic: None,
+            extra: Vec::new(),
+            parse_error: None,
+        };
+        let j = r.to_json();
+        assert_eq!(
+            j,
+            r#"{"_time":"2024-01-01T12:00:00.500Z","job":"postgres","ins":"pg-1","cls":"pg","level":"err","message":"a \"q\"\n\tb\u0001","lv":"ERROR","duration":1.5}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["message"], "a \"q\"\n\tb\u{1}");
+        assert_eq!(r.field("ip"), None);
+        assert_eq!(r.field("level"), Some("err"));
+    }
+}

@@ -1,0 +1,780 @@
+//! The whole pipeline against the test receiver: exactly once in normal operation, nothing
+//! lost across receiver outages, rotations, truncations and restarts, dead letters on 400,
+//! huge records and invalid UTF-8 counted, backpressure with a bounded buffer.
+
+mod receiver;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use log_pipeline::config::Config;
+use log_pipeline::pipeline::Pipeline;
+use log_pipeline::stats::Stats;
+use receiver::{Received, Receiver};
+
+const GRACE: Duration = Duration::from_secs(5);
+
+fn config(dir: &Path, sources: &str, sinks: &str) -> Config {
+    let yaml = format!(
+        "checkpoint_dir: {}\nfields: {{ins: pg-test-1, ip: 127.0.0.1, cls: pg-test}}\nsources:\n{sources}\nsinks:\n{sinks}\n",
+        dir.join("ckpt").display()
+    );
+    Config::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+fn plain_source(name: &str, include: &str) -> String {
+    format!(
+        "  {name}:\n    include: ['{include}']\n    format: plain\n    rescan_interval: 200ms\n    rotate_wait: 1s\n"
+    )
+}
+
+fn vl_sink(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "  {name}:\n    type: victorialogs\n    endpoint: {url}\n    batch: {{timeout: 100ms, max_events: 2000}}\n    retry: {{initial_backoff: 100ms, max_backoff: 500ms}}\n{extra}"
+    )
+}
+
+/// Appends lines `seq=<n> <padding>` for `range` to `path`.
+fn append(path: &Path, range: std::ops::Range<u64>) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let mut buf = String::new();
+    for n in range {
+        buf.push_str(&format!("seq={n} some padding to make the line about a hundred bytes long, like a real log line\n"));
+    }
+    f.write_all(buf.as_bytes()).unwrap();
+}
+
+fn seq_of(r: &Received) -> u64 {
+    let m = r.message();
+    m.strip_prefix("seq=")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no seq in {m:?}"))
+}
+
+/// Counts per sequence number of the records received through `api`.
+fn counts(rx: &Receiver, api: &str) -> BTreeMap<u64, usize> {
+    let mut m = BTreeMap::new();
+    for r in rx.records_of(api) {
+        *m.entry(seq_of(&r)).or_insert(0) += 1;
+    }
+    m
+}
+
+fn assert_exactly_once(rx: &Receiver, api: &str, n: u64) {
+    let c = counts(rx, api);
+    let missing: Vec<u64> = (0..n).filter(|i| !c.contains_key(i)).take(10).collect();
+    let dups: Vec<(&u64, &usize)> = c.iter().filter(|(_, v)| **v > 1).take(10).collect();
+    assert!(missing.is_empty(), "{api}: missing {missing:?}");
+    assert!(dups.is_empty(), "{api}: duplicates {dups:?}");
+    assert_eq!(c.len() as u64, n, "{api}: unexpected extra records");
+}
+
+async fn wait_distinct(rx: &Receiver, api: &str, n: u64, secs: u64) {
+    let api = api.to_owned();
+    rx.wait_for(secs, &format!("{n} distinct records via {api}"), |rs| {
+        let mut seen = std::collections::HashSet::new();
+        for r in rs.iter().filter(|r| r.api == api) {
+            seen.insert(seq_of(r));
+        }
+        seen.len() as u64 >= n
+    })
+    .await;
+}
+
+fn checkpoint_offsets(dir: &Path, source: &str) -> Vec<(PathBuf, u64, bool)> {
+    let text = std::fs::read_to_string(dir.join("ckpt").join(format!("{source}.json")))
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v["files"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        PathBuf::from(e["path"].as_str().unwrap()),
+                        e["offset"].as_u64().unwrap(),
+                        e["dead"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_checkpoint(dir: &Path, source: &str, path: &Path, offset: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if checkpoint_offsets(dir, source)
+            .iter()
+            .any(|(p, o, _)| p == path && *o == offset)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "checkpoint of {} never reached {offset}: {:?}",
+        path.display(),
+        checkpoint_offsets(dir, source)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_gets_every_record_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let file = logs.join("app.log");
+    append(&file, 0..1500);
+    let rx = Receiver::start().await;
+    let url = rx.url();
+    let sinks = [
+        vl_sink("vl", &url, "    compression: gzip\n"),
+        format!("  loki_proto:\n    type: loki\n    endpoint: {url}\n    batch: {{timeout: 100ms, max_events: 700}}\n"),
+        format!("  loki_json:\n    type: loki\n    endpoint: {url}\n    encoding: json\n    compression: gzip\n    batch: {{timeout: 100ms}}\n"),
+        format!("  vl_loki:\n    type: victorialogs\n    api: loki\n    endpoint: {url}\n    encoding: json\n    batch: {{timeout: 100ms}}\n"),
+        format!("  debug:\n    type: file\n    path: {}\n    batch: {{timeout: 100ms}}\n", dir.path().join("out.jsonl").display()),
+    ]
+    .concat();
+    let cfg = config(
+        dir.path(),
+        &plain_source("app", &format!("{}/*.log", logs.display())),
+        &sinks,
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    append(&file, 1500..3000);
+    for api in ["jsonline", "loki_proto", "loki_json"] {
+        wait_distinct(&rx, api, 3000, 60).await;
+    }
+    // The VictoriaLogs Loki endpoint and Loki's JSON both arrive as "loki_json".
+    rx.wait_for(30, "both JSON Loki sinks", |rs| {
+        rs.iter().filter(|r| r.api == "loki_json").count() >= 6000
+    })
+    .await;
+    wait_checkpoint(
+        dir.path(),
+        "app",
+        &file,
+        std::fs::metadata(&file).unwrap().len(),
+    )
+    .await;
+    p.stop(GRACE).await;
+
+    assert_exactly_once(&rx, "jsonline", 3000);
+    assert_exactly_once(&rx, "loki_proto", 3000);
+    assert_eq!(rx.records_of("loki_json").len(), 6000);
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert_eq!(out.lines().count(), 3000);
+
+    let vl = &rx.records_of("jsonline")[0];
+    assert_eq!(vl.labels.get("job").map(String::as_str), Some("syslog"));
+    assert_eq!(vl.labels.get("ins").map(String::as_str), Some("pg-test-1"));
+    assert_eq!(vl.fields["level"], "info");
+    assert_eq!(vl.fields["cls"], "pg-test");
+    let lp = &rx.records_of("loki_proto")[0];
+    assert_eq!(
+        lp.labels.keys().map(String::as_str).collect::<Vec<_>>(),
+        vec!["cls", "ins", "ip", "job"]
+    );
+    assert!(lp.time_ns > 0);
+    let sent = stats.sink("vl").events_sent.load(Ordering::Relaxed);
+    assert_eq!(sent, 3000);
+    let metrics = stats.render();
+    assert!(
+        metrics.contains("log_shipper_sink_events_sent_total{sink=\"loki_proto\"} 3000"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_while_the_receiver_is_down_or_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let mut rx = Receiver::start().await;
+    let cfg = config(
+        dir.path(),
+        &plain_source("app", &file.display().to_string()),
+        &vl_sink("vl", &rx.url(), ""),
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    append(&file, 0..500);
+    wait_distinct(&rx, "jsonline", 500, 30).await;
+
+    // Down: connections refused.
+    rx.stop().await;
+    append(&file, 500..1000);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(stats.sink("vl").requests_retried.load(Ordering::Relaxed) > 0);
+    let before = checkpoint_offsets(dir.path(), "app");
+    rx.restart().await;
+    wait_distinct(&rx, "jsonline", 1000, 30).await;
+    assert!(
+        before.iter().all(|(_, o, _)| *o <= 500 * 100),
+        "checkpoint moved during the outage: {before:?}"
+    );
+
+    // Failing: 503 and 429 are retried.
+    rx.set_status(Some(503));
+    append(&file, 1000..1500);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rx.set_status(Some(429));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rx.set_status(None);
+    wait_distinct(&rx, "jsonline", 1500, 30).await;
+    p.stop(GRACE).await;
+    assert_exactly_once(&rx, "jsonline", 1500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restart_resumes_exactly_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    append(&file, 0..100);
+    let rx = Receiver::start().await;
+    // read_from: end: the 100 lines present at the very first start are skipped.
+    let src = format!(
+        "{}    read_from: end\n",
+        plain_source("app", &file.display().to_string())
+    );
+    let cfg = config(dir.path(), &src, &vl_sink("vl", &rx.url(), ""));
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    append(&file, 100..300);
+    wait_distinct(&rx, "jsonline", 200, 30).await;
+    p.stop(GRACE).await;
+
+    append(&file, 300..600);
+    let other = dir.path().join("appeared_while_stopped.log");
+    let cfg2 = config(
+        dir.path(),
+        &format!(
+            "{}    read_from: end\n",
+            plain_source("app", &format!("{}/*.log", dir.path().display()))
+        ),
+        &vl_sink("vl", &rx.url(), ""),
+    );
+    append(&other, 1000..1010);
+    let p = Pipeline::start(&cfg2, &stats).unwrap();
+    // read_from: end only applies at the very first start: the new file is read whole.
+    rx.wait_for(30, "all records", |rs| rs.len() >= 510).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.stop(GRACE).await;
+    let c = counts(&rx, "jsonline");
+    assert!(!c.contains_key(&0) && !c.contains_key(&99));
+    assert_eq!(c.len(), 510);
+    assert!(
+        c.values().all(|v| *v == 1),
+        "duplicates after a graceful restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_batches_go_to_the_dead_letter_file_and_odd_records_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let rx = Receiver::start().await;
+    rx.reject_containing("POISON");
+    let src = format!(
+        "  app:\n    include: ['{}']\n    format: plain\n",
+        file.display()
+    );
+    let cfg = Config::parse(&format!(
+        "checkpoint_dir: {}\nrecord_max_bytes: 64KiB\nmessage_max_length: 100000\nsources:\n{src}sinks:\n{}",
+        dir.path().join("ckpt").display(),
+        vl_sink("vl", &rx.url(), "    batch: {max_events: 1, timeout: 50ms}\n").replace("    batch: {timeout: 100ms, max_events: 2000}\n", "")
+    ))
+    .unwrap();
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    let mut data = Vec::new();
+    data.extend_from_slice(b"seq=0 normal\n");
+    data.extend_from_slice(b"seq=1 huge ");
+    data.extend(std::iter::repeat_n(b'x', 3 << 20));
+    data.extend_from_slice(b"\nseq=2 invalid \xff\xfe utf-8\n");
+    data.extend_from_slice(b"seq=3 POISON pill\n");
+    data.extend_from_slice(b"seq=4 after the poison\n");
+    std::fs::write(&file, &data).unwrap();
+    wait_distinct(&rx, "jsonline", 4, 30).await;
+    wait_checkpoint(dir.path(), "app", &file, data.len() as u64).await;
+    p.stop(GRACE).await;
+
+    let c = counts(&rx, "jsonline");
+    assert_eq!(c.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 4]);
+    let recs = rx.records();
+    let huge = recs.iter().find(|r| seq_of(r) == 1).unwrap();
+    assert!(
+        huge.message()
+            .ends_with("[truncated: record over the size limit]")
+    );
+    assert!(huge.message().len() < 70 * 1024);
+    let bad = recs.iter().find(|r| seq_of(r) == 2).unwrap();
+    assert_eq!(bad.message(), "seq=2 invalid \u{fffd}\u{fffd} utf-8");
+    let dl = std::fs::read_to_string(dir.path().join("ckpt/dead_letter/vl.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = dl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["status"], 400);
+    assert_eq!(lines[0]["record"]["message"], "seq=3 POISON pill");
+    let src = stats.source("app");
+    assert_eq!(src.truncated.load(Ordering::Relaxed), 1);
+    assert_eq!(src.invalid_utf8.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.sink("vl").events_failed.load(Ordering::Relaxed), 1);
+    assert_eq!(rx.rejected(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_pauses_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let mut rx = Receiver::start().await;
+    rx.stop().await;
+    append(&file, 0..100_000);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let cfg = config(
+        dir.path(),
+        &plain_source("app", &file.display().to_string()),
+        &vl_sink("vl", &rx.url(), "    buffer: {max_chunks: 2}\n"),
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let f = stats
+        .file("app", &file.display().to_string())
+        .expect("file stats");
+    // One batch in flight, two chunks buffered, one chunk blocked in the tailer.
+    assert!(
+        f.position < size / 2,
+        "read {} of {size} bytes while the sink is down",
+        f.position
+    );
+    assert!(
+        stats
+            .render()
+            .contains("log_shipper_buffer_capacity_chunks{sink=\"vl\"} 2")
+    );
+    rx.restart().await;
+    wait_distinct(&rx, "jsonline", 100_000, 120).await;
+    p.stop(GRACE).await;
+    assert_exactly_once(&rx, "jsonline", 100_000);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rotation {
+    /// logrotate `create`: rename, keep writing to the old file a moment, then reopen.
+    Rename,
+    /// logrotate `copytruncate`, with the copy in the globs.
+    CopyTruncate,
+    /// PostgreSQL's `log_truncate_on_rotation`: the same file truncated in place, once its
+    /// content was shipped.
+    TruncateInPlace,
+}
+
+/// A writer appending numbered lines at about `mib_per_s` to `dir/app.log`, rotating every
+/// `every` lines, `total` lines in all.
+fn writer(
+    dir: &Path,
+    kind: Rotation,
+    total: u64,
+    every: u64,
+    mib_per_s: f64,
+    received: &receiver::ReceiverHandle,
+) {
+    let path = dir.join("app.log");
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap()
+    };
+    let mut f = open(&path);
+    let line_len = 100.0;
+    let lines_per_ms = mib_per_s * 1024.0 * 1024.0 / line_len / 1000.0;
+    let start = Instant::now();
+    let mut rotations = 0;
+    let mut n = 0;
+    while n < total {
+        // Pace: write what is due by now, in one write.
+        let due =
+            ((start.elapsed().as_secs_f64() * 1000.0 * lines_per_ms) as u64).clamp(n + 1, total);
+        let mut buf = String::new();
+        let mut rotate_after = false;
+        while n < due {
+            buf.push_str(&format!(
+                "seq={n} {}\n",
+                "p".repeat(90 - format!("seq={n} ").len())
+            ));
+            n += 1;
+            if n % every == 0 {
+                rotate_after = true;
+                break;
+            }
+        }
+        f.write_all(buf.as_bytes()).unwrap();
+        if rotate_after && n < total {
+            rotations += 1;
+            match kind {
+                Rotation::Rename => {
+                    std::fs::rename(&path, dir.join(format!("app.log.{rotations}"))).unwrap();
+                    // The writer has not reopened yet: a few lines still go to the old file.
+                    let mut late = String::new();
+                    for _ in 0..50 {
+                        late.push_str(&format!("seq={n} late line written to the rotated file\n"));
+                        n += 1;
+                    }
+                    f.write_all(late.as_bytes()).unwrap();
+                    f = open(&path);
+                }
+                Rotation::CopyTruncate => {
+                    std::fs::copy(&path, dir.join(format!("app.log.{rotations}"))).unwrap();
+                    f.set_len(0).unwrap();
+                }
+                Rotation::TruncateInPlace => {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while (received.count() as u64) < n && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    f.set_len(0).unwrap();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+async fn rotation_case(kind: Rotation) {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let rx = Receiver::start().await;
+    let include = match kind {
+        Rotation::CopyTruncate => format!("{}/app.log*", logs.display()),
+        _ => format!("{}/app.log", logs.display()),
+    };
+    let cfg = config(
+        dir.path(),
+        &plain_source("app", &include),
+        &vl_sink(
+            "vl",
+            &rx.url(),
+            "    batch: {timeout: 100ms, max_events: 5000, max_bytes: 4MiB}\n",
+        )
+        .replace("    batch: {timeout: 100ms, max_events: 2000}\n", ""),
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    let total = 150_000;
+    let handle = rx.handle();
+    let logs2 = logs.clone();
+    let w = std::thread::spawn(move || writer(&logs2, kind, total, 25_000, 5.0, &handle));
+    let start = Instant::now();
+    tokio::task::spawn_blocking(move || w.join().unwrap())
+        .await
+        .unwrap();
+    let elapsed = start.elapsed();
+    wait_distinct(&rx, "jsonline", total, 120).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.stop(GRACE).await;
+    assert_exactly_once(&rx, "jsonline", total);
+    eprintln!("{kind:?}: {total} lines written in {elapsed:?}");
+    if kind != Rotation::Rename {
+        assert!(
+            stats.source("app").truncations.load(Ordering::Relaxed) >= 5,
+            "{kind:?}: truncations not seen"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_rotation_under_load_loses_and_repeats_nothing() {
+    rotation_case(Rotation::Rename).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copytruncate_under_load_loses_and_repeats_nothing() {
+    rotation_case(Rotation::CopyTruncate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_in_place_under_load_loses_and_repeats_nothing() {
+    rotation_case(Rotation::TruncateInPlace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_while_stopped_drains_the_renamed_file_and_reads_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let rx = Receiver::start().await;
+    let cfg = config(
+        dir.path(),
+        &plain_source("app", &file.display().to_string()),
+        &vl_sink("vl", &rx.url(), ""),
+    );
+    let stats = Arc::new(Stats::default());
+    append(&file, 0..100);
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    wait_distinct(&rx, "jsonline", 100, 30).await;
+    p.stop(GRACE).await;
+
+    // While stopped: more lines, a rename rotation, late lines to the renamed file, a new file,
+    // and an unrelated file reusing nothing.
+    append(&file, 100..200);
+    let rotated = dir.path().join("app.log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    append(&rotated, 200..250);
+    append(&file, 250..300);
+
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    wait_distinct(&rx, "jsonline", 300, 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.stop(GRACE).await;
+    assert_exactly_once(&rx, "jsonline", 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_inode_is_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let rx = Receiver::start().await;
+    let cfg = config(
+        dir.path(),
+        &plain_source("app", &file.display().to_string()),
+        &vl_sink("vl", &rx.url(), ""),
+    );
+    let stats = Arc::new(Stats::default());
+    append(&file, 0..100);
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    wait_distinct(&rx, "jsonline", 100, 30).await;
+    p.stop(GRACE).await;
+
+    // Replace the file by one with other content and more bytes; the inode may or may not be
+    // reused, either way the head differs and the new file is read from its start.
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&file).unwrap());
+    std::fs::remove_file(&file).unwrap();
+    let mut data = String::new();
+    for n in 100..400 {
+        data.push_str(&format!(
+            "seq={n} different content in a new file with the same name\n"
+        ));
+    }
+    std::fs::write(&file, data).unwrap();
+    let reused = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&file).unwrap()) == ino;
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    wait_distinct(&rx, "jsonline", 400, 30).await;
+    p.stop(GRACE).await;
+    assert_exactly_once(&rx, "jsonline", 400);
+    eprintln!("inode reused: {reused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_and_auth_headers_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    append(&file, 0..10);
+    let rx = Receiver::start().await;
+    let url = rx.url();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let sinks = format!(
+        "{}  loki:\n    type: loki\n    endpoint: {url}\n    tenant_id: pigsty\n    auth: {{username: u, password: 'p w'}}\n    headers: {{X-Extra: yes}}\n    batch: {{timeout: 100ms}}\n",
+        vl_sink(
+            "vl",
+            &url,
+            &format!(
+                "    account_id: 3\n    project_id: 4\n    stream_fields: [job, ins]\n    auth: {{bearer_token_file: {}}}\n",
+                token_file.display()
+            ),
+        )
+    );
+    let cfg = config(
+        dir.path(),
+        &plain_source("app", &file.display().to_string()),
+        &sinks,
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    wait_distinct(&rx, "jsonline", 10, 30).await;
+    wait_distinct(&rx, "loki_proto", 10, 30).await;
+    p.stop(GRACE).await;
+
+    let vl = &rx.headers_of("/insert/jsonline")[0];
+    assert_eq!(vl["AccountID"], "3");
+    assert_eq!(vl["ProjectID"], "4");
+    assert_eq!(vl["VL-Stream-Fields"], "job,ins");
+    assert_eq!(vl["VL-Msg-Field"], "message");
+    assert_eq!(vl["VL-Time-Field"], "_time");
+    assert_eq!(vl["authorization"], "Bearer s3cret-token");
+    let loki = &rx.headers_of("/loki/api/v1/push")[0];
+    assert_eq!(loki["X-Scope-OrgID"], "pigsty");
+    assert_eq!(loki["X-Extra"], "yes");
+    assert_eq!(loki["content-type"], "application/x-protobuf");
+    // base64("u:p w")
+    assert_eq!(loki["authorization"], "Basic dTpwIHc=");
+    assert_eq!(
+        rx.records_of("jsonline")[0]
+            .labels
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        vec!["ins", "job"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level_filter_and_multiline_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("postgresql-Mon.csv");
+    let patroni = dir.path().join("patroni.log");
+    let rx = Receiver::start().await;
+    let sources = format!(
+        "  pg:\n    include: ['{}']\n    format: postgres_csv\n    min_level: warning\n  patroni:\n    include: ['{}']\n    format: patroni\n    multiline_timeout: 300ms\n",
+        csv.display(),
+        patroni.display()
+    );
+    let cfg = config(dir.path(), &sources, &vl_sink("vl", &rx.url(), ""));
+    let stats = Arc::new(Stats::default());
+    let row = |sev: &str, msg: &str| {
+        format!(
+            "2024-05-01 10:00:00.123 UTC,\"postgres\",\"app\",42,,6632a.1,1,,2024-05-01 09:59:00 UTC,3/7,0,{sev},00000,\"{msg}\",,,,,,,,,\"psql\",\"client backend\",,0\n"
+        )
+    };
+    let mut data = String::new();
+    for i in 0..50 {
+        data.push_str(&row("LOG", &format!("chatty {i}")));
+    }
+    data.push_str(&row("ERROR", "boom"));
+    data.push_str(&row("WARNING", "careful"));
+    for i in 0..50 {
+        data.push_str(&row("DEBUG1", &format!("noise {i}")));
+    }
+    std::fs::write(&csv, &data).unwrap();
+    let traceback = "2026-11-25 21:41:54,033 ERROR: get_postgresql_status\nTraceback (most recent call last):\n  File \"api.py\", line 744, in query\npatroni.exceptions.PostgresConnectionException: 'connection problems'\n";
+    std::fs::write(&patroni, traceback).unwrap();
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    rx.wait_for(30, "the error, the warning and the traceback", |rs| {
+        rs.len() >= 3
+    })
+    .await;
+    // The checkpoint moves over filtered records too.
+    wait_checkpoint(dir.path(), "pg", &csv, data.len() as u64).await;
+    wait_checkpoint(dir.path(), "patroni", &patroni, traceback.len() as u64).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.stop(GRACE).await;
+    let recs = rx.records();
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    let msgs: Vec<&str> = recs.iter().map(Received::message).collect();
+    assert!(msgs.contains(&"boom") && msgs.contains(&"careful"));
+    let tb = recs.iter().find(|r| r.fields["job"] == "patroni").unwrap();
+    assert!(
+        tb.message()
+            .ends_with("PostgresConnectionException: 'connection problems'")
+    );
+    assert_eq!(tb.fields["topic"], "main");
+    assert_eq!(tb.fields["level"], "err");
+    assert_eq!(stats.source("pg").filtered.load(Ordering::Relaxed), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_sink_trusts_the_configured_ca() {
+    use agent_kit::cli::WebArgs;
+    use agent_kit::server::{Lifecycle, Server};
+    use clap::Parser as _;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        web: WebArgs,
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let w = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_file = w("ca.pem", &ca.pem());
+    let cert = w("server.pem", &server.pem());
+    let key = w("server.key", &server_key.serialize_pem());
+    let web_config = w(
+        "web.yml",
+        &format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let flags = Flags::try_parse_from([
+        "test".to_owned(),
+        "--web.listen-address=127.0.0.1:0".to_owned(),
+        format!("--web.config.file={}", web_config.display()),
+    ])
+    .unwrap();
+    let rx = Receiver::detached();
+    let bound = Server::new("receiver", &flags.web, ":0")
+        .bind()
+        .await
+        .unwrap();
+    let addr = bound.local_addrs()[0];
+    let lifecycle = Lifecycle::new();
+    let app = rx.app();
+    let l2 = lifecycle.clone();
+    let server_task = tokio::spawn(async move { bound.serve(app, &l2).await });
+
+    let file = dir.path().join("app.log");
+    append(&file, 0..20);
+    let url = format!("https://127.0.0.1:{}", addr.port());
+    let trusted = vl_sink(
+        "vl",
+        &url,
+        &format!("    tls: {{ca_file: {}}}\n", ca_file.display()),
+    );
+    let untrusted = vl_sink("other", &url, "").replace(
+        "    retry: {initial_backoff: 100ms, max_backoff: 500ms}\n",
+        "    retry: {initial_backoff: 100ms, max_backoff: 200ms}\n",
+    );
+    let cfg = config(
+        dir.path(),
+        &plain_source("app", &file.display().to_string()),
+        &format!("{trusted}{untrusted}"),
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    wait_distinct(&rx, "jsonline", 20, 30).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Without the CA, the other sink cannot deliver and retries: the checkpoint stays put.
+    assert!(stats.sink("other").requests_retried.load(Ordering::Relaxed) > 0);
+    assert_eq!(stats.sink("other").events_sent.load(Ordering::Relaxed), 0);
+    assert!(
+        checkpoint_offsets(dir.path(), "app")
+            .iter()
+            .all(|(_, o, _)| *o == 0)
+    );
+    p.stop(Duration::from_millis(500)).await;
+    lifecycle.shutdown();
+    let _ = server_task.await;
+    assert_exactly_once(&rx, "jsonline", 20);
+}

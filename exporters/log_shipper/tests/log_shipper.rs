@@ -1,0 +1,501 @@
+//! The log_shipper binary as users run it: its /metrics, kill -9 mid-stream and a restart
+//! (nothing lost, duplicates only from the unacknowledged tail), SIGHUP reloads that keep the
+//! position, and a real PostgreSQL 15 writing csvlog and jsonlog shipped to VictoriaLogs
+//! JSON lines and Loki protobuf.
+
+#[path = "../../../collectors/log_pipeline/tests/receiver/mod.rs"]
+mod receiver;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use receiver::{Received, Receiver};
+use test_harness::{PgVersion, PostgresBuilder, free_port};
+
+/// A running log_shipper, killed on drop; stderr goes to a file.
+struct Shipper {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Shipper {
+    async fn start(config: &Path, log: &Path) -> Shipper {
+        let port = free_port().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_log_shipper"))
+            .arg(format!("--config={}", config.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=debug")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        let s = Shipper {
+            child,
+            port,
+            log: log.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.metrics().await.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "log_shipper did not start:\n{}",
+                s.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s
+    }
+
+    async fn metrics(&self) -> Option<String> {
+        let resp = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .ok()?;
+        resp.status().is_success().then_some(())?;
+        resp.text().await.ok()
+    }
+
+    async fn metric(&self, sample: &str) -> Option<f64> {
+        let body = self.metrics().await?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+
+    async fn stop(mut self) {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "log_shipper did not stop:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_shipped_pigsty_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("log_shipper.yml");
+    let out = Command::new(env!("CARGO_BIN_EXE_log_shipper"))
+        .arg(format!("--config={}", path.display()))
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("4 source(s), 1 sink(s)"), "{stdout}");
+
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bad.path(),
+        "sources: {pg: {include: [/x], format: csv}}\nsinks: {}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_log_shipper"))
+        .arg(format!("--config={}", bad.path().display()))
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sources.pg.format"));
+}
+
+fn seq_of(r: &Received) -> u64 {
+    let m = r.message();
+    m.strip_prefix("seq=")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no seq in {m:?}"))
+}
+
+fn counts(rx: &Receiver) -> BTreeMap<u64, usize> {
+    let mut m = BTreeMap::new();
+    for r in rx.records() {
+        *m.entry(seq_of(&r)).or_insert(0) += 1;
+    }
+    m
+}
+
+async fn wait_distinct(rx: &Receiver, n: u64, secs: u64, shipper_log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let c = counts(rx);
+        if (0..n).all(|i| c.contains_key(&i)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} records, have {}; shipper log tail:\n{}",
+            c.len(),
+            tail(shipper_log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn append(path: &Path, range: std::ops::Range<u64>) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let mut buf = String::new();
+    for n in range {
+        buf.push_str(&format!(
+            "seq={n} a line of a plain log file, padded to look real\n"
+        ));
+    }
+    f.write_all(buf.as_bytes()).unwrap();
+}
+
+fn plain_config(dir: &Path, file: &Path, url: &str, ins: &str, max_events: usize) -> String {
+    format!(
+        "checkpoint_dir: {ckpt}\nsources:\n  app:\n    include: ['{file}']\n    format: plain\n    fields: {{ins: {ins}}}\n    rescan_interval: 200ms\nsinks:\n  vl:\n    type: victorialogs\n    endpoint: {url}\n    batch: {{max_events: {max_events}, timeout: 100ms}}\n    retry: {{initial_backoff: 100ms, max_backoff: 1s}}\n",
+        ckpt = dir.join("ckpt").display(),
+        file = file.display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_nothing_and_repeats_only_the_unacknowledged_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let rx = Receiver::start().await;
+    let config = dir.path().join("log_shipper.yml");
+    let max_events = 500;
+    std::fs::write(
+        &config,
+        plain_config(dir.path(), &file, &rx.url(), "pg-test-1", max_events),
+    )
+    .unwrap();
+    let log = dir.path().join("shipper.log");
+    let mut shipper = Shipper::start(&config, &log).await;
+
+    // A writer appends continuously while the shipper is killed and restarted.
+    let total = 60_000u64;
+    let f2 = file.clone();
+    let writer = std::thread::spawn(move || {
+        let mut n = 0;
+        while n < total {
+            append(&f2, n..(n + 1000).min(total));
+            n += 1000;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    rx.wait_for(60, "some records", |rs| rs.len() > 5000).await;
+    shipper.kill9();
+    let received_at_kill = rx.records().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shipper = Shipper::start(&config, &log).await;
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    wait_distinct(&rx, total, 120, &log).await;
+
+    let c = counts(&rx);
+    let dups: usize = c.values().map(|v| v - 1).sum();
+    eprintln!("received {received_at_kill} before kill -9; {dups} duplicates after the restart");
+    // Only the batch in flight at the kill: a batch is sent once the checkpoint covers the
+    // previous one.
+    assert!(dups <= max_events, "{dups} duplicates");
+    assert_eq!(c.len() as u64, total);
+    // The restarted shipper counted what it re-read.
+    let metrics = shipper.metrics().await.unwrap();
+    assert!(
+        metrics.contains("log_shipper_source_replayed_bytes_total{source=\"app\"}"),
+        "{metrics}"
+    );
+    for family in [
+        "log_shipper_file_read_bytes_total{source=\"app\",file=",
+        "log_shipper_file_lag_bytes{source=\"app\"",
+        "log_shipper_sink_events_sent_total{sink=\"vl\"}",
+        "log_shipper_sink_batch_latency_seconds_bucket{sink=\"vl\",le=\"0.1\"}",
+        "log_shipper_checkpoint_age_seconds{source=\"app\"}",
+        "log_shipper_buffer_capacity_chunks{sink=\"vl\"} 16",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(metrics.contains(family), "{family} missing from\n{metrics}");
+    }
+    shipper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_without_losing_the_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let rx = Receiver::start().await;
+    let config = dir.path().join("log_shipper.yml");
+    std::fs::write(
+        &config,
+        plain_config(dir.path(), &file, &rx.url(), "before", 100),
+    )
+    .unwrap();
+    let log = dir.path().join("shipper.log");
+    let shipper = Shipper::start(&config, &log).await;
+    append(&file, 0..300);
+    wait_distinct(&rx, 300, 30, &log).await;
+
+    // An invalid config is rejected; the running one stays.
+    std::fs::write(&config, "sources: {}\n").unwrap();
+    shipper.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shipper
+        .metric("log_shipper_config_reload_failures_total ")
+        .await
+        != Some(1.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "reload failure not counted:\n{}",
+            shipper.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    append(&file, 300..400);
+    wait_distinct(&rx, 400, 30, &log).await;
+
+    // A valid one replaces it and continues from the checkpoint.
+    std::fs::write(
+        &config,
+        plain_config(dir.path(), &file, &rx.url(), "after", 100),
+    )
+    .unwrap();
+    shipper.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shipper
+        .metric("log_shipper_config_reloads_total{result=\"success\"} ")
+        .await
+        != Some(1.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "reload not done:\n{}",
+            shipper.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    append(&file, 400..600);
+    wait_distinct(&rx, 600, 30, &log).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shipper.stop().await;
+
+    let c = counts(&rx);
+    assert_eq!(c.len(), 600);
+    assert!(c.values().all(|v| *v == 1), "duplicates across reloads");
+    for r in rx.records() {
+        let want = if seq_of(&r) < 400 { "before" } else { "after" };
+        assert_eq!(r.fields["ins"], want, "{:?}", r.fields);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres15_csvlog_and_jsonlog_end_to_end() {
+    let pg = tokio::task::spawn_blocking(|| {
+        PostgresBuilder::new(PgVersion::V15)
+            .name("logship")
+            .setting("log_statement", "'ddl'")
+            .setting("log_min_duration_statement", "0")
+            .setting("log_timezone", "'UTC'")
+            .setting("log_destination", "'csvlog,jsonlog,stderr'")
+            .setting("log_line_prefix", "'%m [%p] %e %q%u@%d/%a '")
+            .setting("log_filename", "'postgresql-%a-%H%M%S.log'")
+            .start()
+    })
+    .await
+    .unwrap()
+    .expect("PostgreSQL 15");
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = pg.log_dir().display().to_string();
+    let config = dir.path().join("log_shipper.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "checkpoint_dir: {ckpt}\nfields: {{ip: 127.0.0.1, cls: pg-test}}\nsources:\n  pg_csv:\n    include: ['{log_dir}/*.csv']\n    format: postgres_csv\n    fields: {{ins: csv}}\n    rescan_interval: 200ms\n  pg_json:\n    include: ['{log_dir}/*.json']\n    format: postgres_json\n    fields: {{ins: json}}\n    rescan_interval: 200ms\n  pg_stderr:\n    include: ['{log_dir}/*.log']\n    format: postgres_stderr\n    log_line_prefix: '%m [%p] %e %q%u@%d/%a '\n    fields: {{ins: stderr}}\n    rescan_interval: 200ms\nsinks:\n  vl:\n    type: victorialogs\n    endpoint: {url}\n    batch: {{timeout: 100ms}}\n  loki:\n    type: loki\n    endpoint: {url}\n    batch: {{timeout: 100ms}}\n",
+            ckpt = dir.path().join("ckpt").display(),
+            url = rx.url(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("shipper.log");
+    let shipper = Shipper::start(&config, &log).await;
+
+    let pg = std::sync::Arc::new(pg);
+    let p2 = pg.clone();
+    tokio::task::spawn_blocking(move || {
+        // An error with a multi-line statement.
+        let _ = p2.execute(
+            "postgres",
+            "SELECT *\n  FROM nope_table_e2e\n WHERE x = 1;\n",
+        );
+        // A password in a DDL statement (log_statement = ddl).
+        p2.execute(
+            "postgres",
+            "CREATE ROLE e2e_user LOGIN PASSWORD 'TopSecret123';\n",
+        )
+        .unwrap();
+        // Rotation: new csv and json files; an error after it.
+        p2.execute(
+            "postgres",
+            "SELECT pg_sleep(1.1); SELECT pg_rotate_logfile();\n",
+        )
+        .unwrap();
+        let _ = p2.execute("postgres", "SELECT 1/0 AS after_rotation;\n");
+    })
+    .await
+    .unwrap();
+
+    let has = |rs: &[Received], api: &str, ins: &str, pred: &dyn Fn(&Received) -> bool| {
+        rs.iter()
+            .any(|r| r.api == api && r.fields["ins"] == ins && pred(r))
+    };
+    for api in ["jsonline", "loki_proto"] {
+        for ins in ["csv", "json", "stderr"] {
+            rx.wait_for(
+                60,
+                &format!("{api}/{ins}: the error after rotation"),
+                |rs| has(rs, api, ins, &|r| r.fields["code"] == "22012"),
+            )
+            .await;
+        }
+    }
+    shipper.stop().await;
+
+    let records = rx.records();
+    for api in ["jsonline", "loki_proto"] {
+        for ins in ["csv", "json", "stderr"] {
+            let err = records
+                .iter()
+                .find(|r| r.api == api && r.fields["ins"] == ins && r.fields["code"] == "42P01")
+                .unwrap_or_else(|| panic!("{api}/{ins}: no 42P01 record"));
+            let f = &err.fields;
+            assert_eq!(f["job"], "postgres");
+            assert_eq!(f["level"], "err");
+            assert_eq!(f["lv"], "ERROR");
+            assert_eq!(f["user"], "postgres");
+            assert_eq!(f["db"], "postgres");
+            if ins != "stderr" {
+                assert_eq!(f["backend_type"], "client backend");
+            }
+            assert_eq!(f["app"], "pgsuite-harness");
+            assert!(f["pid"].as_str().unwrap().parse::<u32>().is_ok());
+            // stderr carries the cursor position in the message text; csvlog and jsonlog in a
+            // field, which follows the statement.
+            let want = if ins == "stderr" {
+                "relation \"nope_table_e2e\" does not exist at character 17, SELECT *\n  FROM nope_table_e2e\n WHERE x = 1;"
+            } else {
+                "relation \"nope_table_e2e\" does not exist, SELECT *\n  FROM nope_table_e2e\n WHERE x = 1;, 17"
+            };
+            assert_eq!(err.message(), want, "{api}/{ins}");
+            if api == "jsonline" {
+                assert!(f["_time"].as_str().unwrap().ends_with('Z'));
+            } else {
+                assert_eq!(err.labels.get("ins").map(String::as_str), Some(ins));
+                assert_eq!(err.labels.get("job").map(String::as_str), Some("postgres"));
+            }
+            let ddl = records
+                .iter()
+                .find(|r| {
+                    r.api == api
+                        && r.fields["ins"] == ins
+                        && r.message().contains("CREATE ROLE e2e_user")
+                })
+                .unwrap_or_else(|| panic!("{api}/{ins}: no DDL record"));
+            assert!(
+                ddl.message().contains("PASSWORD 'xxxxx'"),
+                "{}",
+                ddl.message()
+            );
+            assert!(
+                records
+                    .iter()
+                    .filter(|r| r.api == api && r.fields["ins"] == ins)
+                    .any(|r| r.fields["duration"].as_f64().is_some_and(|d| d >= 0.0)),
+                "{api}/{ins}: no duration"
+            );
+        }
+    }
+    for r in &records {
+        assert!(
+            !r.fields.to_string().contains("TopSecret123"),
+            "password shipped: {:?}",
+            r.fields
+        );
+    }
+    // Every record exactly once per sink and source: csvlog and jsonlog carry the same events.
+    for api in ["jsonline", "loki_proto"] {
+        let mut seen = std::collections::HashSet::new();
+        for r in records.iter().filter(|r| r.api == api) {
+            assert!(
+                seen.insert((
+                    r.fields["ins"].to_string(),
+                    r.fields["_time"].to_string(),
+                    r.fields["pid"].to_string(),
+                    r.message().to_owned(),
+                    r.time_ns
+                )),
+                "duplicate {:?}",
+                r.fields
+            );
+        }
+    }
+    let csv_count = records
+        .iter()
+        .filter(|r| r.api == "jsonline" && r.fields["ins"] == "csv")
+        .count();
+    let json_count = records
+        .iter()
+        .filter(|r| r.api == "jsonline" && r.fields["ins"] == "json")
+        .count();
+    assert_eq!(
+        csv_count, json_count,
+        "csvlog and jsonlog should carry the same events"
+    );
+}
