@@ -109,19 +109,19 @@ pub enum Probe {
 /// upstream measures it.
 struct TtlExpiry;
 
-impl Expiry<(u64, usize), Arc<(Outcome, Duration)>> for TtlExpiry {
+impl Expiry<(u64, usize), (Arc<Outcome>, Duration)> for TtlExpiry {
     fn expire_after_create(
         &self,
         _key: &(u64, usize),
-        value: &Arc<(Outcome, Duration)>,
+        value: &(Arc<Outcome>, Duration),
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        let (outcome, ttl) = &**value;
+        let (outcome, ttl) = value;
         Some(ttl.saturating_sub(outcome.started.elapsed()))
     }
 }
 
-type OutcomeCache = Cache<(u64, usize), Arc<(Outcome, Duration)>>;
+type OutcomeCache = Cache<(u64, usize), (Arc<Outcome>, Duration)>;
 
 /// One database connection target: the main one, or one per auto-discovered database.
 pub struct Server {
@@ -485,7 +485,8 @@ impl Server {
                     if let Some(e) = &outcome.error {
                         warn!(collector = %config.branch, url = %server.info.masked(), error = %e, "Collector failed.");
                     }
-                    let entry = Arc::new((outcome, ttl));
+                    // Cheap to clone: served to every scrape until it expires.
+                    let entry = (Arc::new(outcome), ttl);
                     if !ttl.is_zero() {
                         server.cache.insert(key, entry.clone()).await;
                     }
@@ -508,7 +509,7 @@ impl Server {
                 Err(_) => self.cache.get(&key).await?,
             },
         };
-        let outcome = Arc::new(entry.0.clone());
+        let outcome = entry.0;
         let stats = &planned.stats;
         if outcome.error.is_some() || outcome.duplicate_rows > 0 {
             stats.errors.fetch_add(1, Ordering::Relaxed);
