@@ -24,7 +24,6 @@ use tracing::{error, info, warn};
 use crate::config::{self, CollectorSet, LoadMode};
 use crate::conninfo::ConnInfo;
 use crate::exporter::{Exporter, ExporterSettings, Health};
-use crate::planner::ServerKind;
 use crate::server::EngineSettings;
 
 /// What differs between the binaries built on this program.
@@ -531,13 +530,8 @@ async fn health_up(State(state): State<Arc<AppState>>) -> Response {
 }
 
 fn role_status(state: &AppState, want: Health) -> Response {
+    // Pgbouncer is never in recovery, so it reports "primary" when up, as upstream.
     let h = state.exporter.health();
-    // Pgbouncer is always "primary" when up.
-    let h = if state.exporter.kind() == ServerKind::Pgbouncer && h.is_up() {
-        Health::Primary
-    } else {
-        h
-    };
     let status = match h {
         _ if !h.is_up() => StatusCode::SERVICE_UNAVAILABLE,
         h if h == want => StatusCode::OK,

@@ -21,7 +21,6 @@ use futures_util::StreamExt as _;
 use tracing::{info, warn};
 
 use crate::config::CollectorSet;
-use crate::connection::Protocol;
 use crate::conninfo::ConnInfo;
 use crate::planner::ServerKind;
 use crate::server::{EngineSettings, Probe, Server, ServerScrape};
@@ -682,14 +681,6 @@ impl Exporter {
             );
         }
         out
-    }
-
-    /// The protocol the main server is queried with.
-    pub fn protocol(&self) -> Protocol {
-        match self.kind {
-            ServerKind::Postgres => Protocol::Extended,
-            ServerKind::Pgbouncer => Protocol::Simple,
-        }
     }
 }
 

@@ -201,11 +201,6 @@ impl Server {
             .unwrap_or_default()
     }
 
-    /// The connection target, password masked.
-    pub fn masked_url(&self) -> String {
-        self.info.masked()
-    }
-
     /// The facts of the last successful pre-check.
     pub fn facts(&self) -> Option<Facts> {
         self.last_facts.read().expect("facts lock").clone()
