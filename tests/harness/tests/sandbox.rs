@@ -1,5 +1,5 @@
 //! The sandbox as a user runs it: it comes up, VictoriaMetrics sees `up == 1` for every
-//! attached target, and Ctrl-C (SIGINT) leaves no process and no temporary directory behind.
+//! attached target, log_shipper ships both instances' PostgreSQL logs, and Ctrl-C (SIGINT) leaves no process and no temporary directory behind.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -46,10 +46,18 @@ fn sandbox_comes_up_and_ctrl_c_leaves_nothing_behind() {
         "pg_exporter_replica",
         "pgbouncer_exporter",
         "pgbackrest_exporter",
+        "log_shipper",
     ] {
         if text.contains(&format!("{agent} /metrics")) {
             assert!(up_line.contains(agent), "{agent} not up: {up_line}");
         }
+    }
+    // log_shipper ships both instances' PostgreSQL logs to its file sink.
+    if text.contains("log_shipper /metrics") {
+        assert!(
+            text.contains("log_shipper shipped PostgreSQL logs of pg-sandbox-1 and pg-sandbox-2"),
+            "log_shipper shipped nothing:\n{text}"
+        );
     }
     // Temporary directories and ports the sandbox announced.
     let dirs: Vec<String> = text
