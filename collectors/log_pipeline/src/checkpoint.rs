@@ -154,10 +154,20 @@ pub fn store(path: &Path, entries: &[Entry]) -> Result<(), CheckpointError> {
         files: entries.to_vec(),
     })
     .map_err(|e| io(std::io::Error::other(e)))?;
+    write_atomic(path, &body)
+}
+
+/// Writes `body` to `path` atomically: a temp file beside it (`.json.tmp`), fsync, rename,
+/// fsync of the directory.
+pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let tmp = path.with_extension("json.tmp");
     {
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&body).map_err(io)?;
+        f.write_all(body).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -289,6 +299,12 @@ impl SourceProgress {
     pub async fn wait_persisted(&self, n: u64, timeout: Duration) {
         let mut rx = self.persisted.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|p| *p >= n)).await;
+    }
+
+    /// A checkpoint covering acknowledgement `n` is on disk (for sources that write their own
+    /// checkpoint file, such as journald's cursor).
+    pub fn mark_persisted(&self, n: u64) {
+        self.persisted.send_replace(n);
     }
 
     /// The stream ended; its entry stays (dead) until acknowledged and expired.

@@ -18,9 +18,16 @@
 //!     endpoint: http://10.10.10.10:9428
 //! ```
 //!
-//! Every error names the field it is about (`sources.postgres.include: ...`). Options that
-//! later versions will implement (the journald source, the disk buffer) are accepted by the
-//! parser and refused with "not supported yet", never silently ignored.
+//! Every error names the field it is about (`sources.postgres.include: ...`).
+//!
+//! A source of `type: journald` reads the systemd journal through `journalctl` (see
+//! [`crate::journald`]): `units: [pgbouncer.service]` and `identifiers: [...]` select entries
+//! (either matches), `directory:` or `files:` name other journal files, `journalctl:` the
+//! program; `read_from`, `fields` (job defaults to `syslog`), `min_level` and
+//! `message_max_length` apply as to file sources.
+//!
+//! A sink may put a size-bounded disk buffer behind its memory buffer (Vector's vocabulary):
+//! `buffer: {type: disk, max_size: 256MiB, when_full: block | drop_newest, path: /dir}`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -77,13 +84,6 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),
-    }
-}
-
-fn unsupported(field: impl Into<String>, what: impl Into<String>) -> ConfigError {
-    ConfigError::Unsupported {
-        field: field.into(),
-        what: what.into(),
     }
 }
 
@@ -272,6 +272,130 @@ struct RawSource {
     message_max_length: Option<usize>,
     rescan_interval: Option<HumanDuration>,
     rotate_wait: Option<HumanDuration>,
+    units: Option<Vec<String>>,
+    identifiers: Option<Vec<String>>,
+    directory: Option<PathBuf>,
+    files: Option<Vec<PathBuf>>,
+    journalctl: Option<PathBuf>,
+}
+
+/// The settings of a journald source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournaldSource {
+    /// `_SYSTEMD_UNIT` values to read (a name without a dot gets `.service`); empty: all.
+    pub units: Vec<String>,
+    /// `SYSLOG_IDENTIFIER` values to read (in addition to the units); empty: all.
+    pub identifiers: Vec<String>,
+    /// `journalctl --directory=`.
+    pub directory: Option<PathBuf>,
+    /// `journalctl --file=` (globs allowed).
+    pub files: Vec<PathBuf>,
+    /// The `journalctl` program.
+    pub journalctl: PathBuf,
+}
+
+/// Validates a journald source (`type: journald`).
+fn validate_journald(
+    name: &str,
+    s: &RawSource,
+    defaults: &StaticFields,
+    message_max_length: usize,
+    record_max_bytes: u64,
+) -> Result<Source, ConfigError> {
+    let f = |k: &str| format!("sources.{name}.{k}");
+    for (present, key) in [
+        (s.format.is_some(), "format"),
+        (!s.include.is_empty(), "include"),
+        (!s.exclude.is_empty(), "exclude"),
+        (s.log_line_prefix.is_some(), "log_line_prefix"),
+        (s.multiline_timeout.is_some(), "multiline_timeout"),
+        (s.rescan_interval.is_some(), "rescan_interval"),
+        (s.rotate_wait.is_some(), "rotate_wait"),
+    ] {
+        if present {
+            return Err(invalid(f(key), "only for file sources, not type journald"));
+        }
+    }
+    let names = |key: &str, list: &Option<Vec<String>>| -> Result<Vec<String>, ConfigError> {
+        let mut out = Vec::new();
+        for v in list.iter().flatten() {
+            if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '=' || c == '/') {
+                return Err(invalid(f(key), format!("{v:?} is not a valid name")));
+            }
+            out.push(v.clone());
+        }
+        Ok(out)
+    };
+    let units = names("units", &s.units)?
+        .into_iter()
+        // As systemd and Vector do: a unit name without a type is a service.
+        .map(|u| {
+            if u.contains('.') {
+                u
+            } else {
+                format!("{u}.service")
+            }
+        })
+        .collect();
+    let identifiers = names("identifiers", &s.identifiers)?;
+    if s.directory.is_some() && s.files.is_some() {
+        return Err(invalid(
+            f("files"),
+            "directory or files, not both (journalctl accepts one)",
+        ));
+    }
+    if let Some(d) = &s.directory
+        && !d.is_absolute()
+    {
+        return Err(invalid(f("directory"), "must be an absolute path"));
+    }
+    let files = s.files.clone().unwrap_or_default();
+    if s.files.is_some() && files.is_empty() {
+        return Err(invalid(f("files"), "must name at least one journal file"));
+    }
+    if let Some(p) = files.iter().find(|p| !p.is_absolute()) {
+        return Err(invalid(
+            f("files"),
+            format!("{:?} must be an absolute path", p.display()),
+        ));
+    }
+    let journalctl = s
+        .journalctl
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("journalctl"));
+    if journalctl.as_os_str().is_empty() {
+        return Err(invalid(f("journalctl"), "must not be empty"));
+    }
+    let fields = s.fields.or(defaults);
+    let message_max_length = s.message_max_length.unwrap_or(message_max_length);
+    if message_max_length == 0 {
+        return Err(invalid(f("message_max_length"), "must be positive"));
+    }
+    Ok(Source {
+        name: name.to_owned(),
+        include: Vec::new(),
+        exclude: Vec::new(),
+        format: Format::Plain,
+        read_from: s.read_from,
+        job: fields.job.unwrap_or_else(|| "syslog".to_owned()),
+        ins: fields.ins.unwrap_or_default(),
+        ip: fields.ip.unwrap_or_default(),
+        cls: fields.cls.unwrap_or_default(),
+        min_level: s.min_level,
+        multiline_timeout: Duration::from_secs(1),
+        message_max_length,
+        record_max_bytes,
+        rescan_interval: Duration::from_secs(1),
+        rotate_wait: Duration::from_secs(10),
+        log_line_prefix: None,
+        journald: Some(JournaldSource {
+            units,
+            identifiers,
+            directory: s.directory.clone(),
+            files,
+            journalctl,
+        }),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -433,6 +557,32 @@ enum RawBufferKind {
     Disk,
 }
 
+/// What a sink does with new records when its disk buffer is full (Vector's `when_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Reading pauses until the sink frees space (backpressure; the files are the buffer).
+    #[default]
+    Block,
+    /// The records are dropped, counted and logged; reading goes on.
+    DropNewest,
+}
+
+/// The smallest disk buffer accepted.
+pub const DISK_BUFFER_MIN_SIZE: u64 = 64 * 1024;
+
+/// An optional, size-bounded disk buffer in front of a sink: records count as acknowledged
+/// by the sink once they are on disk (fsynced), so reading goes on through an outage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskBufferConfig {
+    /// Its directory (default `<checkpoint_dir>/buffer/<sink>`).
+    pub path: PathBuf,
+    /// Disk space the buffer may use, in bytes.
+    pub max_size: u64,
+    /// What happens when it is full.
+    pub when_full: WhenFull,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBuffer {
@@ -440,6 +590,8 @@ struct RawBuffer {
     kind: RawBufferKind,
     max_chunks: Option<usize>,
     max_size: Option<ByteSize>,
+    when_full: Option<WhenFull>,
+    path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -487,7 +639,7 @@ struct RawConfig {
     sinks: BTreeMap<String, RawSink>,
 }
 
-/// A validated file source.
+/// A validated source: files, or the journal when [`Source::journald`] is set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source {
     /// Its name (the key under `sources`), also the checkpoint file's name.
@@ -522,6 +674,8 @@ pub struct Source {
     pub rotate_wait: Duration,
     /// `log_line_prefix` (format `postgres_stderr` only).
     pub log_line_prefix: Option<String>,
+    /// Set for a journald source (`type: journald`); the file settings are then unused.
+    pub journald: Option<JournaldSource>,
 }
 
 /// What kind of sink, with its specific settings.
@@ -584,6 +738,8 @@ pub struct Sink {
     pub retry: Retry,
     /// Chunks (one read of a file, at most 128 KiB of input) buffered in front of it.
     pub buffer_chunks: usize,
+    /// The disk buffer behind those chunks, if any (`buffer.type: disk`).
+    pub disk_buffer: Option<DiskBufferConfig>,
     /// Where records rejected with a 400 go.
     pub dead_letter_path: PathBuf,
 }
@@ -720,7 +876,25 @@ impl RawConfig {
                 ));
             }
             if s.kind == RawSourceKind::Journald {
-                return Err(unsupported(f("type"), "the journald source"));
+                sources.push(validate_journald(
+                    name,
+                    s,
+                    &self.fields,
+                    message_max_length,
+                    record_max_bytes,
+                )?);
+                continue;
+            }
+            for (present, key) in [
+                (s.units.is_some(), "units"),
+                (s.identifiers.is_some(), "identifiers"),
+                (s.directory.is_some(), "directory"),
+                (s.files.is_some(), "files"),
+                (s.journalctl.is_some(), "journalctl"),
+            ] {
+                if present {
+                    return Err(invalid(f(key), "only for sources of type journald"));
+                }
             }
             let format = s
                 .format
@@ -777,6 +951,7 @@ impl RawConfig {
                 rescan_interval: s.rescan_interval.map_or(Duration::from_secs(1), |d| d.0),
                 rotate_wait: s.rotate_wait.map_or(Duration::from_secs(10), |d| d.0),
                 log_line_prefix,
+                journald: None,
             });
             let last = sources.last().expect("just pushed");
             if last.rescan_interval < Duration::from_millis(10) {
@@ -786,8 +961,15 @@ impl RawConfig {
 
         let mut sinks = Vec::new();
         for (name, s) in &self.sinks {
-            sinks.push(validate_sink(name, s, &sources, &dead_letter_dir)?);
+            sinks.push(validate_sink(
+                name,
+                s,
+                &sources,
+                &dead_letter_dir,
+                &checkpoint_dir,
+            )?);
         }
+        check_disk_buffer_paths(&sinks)?;
         Ok(Config {
             checkpoint_dir,
             sources,
@@ -796,11 +978,88 @@ impl RawConfig {
     }
 }
 
+/// Two sinks sharing a disk buffer directory would read each other's records.
+fn check_disk_buffer_paths(sinks: &[Sink]) -> Result<(), ConfigError> {
+    for (i, a) in sinks.iter().enumerate() {
+        let Some(da) = &a.disk_buffer else { continue };
+        if let Some(b) = sinks[..i]
+            .iter()
+            .find(|b| b.disk_buffer.as_ref().is_some_and(|db| db.path == da.path))
+        {
+            return Err(invalid(
+                format!("sinks.{}.buffer.path", a.name),
+                format!(
+                    "{} is already the disk buffer of sink {}",
+                    da.path.display(),
+                    b.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_buffer(
+    name: &str,
+    b: &RawBuffer,
+    checkpoint_dir: &Path,
+) -> Result<(usize, Option<DiskBufferConfig>), ConfigError> {
+    let f = |k: &str| format!("sinks.{name}.buffer.{k}");
+    let buffer_chunks = b.max_chunks.unwrap_or(16);
+    if buffer_chunks == 0 {
+        return Err(invalid(f("max_chunks"), "must be positive"));
+    }
+    if b.kind == RawBufferKind::Memory {
+        for (present, key) in [
+            (b.max_size.is_some(), "max_size"),
+            (b.when_full.is_some(), "when_full"),
+            (b.path.is_some(), "path"),
+        ] {
+            if present {
+                return Err(invalid(
+                    f(key),
+                    "only with type: disk (a memory buffer always blocks when full)",
+                ));
+            }
+        }
+        return Ok((buffer_chunks, None));
+    }
+    let max_size = b
+        .max_size
+        .ok_or_else(|| invalid(f("max_size"), "is required with type: disk"))?
+        .0;
+    if max_size < DISK_BUFFER_MIN_SIZE {
+        return Err(invalid(
+            f("max_size"),
+            format!("must be at least 64KiB ({DISK_BUFFER_MIN_SIZE} bytes)"),
+        ));
+    }
+    let path = match &b.path {
+        Some(p) if !p.is_absolute() => {
+            return Err(invalid(f("path"), "must be an absolute path"));
+        }
+        Some(p) => p.clone(),
+        None => checkpoint_dir.join("buffer").join(name),
+    };
+    if path == checkpoint_dir {
+        return Err(invalid(f("path"), "must not be the checkpoint_dir itself"));
+    }
+    Ok((
+        buffer_chunks,
+        Some(DiskBufferConfig {
+            path,
+            max_size,
+            when_full: b.when_full.unwrap_or_default(),
+        }),
+    ))
+}
+
 fn validate_sink(
     name: &str,
     s: &RawSink,
     sources: &[Source],
     dead_letter_dir: &Path,
+    checkpoint_dir: &Path,
 ) -> Result<Sink, ConfigError> {
     let f = |k: &str| format!("sinks.{name}.{k}");
     if !is_label_name(name) {
@@ -861,13 +1120,7 @@ fn validate_sink(
         "victorialogs, loki",
     )?;
 
-    if s.buffer.kind == RawBufferKind::Disk || s.buffer.max_size.is_some() {
-        return Err(unsupported(f("buffer"), "the disk buffer"));
-    }
-    let buffer_chunks = s.buffer.max_chunks.unwrap_or(16);
-    if buffer_chunks == 0 {
-        return Err(invalid(f("buffer.max_chunks"), "must be positive"));
-    }
+    let (buffer_chunks, disk_buffer) = validate_buffer(name, &s.buffer, checkpoint_dir)?;
 
     let inputs = match &s.inputs {
         None => (0..sources.len()).collect(),
@@ -1019,6 +1272,7 @@ fn validate_sink(
         batch,
         retry,
         buffer_chunks,
+        disk_buffer,
         dead_letter_path: s
             .dead_letter_path
             .clone()
@@ -1170,8 +1424,43 @@ sinks:
             err(&format!(
                 "{base}sources: {{pg: {{type: journald, include: [/x], format: plain}}}}"
             )),
-            "sources.pg.type: not supported yet (the journald source)"
+            "sources.pg.format: only for file sources, not type journald"
         );
+        assert_eq!(
+            err(&format!(
+                "{base}sources: {{pg: {{include: [/x], format: plain, units: [a]}}}}"
+            )),
+            "sources.pg.units: only for sources of type journald"
+        );
+        assert_eq!(
+            err(&format!(
+                "{base}sources: {{j: {{type: journald, units: ['a b']}}}}"
+            )),
+            "sources.j.units: \"a b\" is not a valid name"
+        );
+        assert_eq!(
+            err(&format!(
+                "{base}sources: {{j: {{type: journald, directory: rel}}}}"
+            )),
+            "sources.j.directory: must be an absolute path"
+        );
+        assert_eq!(
+            err(&format!(
+                "{base}sources: {{j: {{type: journald, directory: /d, files: [/f]}}}}"
+            )),
+            "sources.j.files: directory or files, not both (journalctl accepts one)"
+        );
+        let c = Config::parse(&format!(
+            "{base}sources: {{j: {{type: journald, units: [pgbouncer, pg_exporter.service], read_from: end, min_level: warning, fields: {{ins: n1}}}}}}"
+        ))
+        .unwrap();
+        let j = &c.sources[0];
+        assert_eq!((j.job.as_str(), j.ins.as_str()), ("syslog", "n1"));
+        assert_eq!(j.read_from, ReadFrom::End);
+        assert_eq!(j.min_level, Some(Level::Warning));
+        let jd = j.journald.as_ref().unwrap();
+        assert_eq!(jd.units, ["pgbouncer.service", "pg_exporter.service"]);
+        assert_eq!(jd.journalctl, PathBuf::from("journalctl"));
         assert_eq!(
             err(&format!(
                 "{base}sources: {{pg: {{include: [/x], format: postgres_stderr, log_line_prefix: '%m %Z'}}}}"
@@ -1208,9 +1497,9 @@ sinks:
         );
         assert_eq!(
             err(&format!(
-                "{src}sinks: {{v: {{type: loki, endpoint: 'http://x', buffer: {{type: disk, max_size: 1GiB}}}}}}"
+                "{src}sinks: {{v: {{type: loki, endpoint: 'http://x', buffer: {{type: disk}}}}}}"
             )),
-            "sinks.v.buffer: not supported yet (the disk buffer)"
+            "sinks.v.buffer.max_size: is required with type: disk"
         );
         assert_eq!(
             err(&format!(
@@ -1235,6 +1524,82 @@ sinks:
                 "{src}sinks: {{v: {{type: loki, endpoint: 'http://x', batch: {{timeout: soon}}}}}}"
             ))
             .contains("invalid duration")
+        );
+    }
+
+    #[test]
+    fn disk_buffer_options() {
+        let src = "checkpoint_dir: /var/lib/ls\nsources: {pg: {include: [/x], format: plain}}\n";
+        let sink = |buffer: &str| {
+            format!("{src}sinks: {{v: {{type: loki, endpoint: 'http://x', buffer: {buffer}}}}}")
+        };
+        let c = Config::parse(&sink("{type: disk, max_size: 256MiB}")).unwrap();
+        let d = c.sinks[0].disk_buffer.clone().unwrap();
+        assert_eq!(d.max_size, 256 << 20);
+        assert_eq!(d.when_full, WhenFull::Block);
+        assert_eq!(d.path, PathBuf::from("/var/lib/ls/buffer/v"));
+        assert_eq!(c.sinks[0].buffer_chunks, 16);
+        let c = Config::parse(&sink(
+            "{type: disk, max_size: 1000000, when_full: drop_newest, path: /data/buf, max_chunks: 4}",
+        ))
+        .unwrap();
+        let d = c.sinks[0].disk_buffer.clone().unwrap();
+        assert_eq!(
+            (d.max_size, d.when_full, d.path),
+            (1_000_000, WhenFull::DropNewest, PathBuf::from("/data/buf"))
+        );
+        assert_eq!(c.sinks[0].buffer_chunks, 4);
+        assert!(
+            Config::parse(&sink("{max_chunks: 3}")).unwrap().sinks[0]
+                .disk_buffer
+                .is_none()
+        );
+        for (buffer, message) in [
+            (
+                "{type: disk, max_size: 1KiB}",
+                "sinks.v.buffer.max_size: must be at least 64KiB (65536 bytes)",
+            ),
+            (
+                "{type: disk, max_size: 1MiB, path: rel/dir}",
+                "sinks.v.buffer.path: must be an absolute path",
+            ),
+            (
+                "{type: disk, max_size: 1MiB, path: /var/lib/ls}",
+                "sinks.v.buffer.path: must not be the checkpoint_dir itself",
+            ),
+            (
+                "{max_size: 1MiB}",
+                "sinks.v.buffer.max_size: only with type: disk (a memory buffer always blocks when full)",
+            ),
+            (
+                "{when_full: drop_newest}",
+                "sinks.v.buffer.when_full: only with type: disk (a memory buffer always blocks when full)",
+            ),
+            (
+                "{type: disk, max_size: 1MiB, max_chunks: 0}",
+                "sinks.v.buffer.max_chunks: must be positive",
+            ),
+        ] {
+            assert_eq!(err(&sink(buffer)), message, "{buffer}");
+        }
+        for (buffer, needle) in [
+            ("{type: disk, max_size: 1MiB, when_full: wait}", "when_full"),
+            ("{type: disk, max_size: lots}", "invalid size"),
+            ("{type: tape, max_size: 1MiB}", "unknown variant `tape`"),
+            (
+                "{type: disk, max_size: 1MiB, colour: red}",
+                "unknown field `colour`",
+            ),
+        ] {
+            let e = err(&sink(buffer));
+            assert!(e.contains(needle) && e.contains("sinks"), "{buffer}: {e}");
+        }
+        let two = format!(
+            "{src}sinks:\n  a: {{type: file, path: /tmp/a, buffer: {{type: disk, max_size: 1MiB, path: /b}}}}\n  b: {{type: file, path: /tmp/b, buffer: {{type: disk, max_size: 1MiB, path: /b}}}}\n"
+        );
+        assert_eq!(
+            err(&two),
+            "sinks.b.buffer.path: /b is already the disk buffer of sink a"
         );
     }
 

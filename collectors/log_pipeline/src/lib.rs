@@ -7,10 +7,13 @@
 //! - [`parse`]: record framing (multi-line records) and the parsers of each format;
 //! - [`tailer`]: file discovery, identity (device + inode + head checksum), rotation and
 //!   truncation handling;
+//! - [`journald`]: the systemd journal through `journalctl --output=json`, its cursor kept
+//!   like a checkpoint;
 //! - [`checkpoint`]: positions acknowledged by every sink, written atomically;
 //! - [`sink`]: batching, delivery with retries, dead letters;
 //! - [`pipeline`]: wiring sources to sinks with bounded buffers (backpressure);
-//! - [`stats`]: the shipper's own metrics.
+//! - [`stats`]: the shipper's own metrics, and metrics derived from PostgreSQL logs (events by
+//!   severity and SQLSTATE class, statement durations by database).
 //!
 //! Delivery is at-least-once: a checkpoint only moves over data that every sink subscribed to
 //! the source has acknowledged, so a crash or an outage re-sends at most the unacknowledged
@@ -18,6 +21,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod journald;
 pub mod parse;
 pub mod pipeline;
 pub mod record;

@@ -1,5 +1,6 @@
-//! Wires one config into running parts: a tailer thread per source, a task per sink with a
-//! bounded channel in front of it, and a checkpointer per source.
+//! Wires one config into running parts: a tailer thread per file source (a journalctl
+//! reader task per journald source), a task per sink with a bounded channel in front of it,
+//! and a checkpointer per source.
 //!
 //! Stopping is graceful: tailers stop reading, sinks deliver what they hold, checkpoints are
 //! written last. Whatever a sink could not deliver within the grace period is not
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::checkpoint::{self, CheckpointError, SourceProgress};
 use crate::config::Config;
+use crate::journald::{self, JournaldHandle, JournaldSetup};
 use crate::sink::{SinkError, SinkSetup, SinkTask};
 use crate::stats::Stats;
 use crate::tailer::{self, TailerHandle, TailerSetup};
@@ -43,6 +45,7 @@ pub enum PipelineError {
 #[derive(Debug)]
 pub struct Pipeline {
     tailers: Vec<TailerHandle>,
+    journals: Vec<JournaldHandle>,
     sinks: Vec<tokio::task::JoinHandle<()>>,
     checkpointers: Vec<tokio::task::JoinHandle<()>>,
     abort: watch::Sender<bool>,
@@ -59,9 +62,17 @@ impl Pipeline {
             }
         })?;
         let mut checkpoints = Vec::new();
+        let mut journal_starts = Vec::new();
         let mut progress = Vec::new();
         for source in &config.sources {
             let path = checkpoint::path_for(&config.checkpoint_dir, &source.name);
+            journal_starts.push(match source.journald {
+                Some(_) => Some(journald::load(&journald::checkpoint_path(
+                    &config.checkpoint_dir,
+                    &source.name,
+                ))?),
+                None => None,
+            });
             let loaded = match checkpoint::load(&path) {
                 Ok(c) => c,
                 Err(e @ CheckpointError::Corrupt { .. }) => {
@@ -113,6 +124,10 @@ impl Pipeline {
         let (checkpoint_stop, stop_rx) = watch::channel(false);
         let mut checkpointers = Vec::new();
         for (source, p) in config.sources.iter().zip(&progress) {
+            if source.journald.is_some() {
+                // Its reader writes its cursor file itself.
+                continue;
+            }
             checkpointers.push(tokio::spawn(checkpoint::run_checkpointer(
                 checkpoint::path_for(&config.checkpoint_dir, &source.name),
                 p.clone(),
@@ -122,6 +137,7 @@ impl Pipeline {
         }
 
         let mut tailers = Vec::new();
+        let mut journals = Vec::new();
         for (i, ((source, outputs), checkpoint)) in config
             .sources
             .iter()
@@ -129,6 +145,19 @@ impl Pipeline {
             .zip(checkpoints)
             .enumerate()
         {
+            if let Some(start) = journal_starts[i].take() {
+                journals.push(journald::spawn(JournaldSetup {
+                    index: i,
+                    source: source.clone(),
+                    progress: progress[i].clone(),
+                    outputs,
+                    stats: stats.clone(),
+                    checkpoint_dir: config.checkpoint_dir.clone(),
+                    start,
+                    checkpoint_stop: stop_rx.clone(),
+                }));
+                continue;
+            }
             let handle = tailer::spawn(TailerSetup {
                 index: i,
                 source: source.clone(),
@@ -152,6 +181,7 @@ impl Pipeline {
         );
         Ok(Pipeline {
             tailers,
+            journals,
             sinks,
             checkpointers,
             abort,
@@ -166,12 +196,23 @@ impl Pipeline {
         for t in &self.tailers {
             t.request_stop();
         }
+        for j in &self.journals {
+            j.request_stop();
+        }
+        let readers_done = |p: &Pipeline| {
+            p.tailers.iter().all(TailerHandle::is_finished)
+                && p.journals.iter().all(JournaldHandle::is_finished)
+        };
         // Tailers blocked on a full buffer finish once the sinks take from it or abort.
-        while !self.tailers.iter().all(TailerHandle::is_finished) && Instant::now() < deadline {
+        while !readers_done(&self) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if !self.tailers.iter().all(TailerHandle::is_finished) {
+        if !readers_done(&self) {
             let _ = self.abort.send(true);
+        }
+        let mut journals = std::mem::take(&mut self.journals);
+        for j in &mut journals {
+            j.join_reader().await;
         }
         let mut tailers = std::mem::take(&mut self.tailers);
         let _ = tokio::task::spawn_blocking(move || {
@@ -182,21 +223,30 @@ impl Pipeline {
         .await;
         // The senders are gone: sinks flush and end.
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let sinks = std::mem::take(&mut self.sinks);
-        let all = futures_join(sinks);
-        if tokio::time::timeout(remaining, all).await.is_err() {
+        let mut sinks = std::mem::take(&mut self.sinks);
+        if tokio::time::timeout(remaining, futures_join(&mut sinks))
+            .await
+            .is_err()
+        {
             warn!("Sinks did not deliver everything in time; the rest is re-read later.");
             let _ = self.abort.send(true);
+            // Aborted sinks end at once; a disk buffer must be closed before a new pipeline
+            // opens it. (A handle already awaited must not be polled again.)
+            sinks.retain(|h| !h.is_finished());
+            let _ = tokio::time::timeout(Duration::from_secs(2), futures_join(&mut sinks)).await;
         }
         let _ = self.checkpoint_stop.send(true);
         for c in std::mem::take(&mut self.checkpointers) {
             let _ = c.await;
         }
+        for j in &mut journals {
+            j.join_checkpointer().await;
+        }
         info!("Pipeline stopped.");
     }
 }
 
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+async fn futures_join(handles: &mut [tokio::task::JoinHandle<()>]) {
     for h in handles {
         let _ = h.await;
     }
@@ -206,6 +256,10 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         for t in &self.tailers {
             t.request_stop();
+        }
+        // Their journalctl is killed as the reader task ends.
+        for j in &self.journals {
+            j.request_stop();
         }
         let _ = self.abort.send(true);
         let _ = self.checkpoint_stop.send(true);

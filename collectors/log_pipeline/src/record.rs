@@ -148,7 +148,9 @@ impl Record {
 
     /// `_time` as RFC 3339 in UTC with milliseconds, e.g. `2024-01-01T12:00:00.123Z`.
     pub fn time_rfc3339(&self) -> String {
-        format!("{:.3}", self.time)
+        let mut s = String::with_capacity(24);
+        write_rfc3339_millis(&mut s, self.time);
+        s
     }
 
     /// The value of a field by name, for labels and stream fields (`None` when absent).
@@ -195,10 +197,15 @@ impl Record {
     /// Appends the record as one JSON object (no newline). With `with_time` false, `_time`
     /// is left out (Loki carries it as the entry timestamp).
     pub fn write_json(&self, out: &mut String, with_time: bool) {
+        // Room for the whole object up front, so that the many small appends below do not
+        // each grow the buffer.
+        out.reserve(self.message.len() + 384);
         let mut w = JsonObject::new(out);
         if with_time {
             w.key("_time");
-            let _ = write!(w.out, "\"{:.3}\"", self.time);
+            w.out.push('"');
+            write_rfc3339_millis(w.out, self.time);
+            w.out.push('"');
         }
         w.opt("job", &self.origin.job);
         w.opt("ins", &self.origin.ins);
@@ -260,8 +267,15 @@ impl<'a> JsonObject<'a> {
             self.out.push(',');
         }
         self.first = false;
-        write_json_string(self.out, k);
-        self.out.push(':');
+        // Field names are identifiers: no escaping to look for.
+        if k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+            self.out.push('"');
+            self.out.push_str(k);
+            self.out.push_str("\":");
+        } else {
+            write_json_string(self.out, k);
+            self.out.push(':');
+        }
     }
 
     fn str(&mut self, k: &str, v: &str) {
@@ -289,26 +303,83 @@ impl<'a> JsonObject<'a> {
     }
 }
 
+/// Appends `t` as RFC 3339 in UTC with milliseconds (`2024-01-01T12:00:00.123Z`), exactly as
+/// jiff's `{:.3}` writes it. Every shipped record carries one, so the common case (years
+/// 1970–9999) is formatted by hand instead of through jiff's general formatter.
+pub fn write_rfc3339_millis(out: &mut String, t: Timestamp) {
+    let secs = t.as_second();
+    // 253402300800 is 10000-01-01T00:00:00Z.
+    if !(0..253_402_300_800).contains(&secs) {
+        let _ = write!(out, "{t:.3}");
+        return;
+    }
+    let days = secs / 86_400;
+    let sod = secs % 86_400;
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 >= 0.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let millis = i64::from(t.subsec_nanosecond()) / 1_000_000;
+    let mut buf = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for k in (at..at + width).rev() {
+            buf[k] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, sod / 3600);
+    put(14, 2, sod / 60 % 60);
+    put(17, 2, sod % 60);
+    put(20, 3, millis);
+    // Only ASCII digits and separators were written.
+    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
+}
+
+/// How each byte is escaped in a JSON string: 0 = as is, `u` = `\u00XX`, else `\` + it.
+const ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[b'\t' as usize] = b't';
+    t
+};
+
 /// Appends `s` as a JSON string literal.
 pub fn write_json_string(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
+    let b = s.as_bytes();
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let esc: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0..=0x1f => None,
-            _ => continue,
-        };
+    // Runs without escapes are found by a table-driven scan and copied in one piece.
+    while let Some(k) = b[start..].iter().position(|&c| ESCAPE[usize::from(c)] != 0) {
+        let i = start + k;
+        let c = b[i];
+        // Escaped bytes are ASCII, so `start..i` lies on character boundaries.
         out.push_str(&s[start..i]);
-        match esc {
-            Some(e) => out.push_str(e),
-            None => {
-                let _ = write!(out, "\\u{b:04x}");
+        out.push('\\');
+        match ESCAPE[usize::from(c)] {
+            b'u' => {
+                out.push_str("u00");
+                out.push(char::from(HEX[usize::from(c >> 4)]));
+                out.push(char::from(HEX[usize::from(c & 0xf)]));
             }
+            e => out.push(char::from(e)),
         }
         start = i + 1;
     }
@@ -372,5 +443,73 @@ mod tests {
         assert_eq!(v["message"], "a \"q\"\n\tb\u{1}");
         assert_eq!(r.field("ip"), None);
         assert_eq!(r.field("level"), Some("err"));
+    }
+
+    #[test]
+    fn json_strings_match_serde_json() {
+        let mut samples: Vec<String> = vec![
+            String::new(),
+            "plain ascii text longer than one word".into(),
+            "\"\\\u{0}\u{1f}\u{7f}é中\n\r\t\u{8}\u{c}".into(),
+            "exactly8".into(),
+            "seven\n!".into(),
+        ];
+        // Every control/special byte at every position of a 17-byte string.
+        for c in ['"', '\\', '\n', '\u{1}', '\u{1f}', 'ÿ', ' '] {
+            for at in 0..17 {
+                let mut s: String = "ABCDEFGHIJKLMNOPQ".into();
+                s.replace_range(at..=at, &c.to_string());
+                samples.push(s);
+            }
+        }
+        for s in samples {
+            let mut out = String::new();
+            write_json_string(&mut out, &s);
+            let back: String = serde_json::from_str(&out).unwrap();
+            assert_eq!(back, s);
+            assert!(!out.bytes().any(|b| b < 0x20), "{out:?}");
+            // serde_json writes \b and \f where we write \u0008 and \u000c; else the same.
+            let want = serde_json::to_string(&s)
+                .unwrap()
+                .replace("\\b", "\\u0008")
+                .replace("\\f", "\\u000c");
+            assert_eq!(out, want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_matches_jiff() {
+        let mut x: i64 = 0x2545_f491_4f6c_dd1d;
+        let check = |secs: i64, nanos: i32| {
+            let t = Timestamp::new(secs, nanos).unwrap();
+            let mut out = String::new();
+            write_rfc3339_millis(&mut out, t);
+            assert_eq!(out, format!("{t:.3}"), "{secs} {nanos}");
+        };
+        for secs in [
+            0,
+            1,
+            59,
+            86_399,
+            86_400,
+            951_782_400,
+            1_709_164_800,
+            253_402_207_200,
+        ] {
+            for nanos in [0, 999_999, 1_000_000, 123_456_789, 999_999_999] {
+                check(secs, nanos);
+            }
+        }
+        check(-1, -500_000_000);
+        check(-377_705_023_201, 0);
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            check(
+                x.rem_euclid(253_402_207_200),
+                (x >> 3).rem_euclid(1_000_000_000) as i32,
+            );
+        }
     }
 }

@@ -140,6 +140,8 @@ struct Stream {
     last_sent_end: u64,
     /// The head changed under a read: check it before the next one.
     suspect: bool,
+    /// Modification time at the last turn.
+    mtime: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug)]
@@ -184,6 +186,8 @@ struct Tailer {
     watcher: Option<notify::RecommendedWatcher>,
     watched: HashSet<PathBuf>,
     closed: bool,
+    /// The read buffer, reused.
+    read_buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for Tailer {
@@ -293,6 +297,7 @@ impl Tailer {
             watcher: None,
             watched: HashSet::new(),
             closed: false,
+            read_buf: Vec::new(),
         }
     }
 
@@ -503,6 +508,7 @@ impl Tailer {
                 }
                 self.add_stream(file, path, fid, size, e.offset, "checkpoint");
             } else {
+                self.count_lost(&e, "its inode now holds other content");
                 self.add_stream(file, path, fid, size, 0, "inode reused or truncated");
             }
             return;
@@ -599,6 +605,7 @@ impl Tailer {
             size,
             last_sent_end: start,
             suspect: false,
+            mtime: None,
         });
     }
 
@@ -629,6 +636,7 @@ impl Tailer {
                     }
                 }
                 None => {
+                    self.count_lost(&e, "it no longer exists");
                     let id = next_stream_id();
                     self.progress.register_dead(
                         id,
@@ -643,6 +651,16 @@ impl Tailer {
                     });
                 }
             }
+        }
+    }
+
+    /// A checkpointed file is gone: what was read but never acknowledged is lost (and
+    /// whatever it held past that, which cannot be known).
+    fn count_lost(&self, e: &Entry, why: &str) {
+        let lost = e.read.saturating_sub(e.offset);
+        if lost > 0 {
+            self.counters.lost_bytes.fetch_add(lost, Ordering::Relaxed);
+            warn!(source = %self.source.name, path = %e.path.display(), lost_bytes = lost, reason = why, "File gone before it was read and acknowledged completely; data lost.");
         }
     }
 
@@ -715,23 +733,31 @@ impl Tailer {
 
     fn read_stream(&mut self, i: usize) -> StreamTurn {
         let now = Instant::now();
-        let size = match self.streams[i].file.metadata() {
-            Ok(m) => m.len(),
+        let (size, mtime) = match self.streams[i].file.metadata() {
+            Ok(m) => (m.len(), m.modified().ok()),
             Err(_) => return StreamTurn::Drop,
         };
         let s = &mut self.streams[i];
         s.size = size;
         let pos = s.framer.position();
-        if (size != pos || s.suspect) && !self.check_head(i, size) {
+        // A file truncated and refilled to exactly the length already read between two turns
+        // (equal-length lines, a busy host) keeps its size: its new modification time sends
+        // it to the head check as well.
+        let rewritten = size == pos && mtime != s.mtime;
+        if (size != pos || s.suspect || rewritten) && !self.check_head(i, size) {
             return StreamTurn::Data;
         }
         let s = &mut self.streams[i];
+        s.mtime = mtime;
         let mut raws = Vec::new();
         let mut read = 0usize;
         if size > pos {
             let want = ((size - pos) as usize).min(READ_CHUNK);
-            let mut buf = vec![0u8; want];
-            match s.file.read_at(&mut buf, pos) {
+            // One buffer for every read: a fresh 128 KiB allocation is an mmap, page faults
+            // and an munmap each time.
+            let buf = &mut self.read_buf;
+            buf.resize(want, 0);
+            match s.file.read_at(buf, pos) {
                 Ok(n) => {
                     buf.truncate(n);
                     // A truncation (and new writes) between the head check and the read
@@ -743,7 +769,7 @@ impl Tailer {
                         return StreamTurn::Data;
                     }
                     read = n;
-                    s.framer.feed(&buf, &mut raws);
+                    s.framer.feed(buf, &mut raws);
                     s.last_data = now;
                 }
                 Err(e) => {
@@ -858,6 +884,8 @@ impl Tailer {
             if flags.message_cut {
                 c.message_cut.fetch_add(1, Ordering::Relaxed);
             }
+            self.stats
+                .observe_log_record(&self.source.name, self.source.format, &record);
             if let (Some(min), Some(level)) = (self.source.min_level, record.level)
                 && level > min
             {

@@ -160,13 +160,17 @@ impl Cli {
         flavor: &Flavor,
         args: impl IntoIterator<Item = String>,
     ) -> Result<Cli, clap::Error> {
-        let command = Cli::command()
+        let matches = Cli::command_for(flavor).try_get_matches_from(normalize_args(args))?;
+        Cli::from_arg_matches(&matches)
+    }
+
+    /// The command line of `flavor`'s binary: its name, and upstream's `-P` short flag.
+    pub fn command_for(flavor: &Flavor) -> clap::Command {
+        Cli::command()
             .name(flavor.name)
             .mut_arg("telemetry_path", |a| {
                 a.short('P').env("PG_EXPORTER_TELEMETRY_PATH")
-            });
-        let matches = command.try_get_matches_from(normalize_args(args))?;
-        Cli::from_arg_matches(&matches)
+            })
     }
 
     /// The URL by upstream's precedence: flag, PG_EXPORTER_URL, PGURL, PG_EXPORTER_URL_FILE,
@@ -239,6 +243,9 @@ pub fn load_collectors(
 /// Runs the program; returns the process exit code (1 bad flags/paths, 2 construction
 /// failures, as upstream).
 pub fn main(flavor: &Flavor) -> ExitCode {
+    if let Some(code) = agent_kit::entry::generate_docs_if_requested(|| Cli::command_for(flavor)) {
+        return code;
+    }
     agent_kit::entry::run(
         Cli::parse_for(flavor, std::env::args()),
         |cli| &cli.log,

@@ -25,6 +25,9 @@ use crate::conninfo::ConnInfo;
 use crate::planner::ServerKind;
 use crate::server::{EngineSettings, Probe, Server, ServerScrape};
 
+/// How often the server's liveness and role are probed for `/up`, `/primary`, `/replica`.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
 /// How many discovered databases are scraped at once.
 const DISCOVERY_CONCURRENCY: usize = 4;
 
@@ -263,9 +266,11 @@ impl Exporter {
         self.set_health(health);
     }
 
-    /// Probes every second, forever; spawn it once.
+    /// Probes every [`PROBE_INTERVAL`], forever; spawn it once.
     pub async fn probe_forever(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Health checkers (HAProxy, Patroni-aware routers) read the role endpoints: a role flip
+        // must show within a second of Patroni's own REST API, so the probe runs twice a second.
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

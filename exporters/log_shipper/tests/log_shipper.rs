@@ -112,7 +112,8 @@ impl Drop for Shipper {
 
 #[test]
 fn the_shipped_pigsty_config_is_valid() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("log_shipper.yml");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/log-shipper/log_shipper.yml");
     let out = Command::new(env!("CARGO_BIN_EXE_log_shipper"))
         .arg(format!("--config={}", path.display()))
         .arg("--dry-run")
@@ -498,4 +499,442 @@ async fn postgres15_csvlog_and_jsonlog_end_to_end() {
         csv_count, json_count,
         "csvlog and jsonlog should carry the same events"
     );
+}
+
+/// The metrics derived from PostgreSQL logs, from a real PostgreSQL 15: errors with known
+/// SQLSTATEs and a FATAL counted by severity and class, and statements slowed with pg_sleep
+/// (logged through log_min_duration_statement = 0 for one role in one database) in the
+/// duration histogram of their database, for csvlog, jsonlog and stderr, before the level
+/// filter (the jsonlog source ships only warnings and worse).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres15_log_derived_metrics() {
+    let pg = tokio::task::spawn_blocking(|| {
+        PostgresBuilder::new(PgVersion::V15)
+            .name("logmetrics")
+            .setting("log_timezone", "'UTC'")
+            .setting("log_destination", "'csvlog,jsonlog,stderr'")
+            .setting("log_line_prefix", "'%m [%p] %e %q%u@%d/%a '")
+            .start()
+    })
+    .await
+    .unwrap()
+    .expect("PostgreSQL 15");
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = pg.log_dir().display().to_string();
+    let config = dir.path().join("log_shipper.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "checkpoint_dir: {ckpt}\nfields: {{ip: 127.0.0.1, cls: pg-test}}\nsources:\n  pg_csv:\n    include: ['{log_dir}/*.csv']\n    format: postgres_csv\n    fields: {{ins: csv}}\n    rescan_interval: 200ms\n  pg_json:\n    include: ['{log_dir}/*.json']\n    format: postgres_json\n    fields: {{ins: json}}\n    min_level: warning\n    rescan_interval: 200ms\n  pg_stderr:\n    include: ['{log_dir}/*.log']\n    format: postgres_stderr\n    log_line_prefix: '%m [%p] %e %q%u@%d/%a '\n    fields: {{ins: stderr}}\n    rescan_interval: 200ms\nsinks:\n  vl:\n    type: victorialogs\n    endpoint: {url}\n    batch: {{timeout: 100ms}}\n",
+            ckpt = dir.path().join("ckpt").display(),
+            url = rx.url(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("shipper.log");
+    let shipper = Shipper::start(&config, &log).await;
+
+    let pg = std::sync::Arc::new(pg);
+    let p2 = pg.clone();
+    tokio::task::spawn_blocking(move || {
+        p2.execute(
+            "postgres",
+            "CREATE DATABASE metrics_db;\n\
+             ALTER ROLE postgres IN DATABASE metrics_db SET log_min_duration_statement = 0;\n\
+             CREATE TABLE uniq_e2e (id int PRIMARY KEY);\n\
+             INSERT INTO uniq_e2e VALUES (1);\n",
+        )
+        .unwrap();
+        // unique_violation (23505) three times, division_by_zero (22012) twice.
+        for _ in 0..3 {
+            assert!(
+                p2.execute("postgres", "INSERT INTO uniq_e2e VALUES (1);\n")
+                    .is_err()
+            );
+        }
+        for _ in 0..2 {
+            assert!(p2.execute("postgres", "SELECT 1/0;\n").is_err());
+        }
+        // invalid_catalog_name (3D000), a FATAL at connection.
+        assert!(p2.execute("no_such_db_e2e", "SELECT 1;\n").is_err());
+        // Slow statements, logged with their duration in metrics_db only.
+        p2.execute(
+            "metrics_db",
+            "SELECT pg_sleep(0.15);\nSELECT pg_sleep(0.3);\nSELECT pg_sleep(1.1);\n",
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+
+    let sources = ["pg_csv", "pg_json", "pg_stderr"];
+    let expected: Vec<(String, f64)> = sources
+        .iter()
+        .flat_map(|s| {
+            let ev = |sev: &str, class: &str, n: f64| {
+                (
+                    format!("log_shipper_postgres_events_total{{source=\"{s}\",severity=\"{sev}\",sqlstate_class=\"{class}\"}}"),
+                    n,
+                )
+            };
+            let h = |suffix: &str, le: Option<&str>, n: f64| {
+                let le = le.map(|l| format!(",le=\"{l}\"")).unwrap_or_default();
+                (
+                    format!("log_shipper_postgres_statement_duration_seconds{suffix}{{source=\"{s}\",db=\"metrics_db\"{le}}}"),
+                    n,
+                )
+            };
+            [
+                ev("ERROR", "23", 3.0),
+                ev("ERROR", "22", 2.0),
+                ev("FATAL", "3D", 1.0),
+                h("_bucket", Some("0.1"), 0.0),
+                h("_bucket", Some("0.25"), 1.0),
+                h("_bucket", Some("0.5"), 2.0),
+                h("_bucket", Some("1"), 2.0),
+                h("_bucket", Some("2.5"), 3.0),
+                h("_bucket", Some("60"), 3.0),
+                h("_bucket", Some("+Inf"), 3.0),
+                h("_count", None, 3.0),
+            ]
+        })
+        .collect();
+    let value = |body: &str, sample: &str| -> Option<f64> {
+        body.lines().find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    };
+    // Wait until every source has counted the last slow statement, then compare exactly.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let body = shipper.metrics().await.unwrap_or_default();
+        if expected
+            .iter()
+            .all(|(s, n)| value(&body, s).is_some_and(|v| v >= *n))
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never reached the expected values:\n{body}\n--- shipper ---\n{}",
+            shipper.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // A moment more: nothing is counted twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body2 = shipper.metrics().await.unwrap();
+    for (sample, n) in &expected {
+        assert_eq!(value(&body, sample), Some(*n), "{sample}\n{body}");
+        assert_eq!(value(&body2, sample), Some(*n), "{sample}\n{body2}");
+    }
+    for s in sources {
+        let sum = value(
+            &body2,
+            &format!("log_shipper_postgres_statement_duration_seconds_sum{{source=\"{s}\",db=\"metrics_db\"}}"),
+        )
+        .unwrap();
+        assert!((1.55..2.5).contains(&sum), "{s}: sum {sum}");
+        assert!(body2.contains(&format!(
+            "log_shipper_postgres_events_total{{source=\"{s}\",severity=\"LOG\",sqlstate_class=\"00\"}}"
+        )), "{s}: no LOG/00\n{body2}");
+    }
+    assert!(body2.contains("# TYPE log_shipper_postgres_statement_duration_seconds histogram\n"));
+    assert!(body2.contains("# TYPE log_shipper_postgres_events_total counter\n"));
+    assert!(body2.contains("log_shipper_postgres_label_sets_folded_total{metric=\"events\"} 0\n"));
+    // The level filter dropped jsonlog's LOG records (the durations among them) after they
+    // were counted; the errors were shipped.
+    rx.wait_for(30, "jsonlog's 23505 records", |rs| {
+        rs.iter()
+            .filter(|r| r.fields["ins"] == "json" && r.fields["code"] == "23505")
+            .count()
+            == 3
+    })
+    .await;
+    shipper.stop().await;
+    let json: Vec<Received> = rx
+        .records()
+        .into_iter()
+        .filter(|r| r.fields["ins"] == "json")
+        .collect();
+    assert!(json.iter().all(|r| r.fields["lv"] != "LOG"), "LOG shipped");
+    assert!(json.iter().all(|r| r.fields["duration"].is_null()));
+    let durations: Vec<f64> = rx
+        .records()
+        .iter()
+        .filter(|r| r.fields["ins"] == "csv" && r.fields["db"] == "metrics_db")
+        .filter_map(|r| r.fields["duration"].as_f64())
+        .collect();
+    assert_eq!(durations.len(), 3, "{durations:?}");
+}
+
+/// Appends journal entries `range` (MESSAGE `seq=<n> ...`, unit pgbouncer.service) to the
+/// journal file `file`, through systemd-journal-remote reading the export format.
+fn write_journal(file: &Path, range: std::ops::Range<u64>) {
+    let remote = [
+        "/lib/systemd/systemd-journal-remote",
+        "/usr/lib/systemd/systemd-journal-remote",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("systemd-journal-remote (Debian package systemd-journal-remote; scripts/setup)");
+    let mut export = Vec::new();
+    for n in range.clone() {
+        export.extend_from_slice(
+            format!(
+                "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID=6c0d1b7e5f0a4c7e9f3e2d1c0b0a0908\nMESSAGE=seq={n} stats: 0 xacts/s, 0 queries/s\nPRIORITY=6\nSYSLOG_IDENTIFIER=pgbouncer\n_SYSTEMD_UNIT=pgbouncer.service\n_PID=4242\n\n",
+                1_700_000_000_000_000 + n * 1000,
+                1_000_000 + n
+            )
+            .as_bytes(),
+        );
+    }
+    let mut child = Command::new(remote)
+        .arg(format!("--output={}", file.display()))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&export).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && stderr.contains(&format!("writing {} entries", range.end - range.start)),
+        "systemd-journal-remote: {stderr}"
+    );
+}
+
+/// Whether process `pid` runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+/// The journald source through kill -9 of the shipper while entries are being written: the
+/// restarted shipper resumes after the acknowledged cursor (nothing lost, duplicates only
+/// from the batch in flight), and the orphaned journalctl ends at its next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journald_kill_9_mid_stream_resumes_from_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let file = journal.join("system.journal");
+    write_journal(&file, 0..500);
+    let wrapper = dir.path().join("journalctl.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho $$ >> {}\nexec journalctl \"$@\"\n",
+            dir.path().join("pids").display()
+        ),
+    )
+    .unwrap();
+    assert!(
+        Command::new("chmod")
+            .arg("+x")
+            .arg(&wrapper)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let pids = || -> Vec<u32> {
+        std::fs::read_to_string(dir.path().join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let rx = Receiver::start().await;
+    let max_events = 200;
+    let config = dir.path().join("log_shipper.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "checkpoint_dir: {ckpt}\nfields: {{ins: node-1}}\nsources:\n  syslog:\n    type: journald\n    directory: {journal}\n    units: [pgbouncer]\n    journalctl: {wrapper}\nsinks:\n  vl:\n    type: victorialogs\n    endpoint: {url}\n    batch: {{max_events: {max_events}, timeout: 100ms}}\n    retry: {{initial_backoff: 100ms, max_backoff: 1s}}\n",
+            ckpt = dir.path().join("ckpt").display(),
+            journal = journal.display(),
+            wrapper = wrapper.display(),
+            url = rx.url(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("shipper.log");
+    let mut shipper = Shipper::start(&config, &log).await;
+
+    let total = 20_000u64;
+    let f2 = file.clone();
+    let writer = std::thread::spawn(move || {
+        let mut n = 500;
+        while n < total {
+            write_journal(&f2, n..(n + 500).min(total));
+            n += 500;
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    });
+    rx.wait_for(60, "some records", |rs| rs.len() > 3000).await;
+    shipper.kill9();
+    let received_at_kill = rx.records().len();
+    let orphan = pids()[0];
+    let shipper = Shipper::start(&config, &log).await;
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    wait_distinct(&rx, total, 120, &log).await;
+
+    let c = counts(&rx);
+    let dups: usize = c.values().map(|v| v - 1).sum();
+    eprintln!(
+        "journald: received {received_at_kill} before kill -9; {dups} duplicates after the restart"
+    );
+    assert!(dups <= max_events, "{dups} duplicates");
+    assert_eq!(c.len() as u64, total);
+    let r = &rx.records()[0];
+    assert_eq!(r.fields["job"], "syslog");
+    assert_eq!(r.fields["app"], "pgbouncer");
+    assert_eq!(r.fields["unit"], "pgbouncer");
+    // The journalctl of the killed shipper got a broken pipe at its next entry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(orphan) {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned journalctl {orphan} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let live = *pids().last().unwrap();
+    assert!(running(live));
+    shipper.stop().await;
+    assert!(!running(live), "journalctl {live} outlived the shipper");
+}
+
+// The log_shipper binary with a disk buffer, killed with SIGKILL twice: once with records
+// only in the buffer (the receiver down, the checkpoint already past them), once mid-stream.
+// Nothing is lost; duplicates come only from the batch in flight and the last group written
+// to the buffer before its checkpoint.
+
+fn checkpoint_offset(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("ckpt/app.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["files"][0]["offset"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_disk_buffer_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let mut rx = Receiver::start().await;
+    rx.stop().await;
+    let max_events = 500;
+    let config = dir.path().join("log_shipper.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "checkpoint_dir: {ckpt}\nsources:\n  app:\n    include: ['{file}']\n    format: plain\n    rescan_interval: 200ms\nsinks:\n  vl:\n    type: victorialogs\n    endpoint: {url}\n    batch: {{max_events: {max_events}, timeout: 100ms}}\n    retry: {{initial_backoff: 100ms, max_backoff: 500ms}}\n    buffer: {{type: disk, max_size: 64MiB, max_chunks: 2}}\n",
+            ckpt = dir.path().join("ckpt").display(),
+            file = file.display(),
+            url = rx.url(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("shipper.log");
+
+    // 1. The receiver is down: the records go to the disk buffer and the checkpoint moves
+    //    past them; then SIGKILL.
+    let mut shipper = Shipper::start(&config, &log).await;
+    append(&file, 0..20_000);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoint_offset(dir.path()) != Some(size) {
+        assert!(Instant::now() < deadline, "{}", shipper.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let buffered = shipper
+        .metric("log_shipper_disk_buffer_bytes{sink=\"vl\"}")
+        .await
+        .unwrap();
+    assert!(buffered > 2_000_000.0, "{buffered}");
+    assert_eq!(
+        shipper
+            .metric("log_shipper_disk_buffer_max_bytes{sink=\"vl\"}")
+            .await,
+        Some(64.0 * 1024.0 * 1024.0)
+    );
+    shipper.kill9();
+
+    // 2. The receiver is back; a writer appends continuously; SIGKILL mid-stream.
+    rx.restart().await;
+    let mut shipper = Shipper::start(&config, &log).await;
+    let total = 60_000u64;
+    let f2 = file.clone();
+    let writer = std::thread::spawn(move || {
+        let mut n = 20_000;
+        while n < total {
+            append(&f2, n..(n + 1000).min(total));
+            n += 1000;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    rx.wait_for(60, "the buffered records and some more", |rs| {
+        rs.len() > 25_000
+    })
+    .await;
+    shipper.kill9();
+    let at_kill = rx.records().len();
+    let shipper = Shipper::start(&config, &log).await;
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    rx.wait_for(120, "every record", |rs| {
+        let mut seen = std::collections::HashSet::new();
+        for r in rs {
+            seen.insert(seq_of(r));
+        }
+        seen.len() as u64 >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let c = counts(&rx);
+    assert_eq!(c.len() as u64, total, "missing records");
+    let dups: usize = c.values().map(|v| v - 1).sum();
+    // The reader's batch in flight, plus the last group written to the buffer before its
+    // checkpoint was on disk (at most max_chunks + 1 chunks of 128 KiB, ~1300 lines each).
+    let bound = max_events + 3 * (128 * 1024 / 100);
+    eprintln!("received {at_kill} before the 2nd SIGKILL; {dups} duplicates (bound {bound})");
+    assert!(dups <= bound, "{dups} duplicates");
+    let metrics = shipper.metrics().await.unwrap();
+    for family in [
+        "log_shipper_disk_buffer_bytes{sink=\"vl\"}",
+        "log_shipper_buffer_dropped_events_total{sink=\"vl\"} 0",
+        "log_shipper_disk_buffer_corrupt_frames_total{sink=\"vl\"}",
+    ] {
+        assert!(metrics.contains(family), "{family} missing from\n{metrics}");
+    }
+
+    // SIGHUP: the old pipeline closes its disk buffer before the new one opens it.
+    shipper.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shipper
+        .metric("log_shipper_config_reloads_total{result=\"success\"}")
+        .await
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "no reload:\n{}", shipper.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    append(&file, total..total + 1000);
+    rx.wait_for(60, "the records after the reload", |rs| {
+        rs.iter().any(|r| seq_of(r) == total + 999)
+    })
+    .await;
+    assert!(!shipper.logs().contains("in use"), "{}", shipper.logs());
 }

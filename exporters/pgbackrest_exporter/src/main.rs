@@ -21,6 +21,11 @@ use pgbackrest_collector::collector::Collector;
 use tracing::info;
 
 fn main() -> ExitCode {
+    if let Some(code) =
+        agent_kit::entry::generate_docs_if_requested(<cli::Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     agent_kit::entry::run(
         cli::Cli::parse_from_env(),
         |cli| &cli.log,

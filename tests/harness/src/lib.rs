@@ -24,7 +24,10 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod etcd;
+pub mod haproxy;
 pub mod http;
+pub mod patroni;
 pub mod pgbackrest;
 pub mod pgbouncer;
 pub mod ports;
@@ -38,6 +41,9 @@ pub mod versions;
 pub mod victoria_metrics;
 
 pub use cluster::{Cluster, ClusterBuilder, shared_cluster};
+pub use etcd::Etcd;
+pub use haproxy::{Haproxy, HaproxyListener};
+pub use patroni::{PatroniCluster, PatroniClusterBuilder, PatroniMember, PatroniTiming};
 pub use pgbackrest::{BackupType, PgBackRest};
 pub use pgbouncer::Pgbouncer;
 pub use ports::free_port;

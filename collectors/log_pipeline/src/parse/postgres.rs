@@ -1,10 +1,11 @@
 //! PostgreSQL csvlog (PG 12-18: 23 to 26 columns) and jsonlog (PG 15+).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::csv::parse_csv_fields;
+use super::csv::{Span, Splitter};
 use super::prefix::LinePrefix;
 use super::redact::redact;
 use super::time::parse_pg_timestamp;
@@ -16,21 +17,21 @@ struct Event<'a> {
     time: &'a str,
     user: &'a str,
     db: &'a str,
-    pid: String,
+    pid: Cow<'a, str>,
     severity: &'a str,
     code: &'a str,
     message: &'a str,
     detail: &'a str,
     hint: &'a str,
     internal_query: &'a str,
-    internal_position: String,
+    internal_position: Cow<'a, str>,
     context: &'a str,
     statement: &'a str,
-    cursor_position: String,
-    location: String,
+    cursor_position: Cow<'a, str>,
+    location: Cow<'a, str>,
     app: &'a str,
     backend_type: &'a str,
-    query_id: String,
+    query_id: Cow<'a, str>,
 }
 
 impl Event<'_> {
@@ -56,12 +57,20 @@ impl Event<'_> {
             }
             message.push_str(p);
         }
-        let message = redact(&message).into_owned();
-        let duration = self
-            .message
-            .strip_prefix("duration: ")
-            .and_then(|rest| rest.split_once(" ms"))
-            .and_then(|(ms, _)| ms.parse::<f64>().ok());
+        // One allocation when there is nothing to mask (the common case).
+        let masked = match redact(&message) {
+            Cow::Owned(m) => Some(m),
+            Cow::Borrowed(_) => None,
+        };
+        let message = masked.unwrap_or(message);
+        // `duration: X ms`: a number never holds a space, so the first space must be the
+        // one of " ms" (the same result as splitting at the first " ms").
+        let duration = self.message.strip_prefix("duration: ").and_then(|rest| {
+            let space = rest.find(' ')?;
+            rest[space..]
+                .starts_with(" ms")
+                .then(|| rest[..space].parse::<f64>().ok())?
+        });
         Ok(Record {
             time,
             origin: origin.clone(),
@@ -76,10 +85,10 @@ impl Event<'_> {
                 query: if self.query_id == "0" {
                     String::new()
                 } else {
-                    self.query_id
+                    self.query_id.into_owned()
                 },
                 duration,
-                pid: self.pid,
+                pid: self.pid.into_owned(),
                 backend_type: self.backend_type.to_owned(),
             })),
             topic: None,
@@ -93,35 +102,57 @@ impl Event<'_> {
 /// query_id.
 const MIN_COLUMNS: usize = 23;
 
+/// Columns read from a csvlog record (`query_id` is the 26th).
+const USED_COLUMNS: usize = 26;
+
 /// Parses one csvlog record.
 pub(super) fn parse_csv(text: &str, origin: &Arc<Origin>) -> Result<Record, String> {
-    let row = parse_csv_fields(text);
-    if row.len() < MIN_COLUMNS {
+    // The used columns' positions on the stack, the others only counted: no allocation
+    // unless a field holds doubled quotes.
+    let mut spans = [Span::default(); USED_COLUMNS];
+    let mut columns = 0;
+    let mut split = Splitter::new(text);
+    while let Some(span) = split.next_span() {
+        if let Some(slot) = spans.get_mut(columns) {
+            *slot = span;
+        }
+        columns += 1;
+    }
+    if columns < MIN_COLUMNS {
         return Err(format!(
-            "csvlog record with {} columns, expected 23 to 26",
-            row.len()
+            "csvlog record with {columns} columns, expected 23 to 26"
         ));
     }
-    let col = |i: usize| row.get(i).map_or("", |c| c.as_ref());
+    // Only the columns shipped are materialised (borrowed unless they hold `""`).
+    let col = |i: usize| {
+        if i < columns {
+            spans[i].get(text)
+        } else {
+            Cow::Borrowed("")
+        }
+    };
+    let (time, user, db, severity, code) = (col(0), col(1), col(2), col(11), col(12));
+    let (message, detail, hint, internal_query) = (col(13), col(14), col(15), col(16));
+    let (context, statement, app, backend_type) = (col(18), col(19), col(22), col(23));
     Event {
-        time: col(0),
-        user: col(1),
-        db: col(2),
-        pid: col(3).to_owned(),
-        severity: col(11),
-        code: col(12),
-        message: col(13),
-        detail: col(14),
-        hint: col(15),
-        internal_query: col(16),
-        internal_position: col(17).to_owned(),
-        context: col(18),
-        statement: col(19),
-        cursor_position: col(20).to_owned(),
-        location: col(21).to_owned(),
-        app: col(22),
-        backend_type: col(23),
-        query_id: col(25).to_owned(),
+        time: &time,
+        user: &user,
+        db: &db,
+        pid: col(3),
+        severity: &severity,
+        code: &code,
+        message: &message,
+        detail: &detail,
+        hint: &hint,
+        internal_query: &internal_query,
+        internal_position: col(17),
+        context: &context,
+        statement: &statement,
+        cursor_position: col(20),
+        location: col(21),
+        app: &app,
+        backend_type: &backend_type,
+        query_id: col(25),
     }
     .into_record(origin)
 }
@@ -170,21 +201,21 @@ pub(super) fn parse_json(text: &str, origin: &Arc<Origin>) -> Result<Record, Str
         time: &j.timestamp,
         user: &j.user,
         db: &j.dbname,
-        pid: num(j.pid),
+        pid: Cow::Owned(num(j.pid)),
         severity: &j.error_severity,
         code: &j.state_code,
         message: &j.message,
         detail: &j.detail,
         hint: &j.hint,
         internal_query: &j.internal_query,
-        internal_position: num(j.internal_position),
+        internal_position: Cow::Owned(num(j.internal_position)),
         context: &j.context,
         statement: &j.statement,
-        cursor_position: num(j.cursor_position),
-        location,
+        cursor_position: Cow::Owned(num(j.cursor_position)),
+        location: Cow::Owned(location),
         app: &j.application_name,
         backend_type: &j.backend_type,
-        query_id: num(j.query_id),
+        query_id: Cow::Owned(num(j.query_id)),
     }
     .into_record(origin)
 }
@@ -265,21 +296,21 @@ pub(super) fn parse_stderr(
         time: &time,
         user: cap('u'),
         db: cap('d'),
-        pid: cap('p').to_owned(),
+        pid: Cow::Borrowed(cap('p')),
         severity,
         code: cap('e'),
         message,
         detail,
         hint,
         internal_query,
-        internal_position: String::new(),
+        internal_position: Cow::Borrowed(""),
         context,
         statement,
-        cursor_position: String::new(),
-        location: location.trim_end().to_owned(),
+        cursor_position: Cow::Borrowed(""),
+        location: Cow::Borrowed(location.trim_end()),
         app: cap('a'),
         backend_type: cap('b'),
-        query_id: cap('Q').to_owned(),
+        query_id: Cow::Borrowed(cap('Q')),
     }
     .into_record(origin)
 }

@@ -9,7 +9,7 @@ use agent_kit::redact::{MASK, mask_password};
 
 /// Returns `s` with every password masked (borrowed when there is none).
 pub fn redact(s: &str) -> Cow<'_, str> {
-    if !contains_password(s.as_bytes()) && !s.contains("://") {
+    if !contains_password(s.as_bytes()) && memchr::memmem::find(s.as_bytes(), b"://").is_none() {
         return Cow::Borrowed(s);
     }
     let lower = s.to_ascii_lowercase();
@@ -100,8 +100,11 @@ pub fn redact(s: &str) -> Cow<'_, str> {
 /// Whether `b` contains "password" in any ASCII case, without allocating.
 fn contains_password(b: &[u8]) -> bool {
     const WORD: &[u8] = b"password";
-    b.windows(WORD.len())
-        .any(|w| (w[0] | 0x20) == b'p' && w.eq_ignore_ascii_case(WORD))
+    // Jump from one `p`/`P` to the next instead of testing every window.
+    memchr::memchr2_iter(b'p', b'P', b).any(|i| {
+        b.get(i..i + WORD.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(WORD))
+    })
 }
 
 /// Index just after the closing quote of a SQL literal whose content starts at `from`

@@ -1,11 +1,10 @@
 //! Request bodies: VictoriaLogs JSON lines, Loki protobuf + snappy, Loki JSON.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::Arc;
 
-use prost::Message as _;
-
-use super::loki_proto::{EntryAdapter, ProtoTimestamp, PushRequest, StreamAdapter};
 use crate::config::{Compression, LokiEncoding, Sink, SinkKind, VlApi};
 use crate::record::{Record, write_json_string};
 
@@ -65,22 +64,146 @@ fn push_label_value(out: &mut String, v: &str) {
 
 /// The label set of `r` for `labels`, as Loki's `{k="v", ...}` string (keys sorted).
 pub fn label_string(r: &Record, labels: &[String]) -> String {
-    let mut pairs: Vec<(&str, &str)> = labels
-        .iter()
-        .filter_map(|l| r.field(l).map(|v| (l.as_str(), v)))
-        .collect();
-    pairs.sort_unstable();
-    let mut s = String::from("{");
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
+    let mut s = String::new();
+    write_label_string(&mut s, r, &sorted_labels(labels));
+    s
+}
+
+/// The label names in the order they appear in a label string.
+fn sorted_labels(labels: &[String]) -> Vec<&str> {
+    let mut sorted: Vec<&str> = labels.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted
+}
+
+/// Appends the label string of `r`; `sorted` comes from [`sorted_labels`]. Keys are sorted
+/// once per batch rather than per record: pairs sort by key first, and equal keys name the
+/// same field, so this is the same order as sorting the pairs.
+fn write_label_string(s: &mut String, r: &Record, sorted: &[&str]) {
+    s.push('{');
+    let mut first = true;
+    for k in sorted {
+        if let Some(v) = r.field(k) {
+            if !first {
+                s.push_str(", ");
+            }
+            first = false;
+            s.push_str(k);
+            s.push('=');
+            push_label_value(s, v);
         }
-        s.push_str(k);
-        s.push('=');
-        push_label_value(&mut s, v);
     }
     s.push('}');
-    s
+}
+
+/// Groups records by label string, keeping their order within a stream; the map iterates in
+/// label-string order.
+fn group_streams<'r>(
+    records: &[&'r Record],
+    labels: &[String],
+) -> BTreeMap<String, Vec<&'r Record>> {
+    let sorted = sorted_labels(labels);
+    // With only the source's static fields as labels, records of one origin share a stream.
+    let origin_only = sorted
+        .iter()
+        .all(|k| matches!(*k, "job" | "ins" | "ip" | "cls"));
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut groups: Vec<Vec<&Record>> = Vec::new();
+    let mut prev: Option<(&Record, usize)> = None;
+    // One reused buffer: a lookup allocates only for a new stream.
+    let mut key = String::new();
+    for r in records {
+        // Consecutive records mostly share their labels: no label string for those.
+        if let Some((p, g)) = prev
+            && ((origin_only && Arc::ptr_eq(&p.origin, &r.origin))
+                || sorted.iter().all(|k| p.field(k) == r.field(k)))
+        {
+            groups[g].push(r);
+            continue;
+        }
+        key.clear();
+        write_label_string(&mut key, r, &sorted);
+        let g = match index.get(key.as_str()) {
+            Some(&g) => g,
+            None => {
+                index.insert(key.clone(), groups.len());
+                groups.push(Vec::new());
+                groups.len() - 1
+            }
+        };
+        groups[g].push(r);
+        prev = Some((r, g));
+    }
+    index
+        .into_iter()
+        .map(|(k, g)| (k, std::mem::take(&mut groups[g])))
+        .collect()
+}
+
+/// Protobuf varint.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A LEN field: key, length, payload.
+fn put_len_field(out: &mut Vec<u8>, field: u32, payload: &[u8]) {
+    put_varint(out, u64::from(field << 3 | 2));
+    put_varint(out, payload.len() as u64);
+    out.extend_from_slice(payload);
+}
+
+/// `logproto.PushRequest` written straight from the records, byte for byte what prost writes
+/// for the [`super::loki_proto`] messages (fields in tag order, zero values left out), without
+/// building a `String` per entry first.
+fn loki_push_request(streams: &BTreeMap<String, Vec<&Record>>) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut stream = Vec::new();
+    let mut line = String::new();
+    for (labels, rs) in streams {
+        stream.clear();
+        if !labels.is_empty() {
+            put_len_field(&mut stream, 1, labels.as_bytes());
+        }
+        for r in rs {
+            line.clear();
+            r.write_json(&mut line, false);
+            // google.protobuf.Timestamp { int64 seconds = 1; int32 nanos = 2; }
+            let mut ts = Vec::with_capacity(16);
+            let (secs, nanos) = (r.time.as_second(), r.time.subsec_nanosecond());
+            if secs != 0 {
+                ts.push(1 << 3);
+                put_varint(&mut ts, secs as u64);
+            }
+            if nanos != 0 {
+                ts.push(2 << 3);
+                put_varint(&mut ts, i64::from(nanos) as u64);
+            }
+            // EntryAdapter { timestamp = 1; line = 2; }
+            let mut head = Vec::with_capacity(24);
+            put_len_field(&mut head, 1, &ts);
+            let line_field_len = if line.is_empty() {
+                0
+            } else {
+                1 + varint_len(line.len() as u64) + line.len()
+            };
+            put_varint(&mut stream, 2 << 3 | 2);
+            put_varint(&mut stream, (head.len() + line_field_len) as u64);
+            stream.extend_from_slice(&head);
+            if !line.is_empty() {
+                put_len_field(&mut stream, 2, line.as_bytes());
+            }
+        }
+        put_len_field(&mut body, 1, &stream);
+    }
+    body
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn gzip(body: &[u8]) -> Vec<u8> {
@@ -142,9 +265,17 @@ impl Encoder {
     pub fn encode(&self, records: &[&Record]) -> Encoded {
         match self {
             Encoder::File | Encoder::Jsonline { .. } => {
-                let mut s = String::with_capacity(records.iter().map(|r| r.estimated_size()).sum());
+                // A record's JSON is about `estimated_size` + 128 bytes: sized so that the
+                // body is not reallocated (and copied) while it grows.
+                let mut s =
+                    String::with_capacity(records.iter().map(|r| r.estimated_size() + 128).sum());
+                // Each record is written into a small buffer that stays in cache, then
+                // appended in one copy.
+                let mut line = String::new();
                 for r in records {
-                    r.write_json(&mut s, true);
+                    line.clear();
+                    r.write_json(&mut line, true);
+                    s.push_str(&line);
                     s.push('\n');
                 }
                 let (body, content_encoding, headers) = match self {
@@ -179,38 +310,10 @@ impl Encoder {
                 gzip: gz,
                 ..
             } => {
-                let mut streams: BTreeMap<String, Vec<&Record>> = BTreeMap::new();
-                for r in records {
-                    streams.entry(label_string(r, labels)).or_default().push(r);
-                }
+                let streams = group_streams(records, labels);
                 match encoding {
                     LokiEncoding::Protobuf => {
-                        let req = PushRequest {
-                            streams: streams
-                                .into_iter()
-                                .map(|(labels, rs)| StreamAdapter {
-                                    labels,
-                                    entries: rs
-                                        .into_iter()
-                                        .map(|r| {
-                                            let mut line =
-                                                String::with_capacity(r.estimated_size());
-                                            r.write_json(&mut line, false);
-                                            EntryAdapter {
-                                                timestamp: Some(ProtoTimestamp {
-                                                    seconds: r.time.as_second(),
-                                                    nanos: r.time.subsec_nanosecond(),
-                                                }),
-                                                line,
-                                                structured_metadata: Vec::new(),
-                                            }
-                                        })
-                                        .collect(),
-                                    hash: 0,
-                                })
-                                .collect(),
-                        };
-                        let raw = req.encode_to_vec();
+                        let raw = loki_push_request(&streams);
                         let body = snap::raw::Encoder::new()
                             .compress_vec(&raw)
                             .unwrap_or_default();
@@ -222,7 +325,11 @@ impl Encoder {
                         }
                     }
                     LokiEncoding::Json => {
-                        let mut s = String::from("{\"streams\":[");
+                        let mut s = String::with_capacity(
+                            records.iter().map(|r| r.estimated_size() + 64).sum(),
+                        );
+                        s.push_str("{\"streams\":[");
+                        let mut line = String::new();
                         for (si, (_, rs)) in streams.iter().enumerate() {
                             if si > 0 {
                                 s.push(',');
@@ -246,8 +353,8 @@ impl Encoder {
                                 if i > 0 {
                                     s.push(',');
                                 }
-                                s.push_str(&format!("[\"{}\",", r.time.as_nanosecond()));
-                                let mut line = String::new();
+                                let _ = write!(s, "[\"{}\",", r.time.as_nanosecond());
+                                line.clear();
                                 r.write_json(&mut line, false);
                                 write_json_string(&mut s, &line);
                                 s.push(']');
@@ -304,6 +411,88 @@ mod tests {
             label_string(&rec("m", "a"), &labels),
             r#"{cls="pg\"x", job="postgres"}"#
         );
+    }
+
+    #[test]
+    fn loki_protobuf_is_what_prost_writes() {
+        for labels in [
+            vec!["ins".to_owned(), "job".to_owned(), "level".to_owned()],
+            vec!["job".to_owned(), "ins".to_owned()],
+        ] {
+            loki_protobuf_for(labels);
+        }
+    }
+
+    #[allow(clippy::needless_pass_by_value)]
+    fn loki_protobuf_for(labels: Vec<String>) {
+        use prost::Message as _;
+
+        use crate::sink::loki_proto::{EntryAdapter, ProtoTimestamp, PushRequest, StreamAdapter};
+
+        let origin_only = labels.len() == 2;
+        let mut records: Vec<Record> = (0..300)
+            .map(|i| {
+                let mut r = rec(&"x\"y".repeat(i * 7), ["a", "b", "c"][i % 3]);
+                r.time =
+                    jiff::Timestamp::new(1_700_000_000 + i as i64 * 977, (i as i32) * 3_333_333)
+                        .unwrap();
+                r
+            })
+            .collect();
+        records[1].time = jiff::Timestamp::new(-5, -250_000_000).unwrap();
+        records[2].time = jiff::Timestamp::UNIX_EPOCH;
+        records[4].level = None;
+        // Records sharing one origin, then others with equal values in another.
+        let shared = records[10].origin.clone();
+        for r in &mut records[10..20] {
+            r.origin = shared.clone();
+        }
+        let refs: Vec<&Record> = records.iter().collect();
+        // The request as prost writes it from its messages, built the straightforward way.
+        let mut streams: BTreeMap<String, Vec<&Record>> = BTreeMap::new();
+        for r in &refs {
+            streams.entry(label_string(r, &labels)).or_default().push(r);
+        }
+        let want = PushRequest {
+            streams: streams
+                .into_iter()
+                .map(|(labels, rs)| StreamAdapter {
+                    labels,
+                    entries: rs
+                        .into_iter()
+                        .map(|r| {
+                            let mut line = String::new();
+                            r.write_json(&mut line, false);
+                            EntryAdapter {
+                                timestamp: Some(ProtoTimestamp {
+                                    seconds: r.time.as_second(),
+                                    nanos: r.time.subsec_nanosecond(),
+                                }),
+                                line,
+                                structured_metadata: Vec::new(),
+                            }
+                        })
+                        .collect(),
+                    hash: 0,
+                })
+                .collect(),
+        };
+        assert_eq!(want.streams.len(), if origin_only { 3 } else { 4 });
+        let e = Encoder::Loki {
+            labels,
+            encoding: LokiEncoding::Protobuf,
+            gzip: false,
+            path: String::new(),
+        };
+        let out = e.encode(&refs);
+        let raw = snap::raw::Decoder::new().decompress_vec(&out.body).unwrap();
+        assert_eq!(raw, want.encode_to_vec());
+        assert_eq!(PushRequest::decode(raw.as_slice()).unwrap(), want);
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v), "{v}");
+        }
     }
 
     #[test]

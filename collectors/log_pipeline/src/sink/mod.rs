@@ -4,9 +4,18 @@
 //!
 //! Delivery: 2xx acknowledges; 429, 408, 401, 403, 404, 5xx (but 501) and connection errors are
 //! retried forever with exponential backoff and jitter (data stays on disk meanwhile, and
-//! reading pauses once the buffer is full); 400 and other 4xx reject the batch: its records go
-//! to the dead-letter file (JSON lines), are counted, and the checkpoint moves past them.
+//! reading pauses once the buffer is full); 413 splits the batch in halves, each sent on its
+//! own (a single record still too large is rejected); 400 and other 4xx reject the batch: its
+//! records go to the dead-letter file (JSON lines), are counted, and the checkpoint moves past
+//! them. An encoded body over `batch.max_bytes` is split the same way before it is sent.
+//!
+//! With a disk buffer (`buffer.type: disk`), a writer appends the records to the buffer's
+//! segment files, fsyncs, and then acknowledges them (the checkpoint moves, reading goes on
+//! through an outage); a reader delivers from the buffer as above and persists its position
+//! after each batch. When the buffer is full, `when_full: block` pauses reading and
+//! `drop_newest` drops the records, counted and logged.
 
+mod disk_buffer;
 mod encode;
 pub mod loki_proto;
 
@@ -18,13 +27,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::Receiver;
 use tokio::sync::watch;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::checkpoint::SourceProgress;
-use crate::config::{Auth, Sink, SinkKind};
+use crate::config::{Auth, Sink, SinkKind, WhenFull};
 use crate::record::{Record, write_json_string};
 use crate::stats::{SinkCounters, Stats};
 use crate::tailer::Chunk;
+use disk_buffer::{BufferReader, BufferWriter, ReadEnd};
 
 pub use encode::{Encoded, Encoder, label_string};
 
@@ -220,72 +230,129 @@ struct BatchItem {
 #[derive(Debug)]
 pub struct SinkTask {
     index: usize,
-    config: Sink,
     rx: Receiver<Arc<Chunk>>,
     progress: Vec<Option<Arc<SourceProgress>>>,
     counters: Arc<SinkCounters>,
-    abort: watch::Receiver<bool>,
-    output: Output,
-    encoder: Encoder,
+    delivery: Delivery,
+    disk: Option<(BufferWriter, BufferReader)>,
     items: Vec<BatchItem>,
     events: usize,
     bytes: u64,
     started: Option<Instant>,
-    rng: u64,
     /// Sources with acknowledgements not yet on disk, with the last acknowledgement number.
     unpersisted: Vec<(usize, u64)>,
 }
 
 /// The longest a batch waits for the checkpoint of the previous one.
 const CHECKPOINT_WAIT: Duration = Duration::from_secs(5);
+/// At most this many chunks go to the disk buffer with one fsync.
+const DISK_GROUP_CHUNKS: usize = 64;
+/// How often drops of a full disk buffer are logged at most.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The task ended because it was told to abort.
 #[derive(Debug)]
 struct Aborted;
 
+/// Acknowledges `offset` of `stream` for sink `index`, remembering the acknowledgement to
+/// wait for its checkpoint.
+fn ack(
+    index: usize,
+    progress: &[Option<Arc<SourceProgress>>],
+    unpersisted: &mut Vec<(usize, u64)>,
+    source: usize,
+    stream: u64,
+    offset: u64,
+) {
+    if let Some(Some(p)) = progress.get(source) {
+        let n = p.ack(index, stream, offset);
+        match unpersisted.iter_mut().find(|(s, _)| *s == source) {
+            Some(entry) => entry.1 = entry.1.max(n),
+            None => unpersisted.push((source, n)),
+        }
+    }
+}
+
+/// Waits until the checkpoints cover the acknowledgements so far, so that a crash re-sends
+/// no more than what is about to go out.
+async fn wait_checkpoints(
+    progress: &[Option<Arc<SourceProgress>>],
+    unpersisted: &mut Vec<(usize, u64)>,
+) {
+    for (source, n) in std::mem::take(unpersisted) {
+        if let Some(Some(p)) = progress.get(source) {
+            p.wait_persisted(n, CHECKPOINT_WAIT).await;
+        }
+    }
+}
+
 impl SinkTask {
-    /// Builds a sink (its HTTP client, TLS files).
+    /// Builds a sink (its HTTP client, TLS files, its disk buffer).
     pub fn new(setup: SinkSetup) -> Result<SinkTask, SinkError> {
         let (output, encoder) = build_output(&setup.config)?;
         let counters = setup.stats.sink(&setup.config.name);
         counters
             .buffer_capacity
             .store(setup.rx.max_capacity() as u64, Ordering::Relaxed);
+        let disk = match &setup.config.disk_buffer {
+            Some(cfg) => Some(
+                disk_buffer::open(cfg, &setup.config.name, counters.clone()).map_err(|e| {
+                    SinkError::Setup {
+                        sink: setup.config.name.clone(),
+                        message: format!("buffer.path {}: {e}", cfg.path.display()),
+                    }
+                })?,
+            ),
+            None => {
+                counters.disk_buffer_max_bytes.store(0, Ordering::Relaxed);
+                counters.disk_buffer_bytes.store(0, Ordering::Relaxed);
+                None
+            }
+        };
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
             ^ (setup.index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Ok(SinkTask {
             index: setup.index,
-            config: setup.config,
             rx: setup.rx,
             progress: setup.progress,
-            counters,
-            abort: setup.abort,
-            output,
-            encoder,
+            counters: counters.clone(),
+            delivery: Delivery {
+                config: setup.config,
+                output,
+                encoder,
+                counters,
+                abort: setup.abort,
+                rng: seed | 1,
+            },
+            disk,
             items: Vec::new(),
             events: 0,
             bytes: 0,
             started: None,
-            rng: seed | 1,
             unpersisted: Vec::new(),
         })
     }
 
     /// Runs until its input closes (after a final flush) or it is told to abort.
     pub async fn run(mut self) {
+        if let Some((writer, reader)) = self.disk.take() {
+            return self.run_disk(writer, reader).await;
+        }
+        let timeout = self.delivery.config.batch.timeout;
+        let mut abort = self.delivery.abort.clone();
         loop {
             self.counters
                 .buffer_chunks
                 .store(self.rx.len() as u64, Ordering::Relaxed);
             let deadline = self
                 .started
-                .map(|t| tokio::time::Instant::from_std(t + self.config.batch.timeout));
+                .map(|t| tokio::time::Instant::from_std(t + timeout));
             let step = tokio::select! {
                 biased;
-                r = self.abort.changed() => {
-                    if r.is_err() || *self.abort.borrow() {
+                r = abort.changed() => {
+                    if r.is_err() || *abort.borrow() {
                         return;
                     }
                     Ok(())
@@ -310,7 +377,14 @@ impl SinkTask {
     async fn add(&mut self, chunk: Arc<Chunk>) -> Result<(), Aborted> {
         if chunk.records.is_empty() {
             if self.items.is_empty() {
-                self.ack(chunk.source, chunk.stream, chunk.end);
+                ack(
+                    self.index,
+                    &self.progress,
+                    &mut self.unpersisted,
+                    chunk.source,
+                    chunk.stream,
+                    chunk.end,
+                );
             } else {
                 self.items.push(BatchItem {
                     chunk,
@@ -320,15 +394,23 @@ impl SinkTask {
             }
             return Ok(());
         }
+        let batch = self.delivery.config.batch;
         let n = chunk.records.len();
         let mut start = 0;
         while start < n {
             let mut end = start;
-            while end < n
-                && self.events < self.config.batch.max_events
-                && self.bytes < self.config.batch.max_bytes
-            {
-                self.bytes += chunk.records[end].1.estimated_size() as u64;
+            let mut full = false;
+            while end < n {
+                let size = chunk.records[end].1.estimated_size() as u64;
+                // batch.max_bytes holds before sending: a record that would pass it starts
+                // the next batch (a lone record over it goes alone).
+                if self.events >= batch.max_events
+                    || (self.events > 0 && self.bytes + size > batch.max_bytes)
+                {
+                    full = true;
+                    break;
+                }
+                self.bytes += size;
                 self.events += 1;
                 end += 1;
             }
@@ -340,9 +422,7 @@ impl SinkTask {
                     end,
                 });
             }
-            if self.events >= self.config.batch.max_events
-                || self.bytes >= self.config.batch.max_bytes
-            {
+            if full || self.events >= batch.max_events || self.bytes >= batch.max_bytes {
                 self.flush().await?;
             }
             start = end;
@@ -350,78 +430,19 @@ impl SinkTask {
         Ok(())
     }
 
-    fn ack(&mut self, source: usize, stream: u64, offset: u64) {
-        if let Some(Some(p)) = self.progress.get(source) {
-            let n = p.ack(self.index, stream, offset);
-            match self.unpersisted.iter_mut().find(|(s, _)| *s == source) {
-                Some(entry) => entry.1 = entry.1.max(n),
-                None => self.unpersisted.push((source, n)),
-            }
-        }
-    }
-
-    /// Waits until the checkpoints cover the batches acknowledged so far, so that a crash
-    /// re-sends no more than the batch about to go out.
-    async fn wait_checkpoints(&mut self) {
-        for (source, n) in std::mem::take(&mut self.unpersisted) {
-            if let Some(Some(p)) = self.progress.get(source) {
-                p.wait_persisted(n, CHECKPOINT_WAIT).await;
-            }
-        }
-    }
-
-    fn jitter(&mut self, d: Duration) -> Duration {
-        // xorshift64: enough randomness to spread retries.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let half = d / 2;
-        half + Duration::from_nanos(self.rng % (half.as_nanos() as u64).max(1))
-    }
-
     async fn flush(&mut self) -> Result<(), Aborted> {
         if self.items.is_empty() {
             self.started = None;
             return Ok(());
         }
-        let records: Vec<&Record> = self
-            .items
-            .iter()
-            .flat_map(|i| i.chunk.records[i.start..i.end].iter().map(|(_, r)| r))
-            .collect();
-        let count = records.len() as u64;
-        if count > 0 {
-            let body = self.encoder.encode(&records);
-            drop(records);
-            self.wait_checkpoints().await;
-            let mut backoff = self.config.retry.initial_backoff;
-            loop {
-                match self.output.send(&body).await {
-                    Ok(()) => {
-                        self.counters
-                            .events_sent
-                            .fetch_add(count, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(SendError::Reject { status, message }) => {
-                        error!(sink = %self.config.name, status, error = %message, events = count, "Batch rejected; writing it to the dead-letter file.");
-                        self.dead_letter(status, &message).await?;
-                        self.counters
-                            .events_failed
-                            .fetch_add(count, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(SendError::Retry(message)) => {
-                        self.counters
-                            .requests_retried
-                            .fetch_add(1, Ordering::Relaxed);
-                        let wait = self.jitter(backoff);
-                        warn!(sink = %self.config.name, error = %message, retry_in_ms = wait.as_millis() as u64, "Delivery failed; retrying.");
-                        self.sleep_or_abort(wait).await?;
-                        backoff = (backoff * 2).min(self.config.retry.max_backoff);
-                    }
-                }
-            }
+        if self.events > 0 {
+            wait_checkpoints(&self.progress, &mut self.unpersisted).await;
+            let records: Vec<&Record> = self
+                .items
+                .iter()
+                .flat_map(|i| i.chunk.records[i.start..i.end].iter().map(|(_, r)| r))
+                .collect();
+            self.delivery.deliver(&records).await?;
             if let Some(t) = self.started {
                 self.counters.observe_latency(t.elapsed());
             }
@@ -433,7 +454,14 @@ impl SinkTask {
             } else {
                 item.chunk.records[item.end - 1].0
             };
-            self.ack(item.chunk.source, item.chunk.stream, offset);
+            ack(
+                self.index,
+                &self.progress,
+                &mut self.unpersisted,
+                item.chunk.source,
+                item.chunk.stream,
+                offset,
+            );
         }
         self.events = 0;
         self.bytes = 0;
@@ -441,27 +469,149 @@ impl SinkTask {
         Ok(())
     }
 
+    /// With a disk buffer: a writer (input → disk, then acknowledgements) and a reader
+    /// (disk → destination) run side by side.
+    async fn run_disk(self, writer: BufferWriter, reader: BufferReader) {
+        let when_full = self
+            .delivery
+            .config
+            .disk_buffer
+            .as_ref()
+            .map_or(WhenFull::Block, |d| d.when_full);
+        let w = DiskWriter {
+            name: self.delivery.config.name.clone(),
+            index: self.index,
+            rx: self.rx,
+            progress: self.progress,
+            unpersisted: Vec::new(),
+            counters: self.counters,
+            abort: self.delivery.abort.clone(),
+            writer: Some(writer),
+            when_full,
+            dropped_unlogged: 0,
+            last_drop_log: None,
+            retry: self.delivery.config.retry,
+        };
+        let r = DiskReader {
+            delivery: self.delivery,
+            reader: Some(reader),
+        };
+        tokio::join!(w.run(), r.run());
+    }
+}
+
+/// Encodes and sends batches: retries, 413 splitting, dead letters.
+#[derive(Debug)]
+struct Delivery {
+    config: Sink,
+    output: Output,
+    encoder: Encoder,
+    counters: Arc<SinkCounters>,
+    abort: watch::Receiver<bool>,
+    rng: u64,
+}
+
+impl Delivery {
+    fn jitter(&mut self, d: Duration) -> Duration {
+        // xorshift64: enough randomness to spread retries.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = d / 2;
+        half + Duration::from_nanos(self.rng % (half.as_nanos() as u64).max(1))
+    }
+
     async fn sleep_or_abort(&mut self, d: Duration) -> Result<(), Aborted> {
-        tokio::select! {
-            () = tokio::time::sleep(d) => Ok(()),
-            r = self.abort.wait_for(|a| *a) => match r {
-                Ok(_) | Err(_) => Err(Aborted),
-            },
+        sleep_or_abort(&mut self.abort, d).await
+    }
+
+    /// Delivers `records`: every one is either acknowledged by the destination or written
+    /// to the dead-letter file when this returns `Ok`.
+    async fn deliver(&mut self, records: &[&Record]) -> Result<(), Aborted> {
+        // Parts still to send, the next one last.
+        let mut todo = vec![(0, records.len())];
+        let mut logged_split = false;
+        while let Some((start, end)) = todo.pop() {
+            let part = &records[start..end];
+            let body = self.encoder.encode(part);
+            let split = |todo: &mut Vec<(usize, usize)>| {
+                let mid = start + (end - start) / 2;
+                todo.push((mid, end));
+                todo.push((start, mid));
+            };
+            if part.len() > 1 && body.body.len() as u64 > self.config.batch.max_bytes {
+                self.counters.batches_split.fetch_add(1, Ordering::Relaxed);
+                split(&mut todo);
+                continue;
+            }
+            let count = part.len() as u64;
+            match self.send(&body).await? {
+                None => {
+                    self.counters
+                        .events_sent
+                        .fetch_add(count, Ordering::Relaxed);
+                }
+                Some((413, message)) if part.len() > 1 => {
+                    self.counters.batches_split.fetch_add(1, Ordering::Relaxed);
+                    // Once per batch: the halves may be split again.
+                    if !logged_split {
+                        warn!(sink = %self.config.name, events = count, bytes = body.body.len(), error = %message, "Batch too large for the destination; splitting it in halves.");
+                        logged_split = true;
+                    }
+                    split(&mut todo);
+                }
+                Some((status, message)) => {
+                    if status == 413 {
+                        error!(sink = %self.config.name, bytes = body.body.len(), error = %message, "A single record is too large for the destination; writing it to the dead-letter file.");
+                    } else {
+                        error!(sink = %self.config.name, status, error = %message, events = count, "Batch rejected; writing it to the dead-letter file.");
+                    }
+                    self.dead_letter(part, status, &message).await?;
+                    self.counters
+                        .events_failed
+                        .fetch_add(count, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one body, retrying what can be retried; `Some((status, message))` when the
+    /// destination refused it for good.
+    async fn send(&mut self, body: &Encoded) -> Result<Option<(u16, String)>, Aborted> {
+        let mut backoff = self.config.retry.initial_backoff;
+        loop {
+            match self.output.send(body).await {
+                Ok(()) => return Ok(None),
+                Err(SendError::Reject { status, message }) => return Ok(Some((status, message))),
+                Err(SendError::Retry(message)) => {
+                    self.counters
+                        .requests_retried
+                        .fetch_add(1, Ordering::Relaxed);
+                    let wait = self.jitter(backoff);
+                    warn!(sink = %self.config.name, error = %message, retry_in_ms = wait.as_millis() as u64, "Delivery failed; retrying.");
+                    self.sleep_or_abort(wait).await?;
+                    backoff = (backoff * 2).min(self.config.retry.max_backoff);
+                }
+            }
         }
     }
 
-    async fn dead_letter(&mut self, status: u16, message: &str) -> Result<(), Aborted> {
+    async fn dead_letter(
+        &mut self,
+        records: &[&Record],
+        status: u16,
+        message: &str,
+    ) -> Result<(), Aborted> {
         let mut out = String::new();
-        for item in &self.items {
-            for (_, r) in &item.chunk.records[item.start..item.end] {
-                out.push_str("{\"sink\":");
-                write_json_string(&mut out, &self.config.name);
-                out.push_str(&format!(",\"status\":{status},\"error\":"));
-                write_json_string(&mut out, message);
-                out.push_str(",\"record\":");
-                r.write_json(&mut out, true);
-                out.push_str("}\n");
-            }
+        for r in records {
+            out.push_str("{\"sink\":");
+            write_json_string(&mut out, &self.config.name);
+            out.push_str(&format!(",\"status\":{status},\"error\":"));
+            write_json_string(&mut out, message);
+            out.push_str(",\"record\":");
+            r.write_json(&mut out, true);
+            out.push_str("}\n");
         }
         let bytes = out.into_bytes();
         let mut backoff = self.config.retry.initial_backoff;
@@ -478,6 +628,368 @@ impl SinkTask {
             let wait = self.jitter(backoff);
             self.sleep_or_abort(wait).await?;
             backoff = (backoff * 2).min(self.config.retry.max_backoff);
+        }
+    }
+}
+
+async fn sleep_or_abort(abort: &mut watch::Receiver<bool>, d: Duration) -> Result<(), Aborted> {
+    tokio::select! {
+        () = tokio::time::sleep(d) => Ok(()),
+        r = abort.wait_for(|a| *a) => match r {
+            Ok(_) | Err(_) => Err(Aborted),
+        },
+    }
+}
+
+/// Input chunks → disk buffer, then acknowledgements.
+#[derive(Debug)]
+struct DiskWriter {
+    name: String,
+    index: usize,
+    rx: Receiver<Arc<Chunk>>,
+    progress: Vec<Option<Arc<SourceProgress>>>,
+    unpersisted: Vec<(usize, u64)>,
+    counters: Arc<SinkCounters>,
+    abort: watch::Receiver<bool>,
+    /// `None` only while a blocking call holds it.
+    writer: Option<BufferWriter>,
+    when_full: WhenFull,
+    dropped_unlogged: u64,
+    last_drop_log: Option<Instant>,
+    retry: crate::config::Retry,
+}
+
+impl DiskWriter {
+    async fn run(mut self) {
+        loop {
+            self.counters
+                .buffer_chunks
+                .store(self.rx.len() as u64, Ordering::Relaxed);
+            let first = tokio::select! {
+                biased;
+                r = self.abort.wait_for(|a| *a) => match r {
+                    Ok(_) | Err(_) => return,
+                },
+                c = self.rx.recv() => c,
+            };
+            let Some(first) = first else {
+                break;
+            };
+            let mut group = vec![first];
+            while group.len() < DISK_GROUP_CHUNKS {
+                match self.rx.try_recv() {
+                    Ok(c) => group.push(c),
+                    Err(_) => break,
+                }
+            }
+            // A crash re-reads (and so duplicates) at most one group.
+            wait_checkpoints(&self.progress, &mut self.unpersisted).await;
+            if self.write_group(&group).await.is_err() {
+                return;
+            }
+        }
+        self.log_drops(true);
+        if let Some(w) = &self.writer {
+            w.finish();
+        }
+    }
+
+    /// Runs `f` on the writer on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut BufferWriter) -> T + Send + 'static,
+    ) -> Result<T, Aborted> {
+        let Some(mut w) = self.writer.take() else {
+            return Err(Aborted);
+        };
+        match tokio::task::spawn_blocking(move || {
+            let r = f(&mut w);
+            (w, r)
+        })
+        .await
+        {
+            Ok((w, r)) => {
+                self.writer = Some(w);
+                Ok(r)
+            }
+            Err(e) => {
+                error!(sink = %self.name, error = %e, "Disk buffer writer failed.");
+                Err(Aborted)
+            }
+        }
+    }
+
+    fn fits(&self, pending: usize, extra: usize) -> bool {
+        self.writer
+            .as_ref()
+            .is_some_and(|w| w.fits(pending as u64, extra as u64))
+    }
+
+    async fn write_group(&mut self, group: &[Arc<Chunk>]) -> Result<(), Aborted> {
+        let mut frames = Vec::new();
+        let mut frame = Vec::new();
+        let mut acks: Vec<(usize, u64, u64)> = Vec::new();
+        for chunk in group {
+            for (i, (_, record)) in chunk.records.iter().enumerate() {
+                frame.clear();
+                disk_buffer::push_frame(&mut frame, record);
+                if !self.fits(frames.len(), frame.len()) {
+                    match self.when_full {
+                        WhenFull::DropNewest => {
+                            self.counters
+                                .buffer_dropped_events
+                                .fetch_add(1, Ordering::Relaxed);
+                            self.dropped_unlogged += 1;
+                            self.log_drops(false);
+                            // Let the reader free what it has read of the current segment.
+                            self.seal().await?;
+                            continue;
+                        }
+                        WhenFull::Block => {
+                            if i > 0 {
+                                acks.push((chunk.source, chunk.stream, chunk.records[i - 1].0));
+                            }
+                            self.persist(&mut frames, &mut acks).await?;
+                            self.wait_for_space(frame.len()).await?;
+                        }
+                    }
+                }
+                frames.extend_from_slice(&frame);
+            }
+            acks.push((chunk.source, chunk.stream, chunk.end));
+        }
+        self.persist(&mut frames, &mut acks).await
+    }
+
+    /// Writes `frames` durably (retrying I/O errors such as a full disk), then acknowledges.
+    async fn persist(
+        &mut self,
+        frames: &mut Vec<u8>,
+        acks: &mut Vec<(usize, u64, u64)>,
+    ) -> Result<(), Aborted> {
+        if !frames.is_empty() {
+            let mut backoff = self.retry.initial_backoff;
+            loop {
+                let data = std::mem::take(frames);
+                let (data, r) = self
+                    .blocking(move |w| {
+                        let r = w.append(&data);
+                        (data, r)
+                    })
+                    .await?;
+                *frames = data;
+                match r {
+                    Ok(()) => break,
+                    Err(e) => {
+                        error!(sink = %self.name, error = %e, "Cannot write to the disk buffer; retrying (reading pauses).");
+                        sleep_or_abort(&mut self.abort, backoff).await?;
+                        backoff = (backoff * 2).min(self.retry.max_backoff);
+                    }
+                }
+            }
+            frames.clear();
+        }
+        for (source, stream, offset) in acks.drain(..) {
+            ack(
+                self.index,
+                &self.progress,
+                &mut self.unpersisted,
+                source,
+                stream,
+                offset,
+            );
+        }
+        Ok(())
+    }
+
+    async fn seal(&mut self) -> Result<(), Aborted> {
+        if !self
+            .writer
+            .as_ref()
+            .is_some_and(BufferWriter::segment_in_use)
+        {
+            return Ok(());
+        }
+        if let Err(e) = self.blocking(BufferWriter::seal).await? {
+            warn!(sink = %self.name, error = %e, "Cannot start a new disk buffer segment.");
+        }
+        Ok(())
+    }
+
+    /// `when_full: block`: waits until a frame of `len` bytes fits.
+    async fn wait_for_space(&mut self, len: usize) -> Result<(), Aborted> {
+        let Some(mut freed) = self.writer.as_ref().map(|w| w.shared().subscribe_freed()) else {
+            return Err(Aborted);
+        };
+        let mut logged = false;
+        loop {
+            freed.borrow_and_update();
+            if self.fits(0, len) {
+                if logged {
+                    info!(sink = %self.name, "Disk buffer has room again; reading resumes.");
+                }
+                return Ok(());
+            }
+            self.seal().await?;
+            if !logged {
+                warn!(sink = %self.name, "Disk buffer full; reading pauses until the sink delivers (when_full: block).");
+                logged = true;
+            }
+            tokio::select! {
+                biased;
+                r = self.abort.wait_for(|a| *a) => match r {
+                    Ok(_) | Err(_) => return Err(Aborted),
+                },
+                r = freed.changed() => if r.is_err() { return Err(Aborted) },
+            }
+        }
+    }
+
+    /// Logs drops at most every [`DROP_LOG_EVERY`] (and what is left at the end).
+    fn log_drops(&mut self, last: bool) {
+        if self.dropped_unlogged == 0 {
+            return;
+        }
+        if last
+            || self
+                .last_drop_log
+                .is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY)
+        {
+            warn!(sink = %self.name, dropped = self.dropped_unlogged, total = self.counters.buffer_dropped_events.load(Ordering::Relaxed), "Disk buffer full; newest records dropped (when_full: drop_newest).");
+            self.dropped_unlogged = 0;
+            self.last_drop_log = Some(Instant::now());
+        }
+    }
+}
+
+/// Disk buffer → destination.
+#[derive(Debug)]
+struct DiskReader {
+    delivery: Delivery,
+    /// `None` only while a blocking call holds it.
+    reader: Option<BufferReader>,
+}
+
+impl DiskReader {
+    async fn run(mut self) {
+        let Some(shared) = self.reader.as_ref().map(|r| r.shared().clone()) else {
+            return;
+        };
+        let mut committed = shared.subscribe_committed();
+        let mut abort = self.delivery.abort.clone();
+        let batch_cfg = self.delivery.config.batch;
+        let mut batch: Vec<Record> = Vec::new();
+        let mut bytes = 0u64;
+        let mut started: Option<Instant> = None;
+        let mut backoff = self.delivery.config.retry.initial_backoff;
+        loop {
+            committed.borrow_and_update();
+            // Checked before reading: a writer done by then has committed everything.
+            let writer_done = shared.writer_done();
+            let Some(mut reader) = self.reader.take() else {
+                return;
+            };
+            let (reader, batch_back, bytes_back, end) = match tokio::task::spawn_blocking(
+                move || {
+                    let end = reader.read(
+                        &mut batch,
+                        &mut bytes,
+                        batch_cfg.max_events,
+                        batch_cfg.max_bytes,
+                    );
+                    (reader, batch, bytes, end)
+                },
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(sink = %self.delivery.config.name, error = %e, "Disk buffer reader failed.");
+                    return;
+                }
+            };
+            self.reader = Some(reader);
+            batch = batch_back;
+            bytes = bytes_back;
+            let end = match end {
+                Ok(end) => {
+                    backoff = self.delivery.config.retry.initial_backoff;
+                    end
+                }
+                Err(e) => {
+                    error!(sink = %self.delivery.config.name, error = %e, "Cannot read the disk buffer; retrying.");
+                    if sleep_or_abort(&mut abort, backoff).await.is_err() {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.delivery.config.retry.max_backoff);
+                    continue;
+                }
+            };
+            if !batch.is_empty() {
+                started.get_or_insert_with(Instant::now);
+            }
+            let drained = end == ReadEnd::Drained;
+            let due = started.is_some_and(|t| t.elapsed() >= batch_cfg.timeout);
+            if !batch.is_empty() && (!drained || due || writer_done) {
+                let records: Vec<&Record> = batch.iter().collect();
+                if self.delivery.deliver(&records).await.is_err() {
+                    return;
+                }
+                drop(records);
+                if let Some(t) = started.take() {
+                    self.delivery.counters.observe_latency(t.elapsed());
+                }
+                batch.clear();
+                bytes = 0;
+                if self.commit().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            if batch.is_empty()
+                && self.reader.as_ref().is_some_and(BufferReader::needs_commit)
+                && self.commit().await.is_err()
+            {
+                return;
+            }
+            if drained && batch.is_empty() && writer_done {
+                return;
+            }
+            let deadline = started.map(|t| tokio::time::Instant::from_std(t + batch_cfg.timeout));
+            tokio::select! {
+                biased;
+                r = abort.wait_for(|a| *a) => match r {
+                    Ok(_) | Err(_) => return,
+                },
+                r = committed.changed() => if r.is_err() { return },
+                () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {}
+            }
+        }
+    }
+
+    /// Persists the read position (a failure only means more is delivered again after a
+    /// restart) and frees the segments read.
+    async fn commit(&mut self) -> Result<(), Aborted> {
+        let Some(mut reader) = self.reader.take() else {
+            return Err(Aborted);
+        };
+        match tokio::task::spawn_blocking(move || {
+            let r = reader.commit();
+            (reader, r)
+        })
+        .await
+        {
+            Ok((reader, r)) => {
+                self.reader = Some(reader);
+                if let Err(e) = r {
+                    warn!(sink = %self.delivery.config.name, error = %e, "Cannot persist the disk buffer position.");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                error!(sink = %self.delivery.config.name, error = %e, "Disk buffer reader failed.");
+                Err(Aborted)
+            }
         }
     }
 }

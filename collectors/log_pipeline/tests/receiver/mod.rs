@@ -7,7 +7,8 @@
 //!   Content-Type is exactly `application/json`; JSON timestamps must be strings; answers 204.
 //!
 //! It can be told to answer with a status (e.g. 503), to reject with 400 any request holding a
-//! marker, or be stopped and restarted on the same port (connection refused meanwhile).
+//! marker, to answer 413 to bodies over a size (decoded), or be stopped and restarted on the
+//! same port (connection refused meanwhile).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -50,6 +51,9 @@ struct Inner {
     reject_marker: Option<String>,
     requests: u64,
     rejected: u64,
+    /// Bodies (decoded) over this get 413 Payload Too Large.
+    max_body: Option<usize>,
+    too_large: u64,
     /// Headers of every request, by path.
     headers: Vec<(String, HeaderMap)>,
 }
@@ -149,6 +153,16 @@ impl Receiver {
         self.inner.lock().unwrap().reject_marker = Some(marker.to_owned());
     }
 
+    /// Answers 413 to every body (decoded) longer than `max` bytes.
+    pub fn set_max_body(&self, max: Option<usize>) {
+        self.inner.lock().unwrap().max_body = max;
+    }
+
+    /// Number of requests answered with 413.
+    pub fn too_large(&self) -> u64 {
+        self.inner.lock().unwrap().too_large
+    }
+
     /// Everything received so far.
     pub fn records(&self) -> Vec<Received> {
         self.inner.lock().unwrap().records.clone()
@@ -244,6 +258,10 @@ fn gate(inner: &Mutex<Inner>, body: &[u8]) -> Option<StatusCode> {
     i.requests += 1;
     if let Some(s) = i.status {
         return Some(StatusCode::from_u16(s).unwrap());
+    }
+    if i.max_body.is_some_and(|m| body.len() > m) {
+        i.too_large += 1;
+        return Some(StatusCode::PAYLOAD_TOO_LARGE);
     }
     if let Some(m) = &i.reject_marker
         && body.windows(m.len()).any(|w| w == m.as_bytes())

@@ -554,4 +554,24 @@ fn print_urls(endpoints: &Endpoints<'_>, vm: &VictoriaMetrics, agents: &[Running
             primary.url("postgres")
         ),
     );
+    println!("\nDashboards and rules (Grafana is not installed here):");
+    row(
+        "Grafana dashboards",
+        "dashboards/grafana/*.json (uid = file name)",
+    );
+    row(
+        "Grafana provisioning",
+        "dashboards/provisioning/{datasources,dashboards}/pgsuite.yml",
+    );
+    row(
+        "datasource ds-prometheus",
+        &format!(
+            "{} (its url in dashboards/provisioning/datasources/pgsuite.yml)",
+            vm.url()
+        ),
+    );
+    row(
+        "alert and recording rules",
+        "dashboards/rules/*.yml (promtool test rules dashboards/rules/tests/*.yml)",
+    );
 }
