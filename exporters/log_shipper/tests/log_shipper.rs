@@ -336,18 +336,31 @@ async fn sighup_reloads_the_config_without_losing_the_position() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres15_csvlog_and_jsonlog_end_to_end() {
-    let pg = tokio::task::spawn_blocking(|| {
-        PostgresBuilder::new(PgVersion::V15)
-            .name("logship")
-            .setting("log_statement", "'ddl'")
-            .setting("log_min_duration_statement", "0")
+/// A PostgreSQL 15 (named `name`, with `settings` added) writing csvlog, jsonlog and stderr in
+/// UTC, and a log_shipper tailing the three (sources pg_csv, pg_json — with `json_extra` added to
+/// its config — and pg_stderr; `ins` csv, json, stderr) to a receiver's VictoriaLogs API, and to
+/// its Loki API too when `loki`.
+async fn pg15_shipped(
+    name: &'static str,
+    settings: &'static [(&'static str, &'static str)],
+    json_extra: &str,
+    loki: bool,
+) -> (
+    std::sync::Arc<test_harness::Postgres>,
+    Receiver,
+    Shipper,
+    tempfile::TempDir,
+) {
+    let pg = tokio::task::spawn_blocking(move || {
+        let mut b = PostgresBuilder::new(PgVersion::V15)
+            .name(name)
             .setting("log_timezone", "'UTC'")
             .setting("log_destination", "'csvlog,jsonlog,stderr'")
-            .setting("log_line_prefix", "'%m [%p] %e %q%u@%d/%a '")
-            .setting("log_filename", "'postgresql-%a-%H%M%S.log'")
-            .start()
+            .setting("log_line_prefix", "'%m [%p] %e %q%u@%d/%a '");
+        for (k, v) in settings {
+            b = b.setting(k, v);
+        }
+        b.start()
     })
     .await
     .unwrap()
@@ -355,20 +368,41 @@ async fn postgres15_csvlog_and_jsonlog_end_to_end() {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log_dir = pg.log_dir().display().to_string();
+    let loki_sink = if loki {
+        format!(
+            "  loki:\n    type: loki\n    endpoint: {}\n    batch: {{timeout: 100ms}}\n",
+            rx.url()
+        )
+    } else {
+        String::new()
+    };
     let config = dir.path().join("log_shipper.yml");
     std::fs::write(
         &config,
         format!(
-            "checkpoint_dir: {ckpt}\nfields: {{ip: 127.0.0.1, cls: pg-test}}\nsources:\n  pg_csv:\n    include: ['{log_dir}/*.csv']\n    format: postgres_csv\n    fields: {{ins: csv}}\n    rescan_interval: 200ms\n  pg_json:\n    include: ['{log_dir}/*.json']\n    format: postgres_json\n    fields: {{ins: json}}\n    rescan_interval: 200ms\n  pg_stderr:\n    include: ['{log_dir}/*.log']\n    format: postgres_stderr\n    log_line_prefix: '%m [%p] %e %q%u@%d/%a '\n    fields: {{ins: stderr}}\n    rescan_interval: 200ms\nsinks:\n  vl:\n    type: victorialogs\n    endpoint: {url}\n    batch: {{timeout: 100ms}}\n  loki:\n    type: loki\n    endpoint: {url}\n    batch: {{timeout: 100ms}}\n",
+            "checkpoint_dir: {ckpt}\nfields: {{ip: 127.0.0.1, cls: pg-test}}\nsources:\n  pg_csv:\n    include: ['{log_dir}/*.csv']\n    format: postgres_csv\n    fields: {{ins: csv}}\n    rescan_interval: 200ms\n  pg_json:\n    include: ['{log_dir}/*.json']\n    format: postgres_json\n    fields: {{ins: json}}\n{json_extra}    rescan_interval: 200ms\n  pg_stderr:\n    include: ['{log_dir}/*.log']\n    format: postgres_stderr\n    log_line_prefix: '%m [%p] %e %q%u@%d/%a '\n    fields: {{ins: stderr}}\n    rescan_interval: 200ms\nsinks:\n  vl:\n    type: victorialogs\n    endpoint: {url}\n    batch: {{timeout: 100ms}}\n{loki_sink}",
             ckpt = dir.path().join("ckpt").display(),
             url = rx.url(),
         ),
     )
     .unwrap();
-    let log = dir.path().join("shipper.log");
-    let shipper = Shipper::start(&config, &log).await;
+    let shipper = Shipper::start(&config, &dir.path().join("shipper.log")).await;
+    (std::sync::Arc::new(pg), rx, shipper, dir)
+}
 
-    let pg = std::sync::Arc::new(pg);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres15_csvlog_and_jsonlog_end_to_end() {
+    let (pg, rx, shipper, _dir) = pg15_shipped(
+        "logship",
+        &[
+            ("log_statement", "'ddl'"),
+            ("log_min_duration_statement", "0"),
+            ("log_filename", "'postgresql-%a-%H%M%S.log'"),
+        ],
+        "",
+        true,
+    )
+    .await;
     let p2 = pg.clone();
     tokio::task::spawn_blocking(move || {
         // An error with a multi-line statement.
@@ -508,34 +542,8 @@ async fn postgres15_csvlog_and_jsonlog_end_to_end() {
 /// filter (the jsonlog source ships only warnings and worse).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres15_log_derived_metrics() {
-    let pg = tokio::task::spawn_blocking(|| {
-        PostgresBuilder::new(PgVersion::V15)
-            .name("logmetrics")
-            .setting("log_timezone", "'UTC'")
-            .setting("log_destination", "'csvlog,jsonlog,stderr'")
-            .setting("log_line_prefix", "'%m [%p] %e %q%u@%d/%a '")
-            .start()
-    })
-    .await
-    .unwrap()
-    .expect("PostgreSQL 15");
-    let rx = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let log_dir = pg.log_dir().display().to_string();
-    let config = dir.path().join("log_shipper.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "checkpoint_dir: {ckpt}\nfields: {{ip: 127.0.0.1, cls: pg-test}}\nsources:\n  pg_csv:\n    include: ['{log_dir}/*.csv']\n    format: postgres_csv\n    fields: {{ins: csv}}\n    rescan_interval: 200ms\n  pg_json:\n    include: ['{log_dir}/*.json']\n    format: postgres_json\n    fields: {{ins: json}}\n    min_level: warning\n    rescan_interval: 200ms\n  pg_stderr:\n    include: ['{log_dir}/*.log']\n    format: postgres_stderr\n    log_line_prefix: '%m [%p] %e %q%u@%d/%a '\n    fields: {{ins: stderr}}\n    rescan_interval: 200ms\nsinks:\n  vl:\n    type: victorialogs\n    endpoint: {url}\n    batch: {{timeout: 100ms}}\n",
-            ckpt = dir.path().join("ckpt").display(),
-            url = rx.url(),
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("shipper.log");
-    let shipper = Shipper::start(&config, &log).await;
-
-    let pg = std::sync::Arc::new(pg);
+    let (pg, rx, shipper, _dir) =
+        pg15_shipped("logmetrics", &[], "    min_level: warning\n", false).await;
     let p2 = pg.clone();
     tokio::task::spawn_blocking(move || {
         p2.execute(
