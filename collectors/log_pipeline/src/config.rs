@@ -111,15 +111,20 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// Parses `500ms`, `2s`, `1.5s`, `5m`, `1h`, `1d` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
+/// Splits `1.5 MiB` into its number and its unit (trimmed, possibly empty).
+fn number_and_unit(s: &str) -> Option<(f64, &str)> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let factor = match unit.trim() {
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+/// Parses `500ms`, `2s`, `1.5s`, `5m`, `1h`, `1d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let (n, unit) = number_and_unit(s)?;
+    let factor = match unit {
         "" | "s" => 1.0,
         "ms" => 0.001,
         "us" | "µs" => 0.000_001,
@@ -155,13 +160,8 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// Parses `1MiB`, `512KiB`, `10MB`, `1GiB`, `100B` or a bare number of bytes.
 pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (n, unit) = number_and_unit(s)?;
+    let factor: f64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
         "kib" => 1024.0,

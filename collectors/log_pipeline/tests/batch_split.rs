@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use log_pipeline::config::Config;
 use log_pipeline::pipeline::Pipeline;
 use log_pipeline::stats::Stats;
-use receiver::{Received, Receiver};
+use receiver::Receiver;
 
 fn config(dir: &Path, file: &Path, url: &str, batch: &str) -> Config {
     let yaml = format!(
@@ -38,20 +38,8 @@ sinks:
     Config::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
 
-fn seq_of(r: &Received) -> u64 {
-    let m = r.message();
-    m.strip_prefix("seq=")
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no seq in {m:?}"))
-}
-
 fn counts(rx: &Receiver) -> BTreeMap<u64, usize> {
-    let mut m = BTreeMap::new();
-    for r in rx.records() {
-        *m.entry(seq_of(&r)).or_insert(0) += 1;
-    }
-    m
+    rx.seq_counts(|_| true)
 }
 
 async fn wait_checkpoint(dir: &Path, file: &Path, offset: u64) {

@@ -54,20 +54,8 @@ fn append(path: &Path, range: std::ops::Range<u64>) {
     f.write_all(buf.as_bytes()).unwrap();
 }
 
-fn seq_of(r: &Received) -> u64 {
-    let m = r.message();
-    m.strip_prefix("seq=")
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no seq in {m:?}"))
-}
-
 fn counts(rx: &Receiver) -> BTreeMap<u64, usize> {
-    let mut m = BTreeMap::new();
-    for r in rx.records() {
-        *m.entry(seq_of(&r)).or_insert(0) += 1;
-    }
-    m
+    rx.seq_counts(|_| true)
 }
 
 fn assert_exactly_once(rx: &Receiver, n: u64) {
@@ -83,7 +71,7 @@ async fn wait_distinct(rx: &Receiver, n: u64, secs: u64) {
     rx.wait_for(secs, &format!("{n} distinct records"), |rs| {
         let mut seen = std::collections::HashSet::new();
         for r in rs {
-            seen.insert(seq_of(r));
+            seen.insert(r.seq());
         }
         seen.len() as u64 >= n
     })
@@ -177,10 +165,8 @@ async fn outage_longer_than_rotation(buffer: &str) -> (BTreeMap<u64, usize>, Arc
     rx.restart().await;
     // Everything the shipper can still deliver: the current file's last line.
     let last = (FILES * PER_FILE) - 1;
-    rx.wait_for(60, "the last line", |rs| {
-        rs.iter().any(|r| seq_of(r) == last)
-    })
-    .await;
+    rx.wait_for(60, "the last line", |rs| rs.iter().any(|r| r.seq() == last))
+        .await;
     let size = std::fs::metadata(&file).unwrap().len();
     wait_until(30, "the checkpoint at the end", || {
         checkpoint_offset(dir.path(), &file) == Some(size)
@@ -264,7 +250,7 @@ async fn a_restart_replays_the_disk_buffer_exactly() {
     p.stop(Duration::from_secs(5)).await;
     assert_exactly_once(&rx, 7000);
     // Order: the buffer first, then the file.
-    let order: Vec<u64> = rx.records().iter().map(seq_of).collect();
+    let order: Vec<u64> = rx.records().iter().map(Received::seq).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "out of order");
     assert_eq!(
         stats

@@ -176,22 +176,8 @@ fn config(dir: &Path, sources: &str, url: &str) -> Config {
     Config::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
 
-fn seq_of(r: &Received) -> u64 {
-    let m = r.message();
-    m.strip_prefix("seq=")
-        .and_then(|s| s.split([' ', '\n']).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no seq in {m:?}"))
-}
-
 fn counts(rx: &Receiver, api: &str, ins: &str) -> BTreeMap<u64, usize> {
-    let mut m = BTreeMap::new();
-    for r in rx.records_of(api) {
-        if r.fields["ins"] == ins {
-            *m.entry(seq_of(&r)).or_insert(0) += 1;
-        }
-    }
-    m
+    rx.seq_counts(|r| r.api == api && r.fields["ins"] == ins)
 }
 
 async fn wait_count(rx: &Receiver, api: &'static str, ins: &'static str, n: usize) {
@@ -201,7 +187,7 @@ async fn wait_count(rx: &Receiver, api: &'static str, ins: &'static str, n: usiz
         move |rs| {
             let mut seen = std::collections::HashSet::new();
             for r in rs.iter().filter(|r| r.api == api && r.fields["ins"] == ins) {
-                seen.insert(seq_of(r));
+                seen.insert(r.seq());
             }
             seen.len() >= n
         },
@@ -258,7 +244,7 @@ fn last_cursor(journal_dir: &Path) -> String {
 }
 
 fn check_fields(r: &Received) {
-    let n = seq_of(r);
+    let n = r.seq();
     let f = &r.fields;
     assert_eq!(r.message(), expected_message(n), "message of {n}");
     assert_eq!(f["job"], "syslog");
@@ -371,7 +357,7 @@ async fn journal_entries_arrive_exactly_once_across_journalctl_and_pipeline_rest
         check_fields(r);
     }
     // The odd ones are among them, intact.
-    let by_seq: BTreeMap<u64, &Received> = jsonl.iter().map(|r| (seq_of(r), r)).collect();
+    let by_seq: BTreeMap<u64, &Received> = jsonl.iter().map(|r| (r.seq(), r)).collect();
     assert_eq!(
         by_seq[&57].message(),
         "seq=57 bad bytes \u{1}\u{fffd}\u{fffd}!"

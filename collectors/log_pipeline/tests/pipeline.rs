@@ -52,21 +52,9 @@ fn append(path: &Path, range: std::ops::Range<u64>) {
     f.write_all(buf.as_bytes()).unwrap();
 }
 
-fn seq_of(r: &Received) -> u64 {
-    let m = r.message();
-    m.strip_prefix("seq=")
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no seq in {m:?}"))
-}
-
 /// Counts per sequence number of the records received through `api`.
 fn counts(rx: &Receiver, api: &str) -> BTreeMap<u64, usize> {
-    let mut m = BTreeMap::new();
-    for r in rx.records_of(api) {
-        *m.entry(seq_of(&r)).or_insert(0) += 1;
-    }
-    m
+    rx.seq_counts(|r| r.api == api)
 }
 
 fn assert_exactly_once(rx: &Receiver, api: &str, n: u64) {
@@ -83,7 +71,7 @@ async fn wait_distinct(rx: &Receiver, api: &str, n: u64, secs: u64) {
     rx.wait_for(secs, &format!("{n} distinct records via {api}"), |rs| {
         let mut seen = std::collections::HashSet::new();
         for r in rs.iter().filter(|r| r.api == api) {
-            seen.insert(seq_of(r));
+            seen.insert(r.seq());
         }
         seen.len() as u64 >= n
     })
@@ -313,13 +301,13 @@ async fn rejected_batches_go_to_the_dead_letter_file_and_odd_records_are_counted
     let c = counts(&rx, "jsonline");
     assert_eq!(c.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 4]);
     let recs = rx.records();
-    let huge = recs.iter().find(|r| seq_of(r) == 1).unwrap();
+    let huge = recs.iter().find(|r| r.seq() == 1).unwrap();
     assert!(
         huge.message()
             .ends_with("[truncated: record over the size limit]")
     );
     assert!(huge.message().len() < 70 * 1024);
-    let bad = recs.iter().find(|r| seq_of(r) == 2).unwrap();
+    let bad = recs.iter().find(|r| r.seq() == 2).unwrap();
     assert_eq!(bad.message(), "seq=2 invalid \u{fffd}\u{fffd} utf-8");
     let dl = std::fs::read_to_string(dir.path().join("ckpt/dead_letter/vl.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = dl

@@ -142,20 +142,8 @@ fn the_shipped_pigsty_config_is_valid() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sources.pg.format"));
 }
 
-fn seq_of(r: &Received) -> u64 {
-    let m = r.message();
-    m.strip_prefix("seq=")
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no seq in {m:?}"))
-}
-
 fn counts(rx: &Receiver) -> BTreeMap<u64, usize> {
-    let mut m = BTreeMap::new();
-    for r in rx.records() {
-        *m.entry(seq_of(&r)).or_insert(0) += 1;
-    }
-    m
+    rx.seq_counts(|_| true)
 }
 
 async fn wait_distinct(rx: &Receiver, n: u64, secs: u64, shipper_log: &Path) {
@@ -331,7 +319,7 @@ async fn sighup_reloads_the_config_without_losing_the_position() {
     assert_eq!(c.len(), 600);
     assert!(c.values().all(|v| *v == 1), "duplicates across reloads");
     for r in rx.records() {
-        let want = if seq_of(&r) < 400 { "before" } else { "after" };
+        let want = if r.seq() < 400 { "before" } else { "after" };
         assert_eq!(r.fields["ins"], want, "{:?}", r.fields);
     }
 }
@@ -904,7 +892,7 @@ async fn kill_9_with_a_disk_buffer_loses_nothing() {
     rx.wait_for(120, "every record", |rs| {
         let mut seen = std::collections::HashSet::new();
         for r in rs {
-            seen.insert(seq_of(r));
+            seen.insert(r.seq());
         }
         seen.len() as u64 >= total
     })
@@ -941,7 +929,7 @@ async fn kill_9_with_a_disk_buffer_loses_nothing() {
     }
     append(&file, total..total + 1000);
     rx.wait_for(60, "the records after the reload", |rs| {
-        rs.iter().any(|r| seq_of(r) == total + 999)
+        rs.iter().any(|r| r.seq() == total + 999)
     })
     .await;
     assert!(!shipper.logs().contains("in use"), "{}", shipper.logs());

@@ -14,10 +14,10 @@ use std::process::Command;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, bail};
 
 use crate::http;
-use crate::ports::{LOCALHOST, free_port};
+use crate::ports::{LOCALHOST, free_port, retry_on_port_race};
 use crate::privileges::ServiceDir;
 use crate::process::ManagedChild;
 use crate::util::{run, tail_file};
@@ -53,31 +53,25 @@ impl Etcd {
         let dir = ServiceDir::new("pgsuite-etcd-", false)?;
         let log = dir.path().join("etcd.log");
         let data_dir = dir.path().join("data");
-        let mut last_error = None;
-        for _ in 0..START_ATTEMPTS {
+        let child = retry_on_port_race("etcd", START_ATTEMPTS, "address already in use", || {
             let (client_port, peer_port) = (free_port()?, free_port()?);
             // A failed attempt may have initialised the data directory for other ports.
             let _ = std::fs::remove_dir_all(&data_dir);
-            match spawn(&binary, &data_dir, &log, client_port, peer_port) {
-                Ok(child) => {
-                    return Ok(Self {
-                        client_port,
-                        peer_port,
-                        data_dir,
-                        log,
-                        child: Mutex::new(Some(child)),
-                        dir,
-                    });
-                }
-                Err(e) if format!("{e:#}").contains("address already in use") => {
-                    last_error = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow!("no attempt made"))).context(format!(
-            "cannot start etcd: {START_ATTEMPTS} attempts, every port taken"
-        ))
+            Ok((
+                spawn(&binary, &data_dir, &log, client_port, peer_port)?,
+                client_port,
+                peer_port,
+            ))
+        })?;
+        let (child, client_port, peer_port) = child;
+        Ok(Self {
+            client_port,
+            peer_port,
+            data_dir,
+            log,
+            child: Mutex::new(Some(child)),
+            dir,
+        })
     }
 
     /// `127.0.0.1:<client port>`, as Patroni's `etcd3: {host: …}` wants it.

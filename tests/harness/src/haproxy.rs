@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::http;
-use crate::ports::{LOCALHOST, free_port, is_listening};
+use crate::ports::{LOCALHOST, free_port, is_listening, retry_on_port_race};
 use crate::privileges::ServiceDir;
 use crate::process::ManagedChild;
 use crate::util::tail_file;
@@ -118,35 +118,26 @@ impl Haproxy {
         let dir = ServiceDir::new("pgsuite-haproxy-", false)?;
         let config = dir.path().join("haproxy.cfg");
         let log = dir.path().join("haproxy.log");
-        let mut last_error = None;
-        for _ in 0..START_ATTEMPTS {
-            let mut ports = BTreeMap::new();
-            for l in listeners {
-                ports.insert(l.name.clone(), free_port()?);
-            }
-            let stats_port = free_port()?;
-            std::fs::write(&config, render(listeners, &ports, stats_port))
-                .with_context(|| format!("cannot write {}", config.display()))?;
-            match spawn(&binary, &config, &log, &ports, stats_port) {
-                Ok(child) => {
-                    return Ok(Self {
-                        ports,
-                        stats_port,
-                        config,
-                        log,
-                        child: Mutex::new(Some(child)),
-                        dir,
-                    });
+        let (child, ports, stats_port) =
+            retry_on_port_race("HAProxy", START_ATTEMPTS, "Address already in use", || {
+                let mut ports = BTreeMap::new();
+                for l in listeners {
+                    ports.insert(l.name.clone(), free_port()?);
                 }
-                Err(e) if format!("{e:#}").contains("Address already in use") => {
-                    last_error = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow!("no attempt made"))).context(format!(
-            "cannot start HAProxy: {START_ATTEMPTS} attempts, every port taken"
-        ))
+                let stats_port = free_port()?;
+                std::fs::write(&config, render(listeners, &ports, stats_port))
+                    .with_context(|| format!("cannot write {}", config.display()))?;
+                let child = spawn(&binary, &config, &log, &ports, stats_port)?;
+                Ok((child, ports, stats_port))
+            })?;
+        Ok(Self {
+            ports,
+            stats_port,
+            config,
+            log,
+            child: Mutex::new(Some(child)),
+            dir,
+        })
     }
 
     /// The port on 127.0.0.1 of the listener called `name`.

@@ -35,6 +35,28 @@ pub fn free_port() -> Result<u16> {
     bail!("could not find a free TCP port on 127.0.0.1 after 64 tries")
 }
 
+/// Starts a service with `attempt`, which picks its ports with [`free_port`]; an attempt whose
+/// error contains `port_taken` (the service's "address already in use" message) lost a race for
+/// a port and is retried with new ports, up to `attempts` times.
+pub fn retry_on_port_race<T>(
+    what: &str,
+    attempts: usize,
+    port_taken: &str,
+    mut attempt: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut last_error = None;
+    for _ in 0..attempts {
+        match attempt() {
+            Ok(started) => return Ok(started),
+            Err(e) if format!("{e:#}").contains(port_taken) => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no attempt made"))).context(format!(
+        "cannot start {what}: {attempts} attempts, every port taken"
+    ))
+}
+
 /// True when something accepts TCP connections on `127.0.0.1:port`.
 pub fn is_listening(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(

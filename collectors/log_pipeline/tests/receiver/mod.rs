@@ -39,6 +39,15 @@ pub struct Received {
 
 impl Received {
     /// The `message` field.
+    /// The number after `seq=` that the tests' writers put at the start of each message.
+    pub fn seq(&self) -> u64 {
+        let m = self.message();
+        m.strip_prefix("seq=")
+            .and_then(|s| s.split([' ', '\n']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no seq in {m:?}"))
+    }
+
     pub fn message(&self) -> &str {
         self.fields["message"].as_str().unwrap_or("")
     }
@@ -169,6 +178,15 @@ impl Receiver {
     }
 
     /// Records received through `api`.
+    /// How often each [`Received::seq`] arrived, among the records `keep` accepts.
+    pub fn seq_counts(&self, keep: impl Fn(&Received) -> bool) -> BTreeMap<u64, usize> {
+        let mut m = BTreeMap::new();
+        for r in self.records().iter().filter(|r| keep(r)) {
+            *m.entry(r.seq()).or_insert(0) += 1;
+        }
+        m
+    }
+
     pub fn records_of(&self, api: &str) -> Vec<Received> {
         self.records()
             .into_iter()
