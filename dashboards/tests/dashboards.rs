@@ -15,13 +15,14 @@ use serde_json::Value;
 /// The schemaVersion every dashboard is pinned to (Grafana 10.4 / 11 migrate it forward).
 const SCHEMA_VERSION: u64 = 39;
 
-/// The dashboards the suite promises (issue 8).
+/// The dashboards the suite promises (issue 8; pgsql-patroni: issue 10).
 const EXPECTED: &[&str] = &[
     "pgsql-database",
     "pgsql-exporter",
     "pgsql-instance",
     "pgsql-logs",
     "pgsql-overview",
+    "pgsql-patroni",
     "pgsql-pgbackrest",
     "pgsql-pgbouncer",
     "pgsql-query",
@@ -306,4 +307,58 @@ fn provisioning_matches_the_dashboards() {
         provider["options"]["path"],
         "/usr/share/pgsuite-dashboards/grafana"
     );
+}
+
+/// The queries of `pgsql-patroni` that do not select the chosen cluster: Patroni's series
+/// (`patroni_*`, `patroni:*`) by `scope="$cls"`, our exporters' by `cls="$cls"`, logs by
+/// `cls:="$cls"`. Without it a panel would mix every cluster's members.
+fn unscoped_patroni_queries(queries: &[Query]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for q in queries.iter().filter(|q| q.dashboard == "pgsql-patroni") {
+        if q.location.starts_with("variable") {
+            continue;
+        }
+        let wanted: Vec<&str> = match q.language {
+            Language::LogsQl => vec![r#"cls:="$cls""#],
+            _ => {
+                let names =
+                    dashboards::promql::metric_names(&grafana::substitute_variables(&q.expr))
+                        .unwrap();
+                let mut w = Vec::new();
+                if names.iter().any(|n| n.starts_with("patroni")) {
+                    w.push(r#"scope="$cls""#);
+                }
+                if names.iter().any(|n| !n.starts_with("patroni")) {
+                    w.push(r#"cls="$cls""#);
+                }
+                w
+            }
+        };
+        for w in wanted {
+            if !q.expr.contains(w) {
+                problems.push(format!("{}: {} lacks {w}", q.location, q.expr));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_patroni_dashboard_selects_one_cluster() {
+    let queries = all_queries();
+    let problems = unscoped_patroni_queries(&queries);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let n = queries
+        .iter()
+        .filter(|q| q.dashboard == "pgsql-patroni")
+        .count();
+    assert!(n >= 25, "{n} queries");
+    // The check can fail: a Patroni query without its scope filter is reported.
+    let mut mutated = queries.clone();
+    let q = mutated
+        .iter_mut()
+        .find(|q| q.dashboard == "pgsql-patroni" && q.expr.starts_with("patroni:cls:leaders"))
+        .unwrap();
+    q.expr = "patroni:cls:leaders".to_owned();
+    assert_eq!(unscoped_patroni_queries(&mutated).len(), 1);
 }

@@ -4,6 +4,12 @@
 //! Activity is induced for the families that need it (a backup, a deadlock, errors, slow and
 //! long transactions, pgbench through Pgbouncer, clients queueing, a replication slot, temp
 //! files, a WAL switch), and the check is shown to fail when a metric disappears.
+//!
+//! Patroni's `patroni_*` metrics come from a real Patroni 3.0 cluster (two members on etcd,
+//! started in parallel with the rest), whose REST `/metrics` the same VictoriaMetrics scrapes.
+//! Its expressions in `rules/patroni.yml` are then evaluated by VictoriaMetrics against that
+//! cluster before and after a switchover: the leader-change alert stays quiet, then fires for
+//! the new leader only; the no-leader and member-missing alerts stay quiet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,8 +21,8 @@ use dashboards::references::{self, Expression, Finding, Known};
 use dashboards::rules::load_rules;
 use dashboards::{dashboards_dir, rule_files};
 use test_harness::{
-    BackupType, Cluster, ClusterBuilder, ManagedChild, PgVersion, ScrapeTarget, VictoriaMetrics,
-    free_port, http,
+    BackupType, Cluster, ClusterBuilder, ManagedChild, PatroniCluster, PatroniClusterBuilder,
+    PgVersion, ScrapeTarget, VictoriaMetrics, free_port, http,
 };
 
 /// Metrics referenced on purpose that the harness cannot produce, each with the reason.
@@ -38,6 +44,9 @@ const AGENTS: &[&str] = &[
 
 /// How long to wait for every referenced metric to reach VictoriaMetrics.
 const NAMES_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long VictoriaMetrics may take to show the outcome of a Patroni switchover.
+const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn workspace() -> PathBuf {
     dashboards::root().parent().unwrap().to_owned()
@@ -432,9 +441,201 @@ fn emitted_names(vm: &VictoriaMetrics, jobs: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
+/// One scrape job per Patroni member (`patroni_pg1`, ...) on its REST API's `/metrics`.
+fn patroni_targets(patroni: &PatroniCluster) -> Vec<ScrapeTarget> {
+    patroni
+        .members()
+        .iter()
+        .map(|m| ScrapeTarget::local(&format!("patroni_{}", m.name()), m.rest_port()))
+        .collect()
+}
+
+/// `expr` with every name of `records` replaced by its expression in parentheses, `name[d]` by
+/// the subquery `(expr)[d:1s]`, so that VictoriaMetrics can evaluate a rule without a rule
+/// evaluator. Strings are copied as they are; a recorded name with label matchers is not
+/// supported (the rules use none).
+fn inline_records(expr: &str, records: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(expr.len());
+    let mut i = 0;
+    while i < expr.len() {
+        let rest = &expr[i..];
+        let c = rest.chars().next().unwrap();
+        if matches!(c, '"' | '\'' | '`') {
+            let mut end = 1;
+            while end < rest.len() && !rest[end..].starts_with(c) {
+                end += if c != '`' && rest[end..].starts_with('\\') {
+                    2
+                } else {
+                    1
+                };
+                while !rest.is_char_boundary(end.min(rest.len())) {
+                    end += 1;
+                }
+            }
+            let end = (end + 1).min(rest.len());
+            out.push_str(&rest[..end]);
+            i += end;
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(rest.len());
+            let name = &rest[..len];
+            i += len;
+            let Some(inner) = records.get(name) else {
+                out.push_str(name);
+                continue;
+            };
+            let after = expr[i..].trim_start();
+            assert!(!after.starts_with('{'), "matchers on {name} in {expr}");
+            if let Some(range) = after.strip_prefix('[') {
+                let close = range.find(']').unwrap();
+                out.push_str(&format!("({inner})[{}:1s]", &range[..close]));
+                i = expr.len() - range.len() + close + 1;
+            } else {
+                out.push_str(&format!("({inner})"));
+            }
+        } else {
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// The recording rules (name → expression) and alerts (name → expression) of
+/// `rules/patroni.yml`, recorded names inlined ([`inline_records`]).
+fn patroni_rules() -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let file = dashboards::rules_dir().join("patroni.yml");
+    let (mut records, mut alerts) = (BTreeMap::new(), BTreeMap::new());
+    for rule in load_rules(&file).unwrap() {
+        let expr = inline_records(&rule.expr, &records);
+        match (rule.record, rule.alert) {
+            (Some(name), _) => records.insert(name, expr),
+            (_, Some(name)) => alerts.insert(name, expr),
+            _ => unreachable!("a rule is a recording rule or an alert"),
+        };
+    }
+    (records, alerts)
+}
+
+/// `(job, value)` of every sample of `promql`, sorted.
+fn samples(vm: &VictoriaMetrics, promql: &str) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = vm
+        .query_result(promql)
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let job = s["metric"]["job"].as_str().unwrap_or("").to_owned();
+            let value = s["value"][1].as_str().unwrap().parse().unwrap();
+            (job, value)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Polls `check` every 500 ms until it returns `Ok`, at most `timeout`; a failed scrape leaves
+/// a member's series out for a moment (staleness), so single readings are not conclusive.
+fn wait_until(
+    what: &str,
+    vm: &VictoriaMetrics,
+    timeout: Duration,
+    check: impl Fn() -> Result<(), String>,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) if Instant::now() >= deadline => {
+                panic!("{what}: {why}\n--- targets ---\n{}", vm.targets_summary())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// The patroni.yml rules against the live Patroni cluster, evaluated by VictoriaMetrics:
+/// what they record for a healthy two-member cluster, which alerts are quiet, and the
+/// leader-change alert firing for the new leader only after a switchover. Returns how long
+/// VictoriaMetrics took to show the switchover.
+fn check_patroni_rules(vm: &VictoriaMetrics, patroni: &PatroniCluster) -> Duration {
+    let (records, alerts) = patroni_rules();
+    let job = |m: &test_harness::PatroniMember| format!("patroni_{}", m.name());
+    let leader = patroni.leader().unwrap();
+    let replica = patroni.replica().unwrap();
+    let eval = |name: &str| samples(vm, records.get(name).unwrap_or_else(|| &alerts[name]));
+    let expect = |name: &str, want: &[(String, f64)]| {
+        let got = eval(name);
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{name}: {got:?}, expected {want:?}"))
+        }
+    };
+    let cluster = |v: f64| vec![(String::new(), v)];
+
+    wait_until(
+        "the patroni.yml rules on a steady cluster",
+        vm,
+        NAMES_TIMEOUT,
+        || {
+            // patroni_primary and patroni_master agree; `or` keeps one series per member.
+            let mut flags = vec![(job(leader), 1.0), (job(replica), 0.0)];
+            flags.sort_by(|a, b| a.0.cmp(&b.0));
+            expect("patroni:ins:leader", &flags)?;
+            // Cluster level: these scrapes carry no `cls`, so one series for the scope.
+            expect("patroni:cls:leaders", &cluster(1.0))?;
+            expect("patroni:cls:members", &cluster(2.0))?;
+            expect("patroni:cls:unlocked", &cluster(0.0))?;
+            expect("patroni:cls:timeline", &cluster(1.0))?;
+            // The lag rule leaves the leader out (its replayed location is 0).
+            let lag = eval("patroni:ins:replay_lag_bytes");
+            if lag.len() != 1 || lag[0].0 != job(replica) {
+                return Err(format!("patroni:ins:replay_lag_bytes: {lag:?}"));
+            }
+            // Our pg_exporters' roles did not flip.
+            expect(
+                "pg:ins:role_changed_5m",
+                &[
+                    ("pg_exporter_primary".to_owned(), 0.0),
+                    ("pg_exporter_replica".to_owned(), 0.0),
+                ],
+            )?;
+            for alert in [
+                "PatroniLeaderChange",
+                "PatroniNoLeader",
+                "PatroniMemberMissing",
+            ] {
+                expect(alert, &[])?;
+            }
+            Ok(())
+        },
+    );
+
+    // A switchover: the leader-change alert fires for the new leader, and only for it.
+    let switched = Instant::now();
+    let change = patroni.switchover(replica).unwrap();
+    assert_eq!(change.new.name(), replica.name());
+    wait_until(
+        "the patroni.yml rules after a switchover",
+        vm,
+        SWITCHOVER_TIMEOUT,
+        || {
+            expect("PatroniLeaderChange", &[(job(replica), 1.0)])?;
+            expect("patroni:cls:leaders", &cluster(1.0))?;
+            expect("patroni:cls:timeline", &cluster(2.0))?;
+            expect("PatroniNoLeader", &[])?;
+            expect("PatroniMemberMissing", &[])
+        },
+    );
+    switched.elapsed()
+}
+
 #[test]
 fn every_referenced_metric_is_recorded_or_emitted_by_our_exporters() {
     let started = Instant::now();
+    // A real Patroni cluster for the patroni_* references, started while the rest starts.
+    let patroni = std::thread::spawn(|| PatroniClusterBuilder::new().members(2).start());
     let cluster = ClusterBuilder::new(PgVersion::V15)
         .replica()
         .pgbouncer()
@@ -460,7 +661,12 @@ fn every_referenced_metric_is_recorded_or_emitted_by_our_exporters() {
     let activity_done = started.elapsed();
     let dir = tempfile::tempdir().unwrap();
     let agents = start_agents(&cluster, dir.path());
-    let targets: Vec<ScrapeTarget> = agents.iter().map(|a| a.target.clone()).collect();
+    let patroni = patroni
+        .join()
+        .expect("starting the Patroni cluster panicked")
+        .unwrap();
+    let mut targets: Vec<ScrapeTarget> = agents.iter().map(|a| a.target.clone()).collect();
+    targets.extend(patroni_targets(&patroni));
     let jobs: Vec<String> = targets.iter().map(|t| t.job.clone()).collect();
     let vm = VictoriaMetrics::start(&targets).unwrap();
     let agents_ready = started.elapsed();
@@ -544,6 +750,12 @@ fn every_referenced_metric_is_recorded_or_emitted_by_our_exporters() {
         "recording rules nothing uses: {unused:?}"
     );
 
+    // Patroni's `patroni_postgres_server_version {scope="..."} 150020` (a space before `{`)
+    // reached VictoriaMetrics under its name.
+    assert!(known.emitted.contains("patroni_postgres_server_version"));
+    let switchover_seen = check_patroni_rules(&vm, &patroni);
+    println!("Patroni switchover seen by the rules after {switchover_seen:.1?}");
+
     // The check fails when a metric disappears from an exporter ...
     let mut without = known.clone();
     assert!(without.emitted.remove("pg_db_deadlocks"));
@@ -552,6 +764,17 @@ fn every_referenced_metric_is_recorded_or_emitted_by_our_exporters() {
         findings.contains(&Finding::Missing {
             origin: "rules pgsql.yml: pg:db:deadlocks_5m".to_owned(),
             metric: "pg_db_deadlocks".to_owned(),
+        }),
+        "{findings:?}"
+    );
+    // ... or from Patroni.
+    let mut without = known.clone();
+    assert!(without.emitted.remove("patroni_cluster_unlocked"));
+    let (findings, _) = references::check(&exprs, &without);
+    assert!(
+        findings.contains(&Finding::Missing {
+            origin: "rules patroni.yml: patroni:cls:unlocked".to_owned(),
+            metric: "patroni_cluster_unlocked".to_owned(),
         }),
         "{findings:?}"
     );
@@ -577,5 +800,30 @@ fn every_referenced_metric_is_recorded_or_emitted_by_our_exporters() {
     assert!(ok, "{err}");
     drop(agents);
     drop(vm);
+    drop(patroni);
     drop(cluster);
+}
+
+#[test]
+fn recorded_names_are_inlined_for_evaluation() {
+    let records: BTreeMap<String, String> = [
+        ("a:ins:x".to_owned(), "m_x or m_y".to_owned()),
+        (
+            "a:cls:x".to_owned(),
+            "sum by (cls) ((m_x or m_y))".to_owned(),
+        ),
+    ]
+    .into();
+    assert_eq!(
+        inline_records(
+            r#"changes(a:ins:x[10m]) > 0 and a:ins:x == 1 unless a:cls:x + on(i) m_z{i="a:ins:x"}"#,
+            &records
+        ),
+        r#"changes((m_x or m_y)[10m:1s]) > 0 and (m_x or m_y) == 1 unless (sum by (cls) ((m_x or m_y))) + on(i) m_z{i="a:ins:x"}"#
+    );
+    // Names that only start like a recorded one stay.
+    assert_eq!(
+        inline_records("a:ins:x_changes", &records),
+        "a:ins:x_changes"
+    );
 }
