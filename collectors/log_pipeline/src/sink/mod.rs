@@ -1,6 +1,8 @@
-//! Sinks: each runs as a task that batches the chunks of its bounded input channel (by
-//! events, bytes and age), delivers a batch with retries, then acknowledges the offsets of the
-//! records it delivered so the checkpoints can move.
+//! Sinks: each batches the chunks of its bounded input channel (by events, bytes and age) and
+//! encodes a batch at once, while a sender delivers the previous one with retries and then
+//! acknowledges the offsets of the records it delivered so the checkpoints can move. A batch
+//! goes out only once the previous one's checkpoint is on disk, so a crash re-sends at most
+//! the batch in flight.
 //!
 //! Delivery: 2xx acknowledges; 429, 408, 401, 403, 404, 5xx (but 501) and connection errors are
 //! retried forever with exponential backoff and jitter (data stays on disk meanwhile, and
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::Receiver;
+use tokio::sync::mpsc::{self, Receiver};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -235,12 +237,6 @@ pub struct SinkTask {
     counters: Arc<SinkCounters>,
     delivery: Delivery,
     disk: Option<(BufferWriter, BufferReader)>,
-    items: Vec<BatchItem>,
-    events: usize,
-    bytes: u64,
-    started: Option<Instant>,
-    /// Sources with acknowledgements not yet on disk, with the last acknowledgement number.
-    unpersisted: Vec<(usize, u64)>,
 }
 
 /// The longest a batch waits for the checkpoint of the previous one.
@@ -286,6 +282,215 @@ async fn wait_checkpoints(
     }
 }
 
+/// A batch on its way from the batcher to the sender. Batches (and chunks without records,
+/// which only move offsets) go through in input order, so acknowledgements never overtake
+/// a batch still in flight.
+#[derive(Debug)]
+struct Batch {
+    items: Vec<BatchItem>,
+    started: Option<Instant>,
+    /// The whole batch encoded by the batcher while the previous one was in flight; `None`
+    /// when the batch has no records.
+    encoded: Option<Encoded>,
+}
+
+impl Batch {
+    fn records(&self) -> Vec<&Record> {
+        self.items
+            .iter()
+            .flat_map(|i| i.chunk.records[i.start..i.end].iter().map(|(_, r)| r))
+            .collect()
+    }
+}
+
+/// Input chunks → batches by events, bytes and age, each encoded at once, handed to the
+/// [`Sender`] through a channel of one: one batch is sent while the next is encoded and a
+/// third fills, so parsing and encoding overlap the destination's answer.
+#[derive(Debug)]
+struct Batcher {
+    rx: Receiver<Arc<Chunk>>,
+    tx: mpsc::Sender<Batch>,
+    encoder: Encoder,
+    batch: crate::config::Batch,
+    counters: Arc<SinkCounters>,
+    abort: watch::Receiver<bool>,
+    items: Vec<BatchItem>,
+    events: usize,
+    bytes: u64,
+    started: Option<Instant>,
+}
+
+impl Batcher {
+    /// Runs until its input closes (after a final flush) or it is told to abort.
+    async fn run(mut self) {
+        let timeout = self.batch.timeout;
+        let mut abort = self.abort.clone();
+        loop {
+            self.counters
+                .buffer_chunks
+                .store(self.rx.len() as u64, Ordering::Relaxed);
+            let deadline = self
+                .started
+                .map(|t| tokio::time::Instant::from_std(t + timeout));
+            let step = tokio::select! {
+                biased;
+                r = abort.changed() => {
+                    if r.is_err() || *abort.borrow() {
+                        return;
+                    }
+                    Ok(())
+                }
+                item = self.rx.recv() => match item {
+                    Some(chunk) => self.add(chunk).await,
+                    None => {
+                        let _ = self.flush().await;
+                        return;
+                    }
+                },
+                () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                    self.flush().await
+                }
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn add(&mut self, chunk: Arc<Chunk>) -> Result<(), Aborted> {
+        if chunk.records.is_empty() {
+            let idle = self.items.is_empty();
+            self.items.push(BatchItem {
+                chunk,
+                start: 0,
+                end: 0,
+            });
+            // Nothing waits in this batch: pass the offset on now rather than at the next
+            // batch (an idle source's checkpoint would otherwise lag behind).
+            return if idle { self.flush().await } else { Ok(()) };
+        }
+        let batch = self.batch;
+        let n = chunk.records.len();
+        let mut start = 0;
+        while start < n {
+            let mut end = start;
+            let mut full = false;
+            while end < n {
+                let size = chunk.records[end].1.estimated_size() as u64;
+                // batch.max_bytes holds before sending: a record that would pass it starts
+                // the next batch (a lone record over it goes alone).
+                if self.events >= batch.max_events
+                    || (self.events > 0 && self.bytes + size > batch.max_bytes)
+                {
+                    full = true;
+                    break;
+                }
+                self.bytes += size;
+                self.events += 1;
+                end += 1;
+            }
+            if end > start {
+                self.started.get_or_insert_with(Instant::now);
+                self.items.push(BatchItem {
+                    chunk: chunk.clone(),
+                    start,
+                    end,
+                });
+            }
+            if full || self.events >= batch.max_events || self.bytes >= batch.max_bytes {
+                self.flush().await?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Aborted> {
+        if self.items.is_empty() {
+            self.started = None;
+            return Ok(());
+        }
+        let mut batch = Batch {
+            items: std::mem::take(&mut self.items),
+            started: self.started.take(),
+            encoded: None,
+        };
+        if self.events > 0 {
+            batch.encoded = Some(self.encoder.encode(&batch.records()));
+        }
+        self.events = 0;
+        self.bytes = 0;
+        tokio::select! {
+            biased;
+            r = self.abort.wait_for(|a| *a) => match r {
+                Ok(_) | Err(_) => Err(Aborted),
+            },
+            r = self.tx.send(batch) => r.map_err(|_| Aborted),
+        }
+    }
+}
+
+/// Batches → destination, then acknowledgements.
+#[derive(Debug)]
+struct Sender {
+    index: usize,
+    rx: mpsc::Receiver<Batch>,
+    progress: Vec<Option<Arc<SourceProgress>>>,
+    delivery: Delivery,
+    /// Sources with acknowledgements not yet on disk, with the last acknowledgement number.
+    unpersisted: Vec<(usize, u64)>,
+}
+
+impl Sender {
+    async fn run(mut self) {
+        let mut abort = self.delivery.abort.clone();
+        loop {
+            let batch = tokio::select! {
+                biased;
+                r = abort.wait_for(|a| *a) => match r {
+                    Ok(_) | Err(_) => return,
+                },
+                batch = self.rx.recv() => match batch {
+                    Some(batch) => batch,
+                    None => return,
+                },
+            };
+            if self.send(batch).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn send(&mut self, mut batch: Batch) -> Result<(), Aborted> {
+        if let Some(encoded) = batch.encoded.take() {
+            // At most the batch in flight is sent again after a crash.
+            wait_checkpoints(&self.progress, &mut self.unpersisted).await;
+            self.delivery
+                .deliver(&batch.records(), Some(encoded))
+                .await?;
+            if let Some(t) = batch.started {
+                self.delivery.counters.observe_latency(t.elapsed());
+            }
+        }
+        for item in &batch.items {
+            let offset = if item.end == item.chunk.records.len() {
+                item.chunk.end
+            } else {
+                item.chunk.records[item.end - 1].0
+            };
+            ack(
+                self.index,
+                &self.progress,
+                &mut self.unpersisted,
+                item.chunk.source,
+                item.chunk.stream,
+                offset,
+            );
+        }
+        Ok(())
+    }
+}
+
 impl SinkTask {
     /// Builds a sink (its HTTP client, TLS files, its disk buffer).
     pub fn new(setup: SinkSetup) -> Result<SinkTask, SinkError> {
@@ -327,11 +532,6 @@ impl SinkTask {
                 rng: seed | 1,
             },
             disk,
-            items: Vec::new(),
-            events: 0,
-            bytes: 0,
-            started: None,
-            unpersisted: Vec::new(),
         })
     }
 
@@ -340,133 +540,30 @@ impl SinkTask {
         if let Some((writer, reader)) = self.disk.take() {
             return self.run_disk(writer, reader).await;
         }
-        let timeout = self.delivery.config.batch.timeout;
-        let mut abort = self.delivery.abort.clone();
-        loop {
-            self.counters
-                .buffer_chunks
-                .store(self.rx.len() as u64, Ordering::Relaxed);
-            let deadline = self
-                .started
-                .map(|t| tokio::time::Instant::from_std(t + timeout));
-            let step = tokio::select! {
-                biased;
-                r = abort.changed() => {
-                    if r.is_err() || *abort.borrow() {
-                        return;
-                    }
-                    Ok(())
-                }
-                item = self.rx.recv() => match item {
-                    Some(chunk) => self.add(chunk).await,
-                    None => {
-                        let _ = self.flush().await;
-                        return;
-                    }
-                },
-                () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
-                    self.flush().await
-                }
-            };
-            if step.is_err() {
-                return;
-            }
-        }
-    }
-
-    async fn add(&mut self, chunk: Arc<Chunk>) -> Result<(), Aborted> {
-        if chunk.records.is_empty() {
-            if self.items.is_empty() {
-                ack(
-                    self.index,
-                    &self.progress,
-                    &mut self.unpersisted,
-                    chunk.source,
-                    chunk.stream,
-                    chunk.end,
-                );
-            } else {
-                self.items.push(BatchItem {
-                    chunk,
-                    start: 0,
-                    end: 0,
-                });
-            }
-            return Ok(());
-        }
-        let batch = self.delivery.config.batch;
-        let n = chunk.records.len();
-        let mut start = 0;
-        while start < n {
-            let mut end = start;
-            let mut full = false;
-            while end < n {
-                let size = chunk.records[end].1.estimated_size() as u64;
-                // batch.max_bytes holds before sending: a record that would pass it starts
-                // the next batch (a lone record over it goes alone).
-                if self.events >= batch.max_events
-                    || (self.events > 0 && self.bytes + size > batch.max_bytes)
-                {
-                    full = true;
-                    break;
-                }
-                self.bytes += size;
-                self.events += 1;
-                end += 1;
-            }
-            if end > start {
-                self.started.get_or_insert_with(Instant::now);
-                self.items.push(BatchItem {
-                    chunk: chunk.clone(),
-                    start,
-                    end,
-                });
-            }
-            if full || self.events >= batch.max_events || self.bytes >= batch.max_bytes {
-                self.flush().await?;
-            }
-            start = end;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), Aborted> {
-        if self.items.is_empty() {
-            self.started = None;
-            return Ok(());
-        }
-        if self.events > 0 {
-            wait_checkpoints(&self.progress, &mut self.unpersisted).await;
-            let records: Vec<&Record> = self
-                .items
-                .iter()
-                .flat_map(|i| i.chunk.records[i.start..i.end].iter().map(|(_, r)| r))
-                .collect();
-            self.delivery.deliver(&records).await?;
-            if let Some(t) = self.started {
-                self.counters.observe_latency(t.elapsed());
-            }
-        }
-        let items = std::mem::take(&mut self.items);
-        for item in &items {
-            let offset = if item.end == item.chunk.records.len() {
-                item.chunk.end
-            } else {
-                item.chunk.records[item.end - 1].0
-            };
-            ack(
-                self.index,
-                &self.progress,
-                &mut self.unpersisted,
-                item.chunk.source,
-                item.chunk.stream,
-                offset,
-            );
-        }
-        self.events = 0;
-        self.bytes = 0;
-        self.started = None;
-        Ok(())
+        let (tx, rx) = mpsc::channel(1);
+        let batcher = Batcher {
+            rx: self.rx,
+            tx,
+            encoder: self.delivery.encoder.clone(),
+            batch: self.delivery.config.batch,
+            counters: self.counters,
+            abort: self.delivery.abort.clone(),
+            items: Vec::new(),
+            events: 0,
+            bytes: 0,
+            started: None,
+        };
+        let sender = Sender {
+            index: self.index,
+            rx,
+            progress: self.progress,
+            delivery: self.delivery,
+            unpersisted: Vec::new(),
+        };
+        // Its own task, so that sending proceeds while the batcher encodes.
+        let sender = tokio::spawn(sender.run());
+        batcher.run().await;
+        let _ = sender.await;
     }
 
     /// With a disk buffer: a writer (input → disk, then acknowledgements) and a reader
@@ -527,13 +624,21 @@ impl Delivery {
 
     /// Delivers `records`: every one is either acknowledged by the destination or written
     /// to the dead-letter file when this returns `Ok`.
-    async fn deliver(&mut self, records: &[&Record]) -> Result<(), Aborted> {
+    /// `encoded` is all of `records`, already encoded.
+    async fn deliver(
+        &mut self,
+        records: &[&Record],
+        mut encoded: Option<Encoded>,
+    ) -> Result<(), Aborted> {
         // Parts still to send, the next one last.
         let mut todo = vec![(0, records.len())];
         let mut logged_split = false;
         while let Some((start, end)) = todo.pop() {
             let part = &records[start..end];
-            let body = self.encoder.encode(part);
+            let body = match encoded.take() {
+                Some(body) => body,
+                None => self.encoder.encode(part),
+            };
             let split = |todo: &mut Vec<(usize, usize)>| {
                 let mid = start + (end - start) / 2;
                 todo.push((mid, end));
@@ -932,7 +1037,7 @@ impl DiskReader {
             let due = started.is_some_and(|t| t.elapsed() >= batch_cfg.timeout);
             if !batch.is_empty() && (!drained || due || writer_done) {
                 let records: Vec<&Record> = batch.iter().collect();
-                if self.delivery.deliver(&records).await.is_err() {
+                if self.delivery.deliver(&records, None).await.is_err() {
                     return;
                 }
                 drop(records);
