@@ -44,8 +44,8 @@ pub use cluster::{Cluster, ClusterBuilder, shared_cluster};
 pub use etcd::Etcd;
 pub use haproxy::{Haproxy, HaproxyListener};
 pub use patroni::{PatroniCluster, PatroniClusterBuilder, PatroniMember, PatroniTiming};
-pub use pgbackrest::{BackupType, PgBackRest};
-pub use pgbouncer::Pgbouncer;
+pub use pgbackrest::{BackupType, PgBackRest, PgHost};
+pub use pgbouncer::{Pgbouncer, PgbouncerTarget};
 pub use ports::free_port;
 pub use postgres::{
     PASSWORD_USER, PASSWORD_USER_PASSWORD, Postgres, PostgresBuilder, REPLICATION_PASSWORD,

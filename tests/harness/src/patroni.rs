@@ -47,6 +47,19 @@
 //! does the same: each Patroni is terminated (killed after 5 s), then `pg_ctl stop -m immediate`
 //! runs on any PostgreSQL left, then etcd is stopped and the directories removed.
 //! [`Footprint`] finds whatever of a cluster still runs, for tests of exactly that.
+//!
+//! # pgBackRest and Pgbouncer
+//!
+//! [`PatroniClusterBuilder::pgbackrest`] archives WAL from whichever member leads into one
+//! repository under `<dir>/pgbackrest` (stanza [`DEFAULT_STANZA`]):
+//! `archive_mode = on` and the `archive_command` are DCS parameters, so every member runs with
+//! them, and the stanza lists every member (`pg1-…`, `pg2-…`); pgBackRest itself finds the
+//! primary among them for `backup` and `check`, so nothing is rewritten after a switchover or a
+//! failover (see [`pgbackrest`](crate::pgbackrest) for what was measured).
+//!
+//! [`PatroniClusterBuilder::pgbouncer`] puts [HAProxy](crate::haproxy) in front of the members,
+//! with Pigsty's `primary` and `replica` services checked on Patroni's REST API, and one
+//! Pgbouncer whose databases all point at the `primary` service ([`PRIMARY_SERVICE`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -58,6 +71,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::etcd::Etcd;
+use crate::haproxy::{Haproxy, HaproxyListener};
+use crate::pgbackrest::{DEFAULT_STANZA, PgBackRest, PgHost};
+use crate::pgbouncer::{Pgbouncer, PgbouncerTarget};
 use crate::ports::{LOCALHOST, free_port};
 use crate::postgres::{
     PASSWORD_USER, PASSWORD_USER_PASSWORD, REPLICATION_PASSWORD, REPLICATION_USER, SUPERUSER,
@@ -92,6 +108,15 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 const REST_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often waits poll.
 const POLL: Duration = Duration::from_millis(100);
+/// The HAProxy listener ([`PatroniCluster::haproxy`]) that sends clients to the leader: its
+/// servers are checked with `GET /primary` on Patroni's REST API, as Pigsty's `primary`
+/// service does. [`PatroniCluster::pgbouncer`] points at it.
+pub const PRIMARY_SERVICE: &str = "primary";
+/// The HAProxy listener that sends clients to the replicas (`GET /replica` on Patroni's REST
+/// API), as Pigsty's `replica` service does, without falling back to the leader.
+pub const REPLICA_SERVICE: &str = "replica";
+/// How long a started cluster's HAProxy may take to route [`PRIMARY_SERVICE`] to the leader.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Patroni's DCS timing (`bootstrap.dcs`): the leader lock's `ttl`, the HA loop's `loop_wait`
 /// and `retry_timeout`, in seconds. Patroni's rule of thumb is
@@ -140,6 +165,8 @@ pub struct PatroniClusterBuilder {
     members: usize,
     timing: PatroniTiming,
     parameters: Vec<(String, String)>,
+    pgbackrest: bool,
+    pgbouncer: bool,
 }
 
 impl Default for PatroniClusterBuilder {
@@ -155,6 +182,8 @@ impl PatroniClusterBuilder {
             members: 2,
             timing: PatroniTiming::default(),
             parameters: Vec::new(),
+            pgbackrest: false,
+            pgbouncer: false,
         }
     }
 
@@ -177,9 +206,52 @@ impl PatroniClusterBuilder {
         self
     }
 
+    /// Also archive WAL with pgBackRest, from whichever member leads, into a repository in the
+    /// cluster's directory ([`PatroniCluster::pgbackrest`]):
+    ///
+    /// - `archive_mode = on` and `archive_command` =
+    ///   [`PgBackRest::archive_command_for_members`], set as DCS parameters
+    ///   (`bootstrap.dcs.postgresql.parameters`) so every member has them; only the leader
+    ///   archives (`archive_mode = on`, not `always`);
+    /// - the stanza [`DEFAULT_STANZA`] lists every member as `pgN-path`/`pgN-port`/
+    ///   `pgN-socket-path` (pg1 first), so `pgbackrest backup` finds the leader itself, on any
+    ///   member after any role change;
+    /// - the stanza is created (`stanza-create`, then `check`, which proves archiving) on the
+    ///   first leader once every replica streams. No backup is taken. Until then the first
+    ///   leader's `archive-push` calls fail (no stanza yet) and PostgreSQL retries them; they
+    ///   stay counted in its `pg_stat_archiver.failed_count`.
+    ///
+    /// Every `pgbackrest` command runs as the service user (`postgres` under root).
+    pub fn pgbackrest(mut self) -> Self {
+        self.pgbackrest = true;
+        self
+    }
+
+    /// Also start HAProxy and Pgbouncer ([`PatroniCluster::haproxy`],
+    /// [`PatroniCluster::pgbouncer`]), so clients of Pgbouncer always reach the leader.
+    ///
+    /// HAProxy has Pigsty's two services, [`PRIMARY_SERVICE`] and [`REPLICA_SERVICE`], one
+    /// server per member checked on Patroni's REST API (`GET /primary`, `GET /replica`, every
+    /// 500 ms, down after two failures, `on-marked-down shutdown-sessions`). Every database
+    /// entry of Pgbouncer points at the `primary` service (with the superuser's password for
+    /// scram-sha-256), so Pgbouncer's target follows the leader with no reconfiguration and no
+    /// `RELOAD`: when the old leader is marked down HAProxy closes Pgbouncer's server
+    /// connections to it, and Pgbouncer's next server login lands on the new leader. This is
+    /// Pigsty's routing — HAProxy choosing by Patroni's `/primary` — with one Pgbouncer for the
+    /// cluster in front of it instead of one per node behind it; the alternative, rewriting
+    /// `[databases]` and `RELOAD` from a Patroni `on_role_change` callback, is not what a
+    /// Pigsty deployment does. [`start`](PatroniClusterBuilder::start)
+    /// returns once HAProxy routes the `primary` service to the first leader and a query
+    /// through Pgbouncer reached it.
+    pub fn pgbouncer(mut self) -> Self {
+        self.pgbouncer = true;
+        self
+    }
+
     /// Starts etcd, then `pg1` (initdb, leader), creates [`PASSWORD_USER`], then the other
-    /// members (pg_basebackup), and waits until every replica streams. On error whatever was
-    /// started is stopped again.
+    /// members (pg_basebackup), and waits until every replica streams; then, if asked, creates
+    /// the pgBackRest stanza and starts HAProxy and Pgbouncer. On error whatever was started
+    /// is stopped again.
     pub fn start(&self) -> Result<PatroniCluster> {
         static CLUSTERS: AtomicU32 = AtomicU32::new(1);
         if self.members == 0 {
@@ -197,6 +269,23 @@ impl PatroniClusterBuilder {
             CLUSTERS.fetch_add(1, Ordering::Relaxed)
         );
         let dir = ServiceDir::new("pgsuite-patroni-", true)?;
+        let mut builder = self.clone();
+        let pgbackrest = if self.pgbackrest {
+            let b = PgBackRest::prepare_in(DEFAULT_STANZA, &dir.path().join("pgbackrest"))?;
+            // First, so that parameters the caller set win.
+            let mut parameters = vec![
+                ("archive_mode".to_owned(), "on".to_owned()),
+                (
+                    "archive_command".to_owned(),
+                    b.archive_command_for_members(),
+                ),
+            ];
+            parameters.append(&mut builder.parameters);
+            builder.parameters = parameters;
+            Some(b)
+        } else {
+            None
+        };
         let etcd = Etcd::start().context("cannot start etcd for the Patroni cluster")?;
         let mut members = Vec::with_capacity(self.members);
         for i in 1..=self.members {
@@ -205,32 +294,57 @@ impl PatroniClusterBuilder {
                 dir.path(),
                 &scope,
                 &etcd,
-                self,
+                &builder,
             )?);
         }
-        let cluster = PatroniCluster {
+        if let Some(b) = &pgbackrest {
+            let hosts: Vec<PgHost> = members.iter().map(PatroniMember::pg_host).collect();
+            b.write_config(&hosts)?;
+        }
+        let mut cluster = PatroniCluster {
             scope,
             timing: self.timing,
+            pgbouncer: None,
+            haproxy: None,
             members,
             etcd,
+            pgbackrest,
             dir,
         };
         cluster
             .bring_up()
             .with_context(|| format!("cannot bring up Patroni cluster {}", cluster.scope))?;
+        if let Some(b) = &cluster.pgbackrest {
+            b.stanza_create_and_check().with_context(|| {
+                format!(
+                    "cannot create the pgBackRest stanza of Patroni cluster {}{}",
+                    cluster.scope,
+                    cluster.members[0].log_tails()
+                )
+            })?;
+        }
+        if self.pgbouncer {
+            cluster
+                .start_pgbouncer()
+                .with_context(|| format!("cannot put Pgbouncer in front of {}", cluster.scope))?;
+        }
         Ok(cluster)
     }
 }
 
-/// A running Patroni cluster. Dropping it stops every member, then etcd, then removes the
-/// directories.
+/// A running Patroni cluster. Dropping it stops Pgbouncer and HAProxy, every member, then
+/// etcd, then removes the directories (the pgBackRest repository with them).
 #[derive(Debug)]
 pub struct PatroniCluster {
     scope: String,
     timing: PatroniTiming,
-    // Field order is drop order: members (after `Drop::drop` signalled them all), etcd, dir.
+    // Field order is drop order: Pgbouncer, HAProxy, members (after `Drop::drop` signalled
+    // them all), etcd, pgBackRest (nothing of its own to remove), dir.
+    pgbouncer: Option<Pgbouncer>,
+    haproxy: Option<Haproxy>,
     members: Vec<PatroniMember>,
     etcd: Etcd,
+    pgbackrest: Option<PgBackRest>,
     dir: ServiceDir,
 }
 
@@ -282,6 +396,112 @@ impl PatroniCluster {
             self.wait_streaming(m, START_TIMEOUT)?;
         }
         Ok(())
+    }
+
+    /// HAProxy's two services on Patroni's REST checks, then Pgbouncer on the `primary` one;
+    /// waits until the leader is routed and a query through Pgbouncer reached it.
+    fn start_pgbouncer(&mut self) -> Result<()> {
+        let mut primary = HaproxyListener::new(PRIMARY_SERVICE, "/primary");
+        let mut replica = HaproxyListener::new(REPLICA_SERVICE, "/replica");
+        for m in &self.members {
+            primary = primary.server(&m.name, m.pg_port, m.rest_port);
+            replica = replica.server(&m.name, m.pg_port, m.rest_port);
+        }
+        let haproxy = Haproxy::start(&[primary, replica])?;
+        let target = PgbouncerTarget::new(LOCALHOST, haproxy.port(PRIMARY_SERVICE)?)
+            .superuser_password(SUPERUSER_PASSWORD);
+        self.haproxy = Some(haproxy);
+        self.pgbouncer = Some(Pgbouncer::start_with(&target)?);
+        let leader = self.leader()?;
+        self.wait_routed(PRIMARY_SERVICE, leader, ROUTE_TIMEOUT)?;
+        let port = self.pgbouncer().port();
+        poll(
+            &format!("a query through Pgbouncer to reach {}", leader.name),
+            ROUTE_TIMEOUT,
+            POLL,
+            || {
+                let served = self.query_port(port, "postgres", "SELECT inet_server_port()")?;
+                Ok((served == leader.pg_port.to_string()).then_some(()))
+            },
+        )
+        .map_err(|e| {
+            anyhow!(
+                "{e:#}\n--- Pgbouncer's log ---\n{}\n--- HAProxy's log ---\n{}",
+                crate::util::tail_file(self.pgbouncer().log_path(), 20),
+                self.haproxy().log_tail(20)
+            )
+        })
+    }
+
+    /// Waits until HAProxy's `service` ([`PRIMARY_SERVICE`] or [`REPLICA_SERVICE`]) has
+    /// `member` up and every other member down, as its status page shows; returns how long
+    /// that took. Needs [`PatroniClusterBuilder::pgbouncer`].
+    pub fn wait_routed(
+        &self,
+        service: &str,
+        member: &PatroniMember,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let haproxy = self.haproxy.as_ref().context(
+            "this Patroni cluster has no HAProxy: use PatroniClusterBuilder::pgbouncer()",
+        )?;
+        let started = Instant::now();
+        poll(
+            &format!(
+                "HAProxy's {service} service to route to {} only",
+                member.name
+            ),
+            timeout,
+            Duration::from_millis(50),
+            || {
+                let status = haproxy.server_status(service)?;
+                let only = status.iter().all(|(server, state)| {
+                    (server == &member.name) == (state == "UP" || state.starts_with("UP "))
+                });
+                Ok((only && status.contains_key(&member.name)).then_some(()))
+            },
+        )
+        .map_err(|e| anyhow!("{e:#}\n--- HAProxy's log ---\n{}", haproxy.log_tail(20)))?;
+        Ok(started.elapsed())
+    }
+
+    /// pgBackRest; panics if the cluster was built without
+    /// [`PatroniClusterBuilder::pgbackrest`].
+    pub fn pgbackrest(&self) -> &PgBackRest {
+        self.pgbackrest.as_ref().expect(
+            "this Patroni cluster has no pgBackRest: use PatroniClusterBuilder::pgbackrest()",
+        )
+    }
+
+    /// Pgbouncer (in front of HAProxy's [`PRIMARY_SERVICE`]); panics if the cluster was built
+    /// without [`PatroniClusterBuilder::pgbouncer`].
+    pub fn pgbouncer(&self) -> &Pgbouncer {
+        self.pgbouncer
+            .as_ref()
+            .expect("this Patroni cluster has no Pgbouncer: use PatroniClusterBuilder::pgbouncer()")
+    }
+
+    /// HAProxy with [`PRIMARY_SERVICE`] and [`REPLICA_SERVICE`]; panics if the cluster was
+    /// built without [`PatroniClusterBuilder::pgbouncer`].
+    pub fn haproxy(&self) -> &Haproxy {
+        self.haproxy
+            .as_ref()
+            .expect("this Patroni cluster has no HAProxy: use PatroniClusterBuilder::pgbouncer()")
+    }
+
+    /// pgBackRest, if any.
+    pub fn try_pgbackrest(&self) -> Option<&PgBackRest> {
+        self.pgbackrest.as_ref()
+    }
+
+    /// Pgbouncer, if any.
+    pub fn try_pgbouncer(&self) -> Option<&Pgbouncer> {
+        self.pgbouncer.as_ref()
+    }
+
+    /// HAProxy, if any.
+    pub fn try_haproxy(&self) -> Option<&Haproxy> {
+        self.haproxy.as_ref()
     }
 
     /// The scope (cluster name in the DCS, PostgreSQL's `cluster_name`).
@@ -507,8 +727,16 @@ impl PatroniCluster {
 
     /// What to look for to tell whether anything of this cluster is left (see [`Footprint`]).
     pub fn footprint(&self) -> Footprint {
+        let mut dirs = vec![self.dir.path().to_owned(), self.etcd.dir().to_owned()];
+        // Pgbouncer's and HAProxy's command lines name their configuration files there.
+        if let Some(dir) = self.pgbouncer.as_ref().and_then(|b| b.ini_path().parent()) {
+            dirs.push(dir.to_owned());
+        }
+        if let Some(h) = &self.haproxy {
+            dirs.push(h.dir().to_owned());
+        }
         Footprint {
-            dirs: vec![self.dir.path().to_owned(), self.etcd.dir().to_owned()],
+            dirs,
             scope: self.scope.clone(),
         }
     }
@@ -898,6 +1126,15 @@ impl PatroniMember {
     /// The member's directory (see the module documentation for its layout).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// This member as a pgBackRest stanza lists it.
+    pub fn pg_host(&self) -> PgHost {
+        PgHost {
+            data_dir: self.data_dir(),
+            port: self.pg_port,
+            socket_dir: self.socket_dir(),
+        }
     }
 
     /// Patroni's configuration file.

@@ -10,6 +10,11 @@
 //!
 //! Pgbouncer runs in the foreground as a child of this process (as the service user), so its PID
 //! is known; it is stopped on `Drop` (SIGTERM) or by the reaper.
+//!
+//! [`Pgbouncer::start`] points every database entry at one PostgreSQL server;
+//! [`Pgbouncer::start_with`] at any address ([`PgbouncerTarget`]), such as the read-write
+//! service of HAProxy in front of a Patroni cluster
+//! ([`PatroniClusterBuilder::pgbouncer`](crate::patroni::PatroniClusterBuilder::pgbouncer)).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -34,6 +39,36 @@ pub const SINGLE_POOL_DB: &str = "single";
 
 const START_ATTEMPTS: usize = 5;
 
+/// Where Pgbouncer opens its server connections, and the superuser's password it logs in with
+/// there (written to the `auth_file`; clients still authenticate with `trust`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgbouncerTarget {
+    /// Host name or address of the server (or proxy).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The password of [`SUPERUSER`] on the server, when it asks for one (scram-sha-256);
+    /// `None` writes an empty password (the harness's plain servers trust 127.0.0.1).
+    pub superuser_password: Option<String>,
+}
+
+impl PgbouncerTarget {
+    /// `host:port` without a superuser password.
+    pub fn new(host: &str, port: u16) -> Self {
+        Self {
+            host: host.to_owned(),
+            port,
+            superuser_password: None,
+        }
+    }
+
+    /// The password Pgbouncer logs in to the server with as [`SUPERUSER`].
+    pub fn superuser_password(mut self, password: &str) -> Self {
+        self.superuser_password = Some(password.to_owned());
+        self
+    }
+}
+
 /// A running Pgbouncer.
 #[derive(Debug)]
 pub struct Pgbouncer {
@@ -41,7 +76,7 @@ pub struct Pgbouncer {
     ini: PathBuf,
     log: PathBuf,
     binary: PathBuf,
-    server_port: u16,
+    target: PgbouncerTarget,
     socket_dir: PathBuf,
     child: Mutex<Option<ManagedChild>>,
     dir: ServiceDir,
@@ -50,14 +85,22 @@ pub struct Pgbouncer {
 impl Pgbouncer {
     /// Starts Pgbouncer in front of `server` on a free port (retrying on a port clash).
     pub fn start(server: &Postgres) -> Result<Self> {
+        Self::start_with(&PgbouncerTarget::new(LOCALHOST, server.port()))
+    }
+
+    /// Starts Pgbouncer with every database entry pointing at `target`, on a free port
+    /// (retrying on a port clash). Pgbouncer starts without the target being reachable; it
+    /// connects on a client's first query.
+    pub fn start_with(target: &PgbouncerTarget) -> Result<Self> {
         let binary = require_binary(Path::new(PGBOUNCER_BIN), "pgbouncer")?;
         let dir = ServiceDir::new("pgsuite-pgbouncer-", true)?;
         let socket_dir = dir.path().join("run");
         make_service_dir(&socket_dir)?;
+        let su_pw = target.superuser_password.as_deref().unwrap_or("");
         write_service_file(
             &dir.path().join("userlist.txt"),
             format!(
-                "\"{ADMIN_USER}\" \"\"\n\"{STATS_USER}\" \"\"\n\
+                "\"{ADMIN_USER}\" \"{su_pw}\"\n\"{STATS_USER}\" \"\"\n\
                  \"{PASSWORD_USER}\" \"{PASSWORD_USER_PASSWORD}\"\n"
             ),
             0o600,
@@ -67,7 +110,7 @@ impl Pgbouncer {
             ini: dir.path().join("pgbouncer.ini"),
             log: dir.path().join("pgbouncer.log"),
             binary,
-            server_port: server.port(),
+            target: target.clone(),
             socket_dir,
             child: Mutex::new(None),
             dir,
@@ -93,7 +136,7 @@ impl Pgbouncer {
     }
 
     fn render_ini(&self, port: u16) -> String {
-        let server = format!("host={LOCALHOST} port={}", self.server_port);
+        let server = format!("host={} port={}", self.target.host, self.target.port);
         format!(
             "; Written by the test harness.\n\
              [databases]\n\
@@ -231,6 +274,11 @@ impl Pgbouncer {
     /// Pgbouncer's log file.
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// Where the database entries point.
+    pub fn target(&self) -> &PgbouncerTarget {
+        &self.target
     }
 
     /// The unix socket directory (`unix_socket_dir`).
