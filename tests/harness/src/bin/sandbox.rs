@@ -1,19 +1,21 @@
-//! The sandbox: a PostgreSQL 15 primary + streaming replica, Pgbouncer, pgBackRest (with one
-//! full backup), the suite's agents attached to them, and VictoriaMetrics scraping every agent
-//! and itself, all on 127.0.0.1. It prints the URLs to open, waits until VictoriaMetrics sees
-//! `up == 1` for every target, then runs until Ctrl-C / SIGTERM and removes everything.
+//! The sandbox: PostgreSQL 15 (a primary + streaming replica, or with `--patroni` a two-member
+//! Patroni cluster on etcd behind HAProxy), Pgbouncer, pgBackRest (with one full backup), the
+//! suite's agents attached to them, and VictoriaMetrics scraping every agent, itself and (with
+//! `--patroni`) Patroni's own `/metrics`, all on 127.0.0.1. It prints the URLs to open, waits
+//! until VictoriaMetrics sees `up == 1` for every target, then runs until Ctrl-C / SIGTERM and
+//! removes everything.
 //!
 //! ```text
 //! cargo run -p test-harness --bin sandbox            # run until Ctrl-C
 //! cargo run -p test-harness --bin sandbox -- --check # start, verify every target is up, stop
+//! cargo run -p test-harness --bin sandbox -- --patroni
 //! cargo run -p test-harness --bin sandbox -- --vlogs-url=http://127.0.0.1:9428
 //! cargo run -p test-harness --bin sandbox -- --loki-url=http://127.0.0.1:3100
 //! ```
 //!
-//! log_shipper ships both instances' csvlog, Pgbouncer's and pgBackRest's logs to a JSON-lines
-//! file in the agents' directory, or to the VictoriaLogs or Loki given on the command line.
-//!
-//! Agents are listed in [`ATTACHED_AGENTS`]; a missing binary is skipped with a note.
+//! log_shipper ships every instance's csvlog (and Patroni's log), Pgbouncer's and pgBackRest's
+//! logs to a JSON-lines file in the agents' directory, or to the VictoriaLogs or Loki given on
+//! the command line. A missing agent binary is skipped with a note.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -24,8 +26,8 @@ use anyhow::{Context as _, Result};
 use test_harness::privileges::ServiceDir;
 use test_harness::victoria_metrics::SELF_JOB;
 use test_harness::{
-    BackupType, Cluster, ClusterBuilder, ManagedChild, PgVersion, ScrapeTarget, VictoriaMetrics,
-    free_port,
+    BackupType, Cluster, ClusterBuilder, ManagedChild, PatroniCluster, PatroniClusterBuilder,
+    PgBackRest, PgVersion, Pgbouncer, ScrapeTarget, VictoriaMetrics, free_port,
 };
 
 /// How long to wait for VictoriaMetrics to see every target up.
@@ -47,6 +49,8 @@ enum LogDestination {
 struct Options {
     /// Start, check every target is up, stop.
     check_only: bool,
+    /// A Patroni cluster instead of the plain pair.
+    patroni: bool,
     logs: LogDestination,
 }
 
@@ -54,18 +58,21 @@ impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
         let mut options = Options {
             check_only: false,
+            patroni: false,
             logs: LogDestination::File,
         };
         for arg in args {
             if arg == "--check" {
                 options.check_only = true;
+            } else if arg == "--patroni" {
+                options.patroni = true;
             } else if let Some(url) = arg.strip_prefix("--vlogs-url=") {
                 options.logs = LogDestination::VictoriaLogs(url.to_owned());
             } else if let Some(url) = arg.strip_prefix("--loki-url=") {
                 options.logs = LogDestination::Loki(url.to_owned());
             } else {
                 anyhow::bail!(
-                    "unknown argument {arg:?}; usage: sandbox [--check] [--vlogs-url=URL | --loki-url=URL]"
+                    "unknown argument {arg:?}; usage: sandbox [--check] [--patroni] [--vlogs-url=URL | --loki-url=URL]"
                 );
             }
         }
@@ -73,34 +80,106 @@ impl Options {
     }
 }
 
-/// What an attached agent can be pointed at.
+/// One PostgreSQL instance of the sandbox, as the agents see it.
 #[derive(Debug)]
+struct Instance {
+    /// `ins` label (and log field).
+    ins: String,
+    /// pg_exporter's VictoriaMetrics job.
+    exporter_job: String,
+    /// pg_exporter's connection URL.
+    exporter_url: String,
+    /// Its csvlog files.
+    csvlog: PathBuf,
+    /// Patroni's log file and REST address (`host:port`), for a Patroni member.
+    patroni: Option<(PathBuf, String)>,
+}
+
+/// What the sandbox runs: the plain primary + replica pair or a Patroni cluster, and the
+/// Pgbouncer and pgBackRest attached to it.
+enum Topology {
+    Plain(Cluster),
+    Patroni(PatroniCluster),
+}
+
+impl Topology {
+    fn pgbouncer(&self) -> &Pgbouncer {
+        match self {
+            Topology::Plain(c) => c.pgbouncer(),
+            Topology::Patroni(c) => c.pgbouncer(),
+        }
+    }
+
+    fn pgbackrest(&self) -> &PgBackRest {
+        match self {
+            Topology::Plain(c) => c.pgbackrest(),
+            Topology::Patroni(c) => c.pgbackrest(),
+        }
+    }
+
+    /// `cls` label: the Patroni scope (so Patroni's `scope` and our `cls` match), else
+    /// `pg-sandbox`.
+    fn cls(&self) -> String {
+        match self {
+            Topology::Plain(_) => "pg-sandbox".to_owned(),
+            Topology::Patroni(c) => c.scope().to_owned(),
+        }
+    }
+
+    fn instances(&self) -> Vec<Instance> {
+        let cls = self.cls();
+        match self {
+            Topology::Plain(c) => vec![
+                Instance {
+                    ins: format!("{cls}-1"),
+                    exporter_job: "pg_exporter_primary".into(),
+                    exporter_url: c.primary().url("postgres"),
+                    csvlog: c.primary().log_dir().join("*.csv"),
+                    patroni: None,
+                },
+                // As the password user, so the sandbox also shows that no password leaks.
+                Instance {
+                    ins: format!("{cls}-2"),
+                    exporter_job: "pg_exporter_replica".into(),
+                    exporter_url: c.replica().password_url("postgres"),
+                    csvlog: c.replica().log_dir().join("*.csv"),
+                    patroni: None,
+                },
+            ],
+            Topology::Patroni(c) => c
+                .members()
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Instance {
+                    ins: format!("{cls}-{}", i + 1),
+                    exporter_job: format!("pg_exporter_{}", m.name()),
+                    // Pigsty's exporter reaches its local server over the unix socket.
+                    exporter_url: m.socket_url("postgres"),
+                    csvlog: m.pg_log_dir().join("*.csv"),
+                    patroni: Some((
+                        m.patroni_log_path(),
+                        format!("{}:{}", m.host(), m.rest_port()),
+                    )),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What an attached agent can be pointed at.
 struct Endpoints<'a> {
-    cluster: &'a Cluster,
+    topology: &'a Topology,
+    instances: Vec<Instance>,
     /// Where agents' logs, configs and state go.
     agents_dir: &'a Path,
     logs: &'a LogDestination,
 }
 
 impl Endpoints<'_> {
-    /// Superuser URL of the primary's `postgres` database.
-    fn primary_url(&self) -> String {
-        self.cluster.primary().url("postgres")
-    }
-
-    /// URL of the replica's `postgres` database, as the password user (so the sandbox also
-    /// shows that no password leaks).
-    fn replica_url(&self) -> String {
-        self.cluster.replica().password_url("postgres")
-    }
-
-    /// pgbackrest_exporter's arguments for the sandbox's pgBackRest repository: its config and,
-    /// when the sandbox runs as root, `--backrest.user` so that pgbackrest runs as the
-    /// repository's owner (`postgres`).
     /// Pgbouncer's admin console over its unix socket, as the stats-only user (Pigsty's usual
     /// form: `postgres://user@:6432/pgbouncer?host=<socket dir>`).
     fn pgbouncer_url(&self) -> String {
-        let bouncer = self.cluster.pgbouncer();
+        let bouncer = self.topology.pgbouncer();
         format!(
             "postgres://{}@:{}/pgbouncer?host={}",
             test_harness::pgbouncer::STATS_USER,
@@ -109,11 +188,14 @@ impl Endpoints<'_> {
         )
     }
 
-    /// Writes log_shipper's config: the primary's and the replica's csvlog, Pgbouncer's log and
-    /// pgBackRest's logs, as a Pigsty node would ship them, to the chosen destination.
+    /// `--label` of an agent attached to instance `ins`.
+    fn label(&self, ins: &str) -> String {
+        format!("--label=cls={},ins={ins}", self.topology.cls())
+    }
+
+    /// Writes log_shipper's config: every instance's csvlog (and Patroni's log), Pgbouncer's log
+    /// and pgBackRest's logs, as a Pigsty node would ship them, to the chosen destination.
     fn log_shipper_config(&self) -> Result<PathBuf> {
-        let primary = self.cluster.primary();
-        let replica = self.cluster.replica();
         let sink = match self.logs {
             LogDestination::File => format!(
                 "type: file\n    path: {}",
@@ -128,41 +210,49 @@ impl Endpoints<'_> {
                 format!("type: loki\n    endpoint: {url}\n    labels: [job, ins, ip, cls]")
             }
         };
-        let source = |name: &str, ins: &str, include: String, format: &str, job: &str| {
+        let source = |name: &str, ins: &str, include: &Path, format: &str, job: &str| {
             format!(
-                "  {name}:\n    include: [{include}]\n    format: {format}\n    \
-                 read_from: beginning\n    fields: {{job: {job}, ins: {ins}}}\n"
+                "  {name}:\n    include: [{}]\n    format: {format}\n    \
+                 read_from: beginning\n    fields: {{job: {job}, ins: {ins}}}\n",
+                yaml_path(include)
             )
         };
         let mut config = format!(
-            "checkpoint_dir: {}\nfields:\n  cls: pg-sandbox\n  ip: 127.0.0.1\nsources:\n",
-            yaml_path(&self.agents_dir.join("log_shipper-state"))
+            "checkpoint_dir: {}\nfields:\n  cls: {}\n  ip: 127.0.0.1\nsources:\n",
+            yaml_path(&self.agents_dir.join("log_shipper-state")),
+            self.topology.cls()
         );
-        config += &source(
-            "postgres_primary",
-            "pg-sandbox-1",
-            yaml_path(&primary.log_dir().join("*.csv")),
-            "postgres_csv",
-            "postgres",
-        );
-        config += &source(
-            "postgres_replica",
-            "pg-sandbox-2",
-            yaml_path(&replica.log_dir().join("*.csv")),
-            "postgres_csv",
-            "postgres",
-        );
+        for (i, instance) in self.instances.iter().enumerate() {
+            let n = i + 1;
+            config += &source(
+                &format!("postgres_{n}"),
+                &instance.ins,
+                &instance.csvlog,
+                "postgres_csv",
+                "postgres",
+            );
+            if let Some((log, _)) = &instance.patroni {
+                config += &source(
+                    &format!("patroni_{n}"),
+                    &instance.ins,
+                    log,
+                    "patroni",
+                    "patroni",
+                );
+            }
+        }
+        let first = &self.instances[0].ins;
         config += &source(
             "pgbouncer",
-            "pg-sandbox-1",
-            yaml_path(self.cluster.pgbouncer().log_path()),
+            first,
+            self.topology.pgbouncer().log_path(),
             "pgbouncer",
             "pgbouncer",
         );
         config += &source(
             "pgbackrest",
-            "pg-sandbox-1",
-            yaml_path(&self.cluster.pgbackrest().log_path().join("*.log")),
+            first,
+            &self.topology.pgbackrest().log_path().join("*.log"),
             "pgbackrest",
             "pgbackrest",
         );
@@ -177,10 +267,13 @@ impl Endpoints<'_> {
         self.agents_dir.join("shipped-logs.jsonl")
     }
 
+    /// pgbackrest_exporter's arguments for the sandbox's pgBackRest repository: its config and,
+    /// when the sandbox runs as root, `--backrest.user` so that pgbackrest runs as the
+    /// repository's owner (`postgres`).
     fn pgbackrest_args(&self) -> Vec<String> {
         let mut args = vec![format!(
             "--backrest.config={}",
-            self.cluster.pgbackrest().config_path().display()
+            self.topology.pgbackrest().config_path().display()
         )];
         if let Ok(user) = test_harness::privileges::service_user()
             && user.switch_user
@@ -189,107 +282,92 @@ impl Endpoints<'_> {
         }
         args
     }
+
+    /// Every agent to attach, with its arguments: a pg_exporter per instance, then the others.
+    fn agents(&self, ports: &mut impl FnMut() -> Result<u16>) -> Result<Vec<AttachedAgent>> {
+        let mut agents = Vec::new();
+        for instance in &self.instances {
+            let port = ports()?;
+            agents.push(AttachedAgent {
+                job: instance.exporter_job.clone(),
+                binary: "pg_exporter",
+                env_var: "PGSUITE_PG_EXPORTER_BIN",
+                port,
+                args: vec![
+                    format!("--url={}", instance.exporter_url),
+                    format!("--web.listen-address=127.0.0.1:{port}"),
+                    "--connect-timeout=1000".into(),
+                    self.label(&instance.ins),
+                ],
+            });
+        }
+        let first = &self.instances[0].ins;
+        let port = ports()?;
+        agents.push(AttachedAgent {
+            job: "pgbouncer_exporter".into(),
+            binary: "pgbouncer_exporter",
+            env_var: "PGSUITE_PGBOUNCER_EXPORTER_BIN",
+            port,
+            args: vec![
+                format!("--url={}", self.pgbouncer_url()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--connect-timeout=1000".into(),
+                self.label(first),
+            ],
+        });
+        let port = ports()?;
+        let mut args = self.pgbackrest_args();
+        args.extend([
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--collect.interval=60".into(),
+        ]);
+        agents.push(AttachedAgent {
+            job: "pgbackrest_exporter".into(),
+            binary: "pgbackrest_exporter",
+            env_var: "PGSUITE_PGBACKREST_EXPORTER_BIN",
+            port,
+            args,
+        });
+        let port = ports()?;
+        agents.push(AttachedAgent {
+            job: "log_shipper".into(),
+            binary: "log_shipper",
+            env_var: "PGSUITE_LOG_SHIPPER_BIN",
+            port,
+            args: vec![
+                format!("--config={}", self.log_shipper_config()?.display()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+            ],
+        });
+        Ok(agents)
+    }
+
+    /// Patroni's own `/metrics` of every member, scraped beside the agents.
+    fn patroni_targets(&self) -> Vec<ScrapeTarget> {
+        self.instances
+            .iter()
+            .filter_map(|i| {
+                let (_, rest) = i.patroni.as_ref()?;
+                let name = i.exporter_job.trim_start_matches("pg_exporter_");
+                Some(ScrapeTarget::new(&format!("patroni_{name}"), rest))
+            })
+            .collect()
+    }
 }
 
-/// An agent of the suite started by the sandbox and scraped by VictoriaMetrics.
+/// An agent of the suite started by the sandbox and scraped by VictoriaMetrics (`/metrics`).
 #[derive(Debug)]
 struct AttachedAgent {
     /// VictoriaMetrics job name (also names the log file).
-    name: &'static str,
+    job: String,
     /// Binary name, found next to the sandbox binary, i.e. `target/<profile>/<binary>`.
     binary: &'static str,
     /// Environment variable that overrides the binary path.
     env_var: &'static str,
-    /// Command-line arguments, from the cluster's endpoints and the port to listen on; may write
-    /// files (e.g. a config) into the agents' directory.
-    args: fn(&Endpoints<'_>, u16) -> Result<Vec<String>>,
-    /// Path of the metrics endpoint.
-    metrics_path: &'static str,
+    /// Port it listens on.
+    port: u16,
+    args: Vec<String>,
 }
-
-/// The agents to attach. Add an entry per exporter as they are written, e.g.:
-///
-/// ```text
-/// AttachedAgent {
-///     name: "pg_exporter",
-///     env_var: "PGSUITE_PG_EXPORTER_BIN",
-///     args: |e, port| Ok(vec![
-///         format!("--url={}", e.primary_url()),
-///         format!("--web.listen-address=127.0.0.1:{port}"),
-///     ]),
-///     metrics_path: "/metrics",
-/// },
-/// ```
-const ATTACHED_AGENTS: &[AttachedAgent] = &[
-    AttachedAgent {
-        name: "pg_exporter_primary",
-        binary: "pg_exporter",
-        env_var: "PGSUITE_PG_EXPORTER_BIN",
-        args: |e, port| {
-            Ok(vec![
-                format!("--url={}", e.primary_url()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-                "--connect-timeout=1000".into(),
-                "--label=cls=pg-sandbox,ins=pg-sandbox-1".into(),
-            ])
-        },
-        metrics_path: "/metrics",
-    },
-    AttachedAgent {
-        name: "pg_exporter_replica",
-        binary: "pg_exporter",
-        env_var: "PGSUITE_PG_EXPORTER_BIN",
-        args: |e, port| {
-            Ok(vec![
-                format!("--url={}", e.replica_url()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-                "--connect-timeout=1000".into(),
-                "--label=cls=pg-sandbox,ins=pg-sandbox-2".into(),
-            ])
-        },
-        metrics_path: "/metrics",
-    },
-    AttachedAgent {
-        name: "pgbouncer_exporter",
-        binary: "pgbouncer_exporter",
-        env_var: "PGSUITE_PGBOUNCER_EXPORTER_BIN",
-        args: |e, port| {
-            Ok(vec![
-                format!("--url={}", e.pgbouncer_url()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-                "--connect-timeout=1000".into(),
-                "--label=cls=pg-sandbox,ins=pg-sandbox-1".into(),
-            ])
-        },
-        metrics_path: "/metrics",
-    },
-    AttachedAgent {
-        name: "pgbackrest_exporter",
-        binary: "pgbackrest_exporter",
-        env_var: "PGSUITE_PGBACKREST_EXPORTER_BIN",
-        args: |e, port| {
-            let mut args = e.pgbackrest_args();
-            args.extend([
-                format!("--web.listen-address=127.0.0.1:{port}"),
-                "--collect.interval=60".into(),
-            ]);
-            Ok(args)
-        },
-        metrics_path: "/metrics",
-    },
-    AttachedAgent {
-        name: "log_shipper",
-        binary: "log_shipper",
-        env_var: "PGSUITE_LOG_SHIPPER_BIN",
-        args: |e, port| {
-            Ok(vec![
-                format!("--config={}", e.log_shipper_config()?.display()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-            ])
-        },
-        metrics_path: "/metrics",
-    },
-];
 
 /// A path as a double-quoted YAML scalar.
 fn yaml_path(path: &Path) -> String {
@@ -334,30 +412,49 @@ fn main() -> ExitCode {
 }
 
 fn run(options: &Options, stop: &mpsc::Receiver<()>) -> Result<()> {
-    eprintln!("sandbox: starting PostgreSQL 15 primary + replica, Pgbouncer, pgBackRest …");
-    let cluster = ClusterBuilder::new(PgVersion::V15)
-        .replica()
-        .pgbouncer()
-        .pgbackrest()
-        .with_databases(&[("db1", 3), ("db2", 3)])
-        .start()?;
+    let topology = if options.patroni {
+        eprintln!(
+            "sandbox: starting etcd, a two-member Patroni 3 cluster (PostgreSQL 15), HAProxy, \
+             Pgbouncer, pgBackRest …"
+        );
+        Topology::Patroni(
+            PatroniClusterBuilder::new()
+                .members(2)
+                .pgbackrest()
+                .pgbouncer()
+                .start()?,
+        )
+    } else {
+        eprintln!("sandbox: starting PostgreSQL 15 primary + replica, Pgbouncer, pgBackRest …");
+        Topology::Plain(
+            ClusterBuilder::new(PgVersion::V15)
+                .replica()
+                .pgbouncer()
+                .pgbackrest()
+                .with_databases(&[("db1", 3), ("db2", 3)])
+                .start()?,
+        )
+    };
     eprintln!("sandbox: taking a full pgBackRest backup …");
-    cluster.pgbackrest().backup(BackupType::Full)?;
+    topology.pgbackrest().backup(BackupType::Full)?;
 
     let logs = ServiceDir::new("pgsuite-sandbox-agents-", false)?;
     let endpoints = Endpoints {
-        cluster: &cluster,
+        instances: topology.instances(),
+        topology: &topology,
         agents_dir: logs.path(),
         logs: &options.logs,
     };
     let agents = start_agents(&endpoints, &logs)?;
-    let targets: Vec<ScrapeTarget> = agents.iter().map(|a| a.target.clone()).collect();
+    let mut targets: Vec<ScrapeTarget> = agents.iter().map(|a| a.target.clone()).collect();
+    let patroni_targets = endpoints.patroni_targets();
+    targets.extend(patroni_targets.iter().cloned());
     let vm = VictoriaMetrics::start(&targets)?;
 
     print_urls(&endpoints, &vm, &agents);
 
     let mut jobs = vec![SELF_JOB.to_owned()];
-    jobs.extend(agents.iter().map(|a| a.target.job.clone()));
+    jobs.extend(targets.iter().map(|t| t.job.clone()));
     for job in &jobs {
         vm.wait_for_up(job, UP_TIMEOUT).with_context(|| {
             let log = agents
@@ -370,7 +467,7 @@ fn run(options: &Options, stop: &mpsc::Receiver<()>) -> Result<()> {
     }
     if options.logs == LogDestination::File && agents.iter().any(|a| a.target.job == "log_shipper")
     {
-        wait_for_shipped_logs(&endpoints.shipped_logs_path())?;
+        wait_for_shipped_logs(&endpoints)?;
     }
     println!(
         "\nVictoriaMetrics sees up == 1 for every target: {}",
@@ -390,39 +487,66 @@ fn run(options: &Options, stop: &mpsc::Receiver<()>) -> Result<()> {
     // Explicit order: agents first, then the scraper, then the databases.
     drop(agents);
     drop(vm);
-    drop(cluster);
+    drop(endpoints);
+    drop(topology);
     drop(logs);
     Ok(())
 }
 
-/// Waits until log_shipper's file sink holds PostgreSQL records of both instances.
-fn wait_for_shipped_logs(path: &Path) -> Result<()> {
-    let wanted = ["pg-sandbox-1", "pg-sandbox-2"];
+/// Waits until log_shipper's file sink holds PostgreSQL records of every instance (and, on
+/// Patroni, Patroni's records too).
+fn wait_for_shipped_logs(endpoints: &Endpoints<'_>) -> Result<()> {
+    let path = endpoints.shipped_logs_path();
+    let mut wanted: Vec<(&str, &str)> = endpoints
+        .instances
+        .iter()
+        .map(|i| ("postgres", i.ins.as_str()))
+        .collect();
+    wanted.extend(
+        endpoints
+            .instances
+            .iter()
+            .filter(|i| i.patroni.is_some())
+            .map(|i| ("patroni", i.ins.as_str())),
+    );
     let deadline = Instant::now() + UP_TIMEOUT;
     loop {
-        let shipped = std::fs::read_to_string(path).unwrap_or_default();
-        let seen: Vec<&str> = wanted
-            .iter()
-            .copied()
-            .filter(|ins| {
-                shipped.lines().any(|line| {
-                    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|r| {
-                        r["job"] == "postgres" && r["ins"] == *ins && r["message"].is_string()
-                    })
-                })
-            })
+        let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+        let records: Vec<serde_json::Value> = shipped
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
             .collect();
-        if seen.len() == wanted.len() {
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|(job, ins)| {
+                !records
+                    .iter()
+                    .any(|r| r["job"] == *job && r["ins"] == *ins && r["message"].is_string())
+            })
+            .map(|(job, ins)| format!("{job} of {ins}"))
+            .collect();
+        if missing.is_empty() {
+            let list = |job: &str| {
+                wanted
+                    .iter()
+                    .filter(|(j, _)| *j == job)
+                    .map(|(_, ins)| *ins)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            };
             println!(
                 "log_shipper shipped PostgreSQL logs of {} to {}",
-                seen.join(" and "),
+                list("postgres"),
                 path.display()
             );
+            if endpoints.instances.iter().any(|i| i.patroni.is_some()) {
+                println!("log_shipper shipped Patroni logs of {}", list("patroni"));
+            }
             return Ok(());
         }
         if Instant::now() > deadline {
             anyhow::bail!(
-                "log_shipper did not ship PostgreSQL logs of every instance to {} (seen: {seen:?})",
+                "log_shipper did not ship every log to {} (missing: {missing:?})",
                 path.display()
             );
         }
@@ -436,35 +560,32 @@ fn start_agents(endpoints: &Endpoints<'_>, logs: &ServiceDir) -> Result<Vec<Runn
         .and_then(|p| p.parent().map(PathBuf::from))
         .unwrap_or_default();
     let mut running = Vec::new();
-    for agent in ATTACHED_AGENTS {
+    for agent in endpoints.agents(&mut free_port)? {
         let binary = std::env::var_os(agent.env_var)
             .map_or_else(|| own_dir.join(agent.binary), PathBuf::from);
         if !binary.is_file() {
             println!(
                 "sandbox: skipping {}: {} not found (build it, or set {})",
-                agent.name,
+                agent.job,
                 binary.display(),
                 agent.env_var
             );
             continue;
         }
-        let port = free_port()?;
         let mut cmd = Command::new(&binary);
-        cmd.args((agent.args)(endpoints, port)?);
-        let log = logs.path().join(format!("{}.log", agent.name));
-        let process = ManagedChild::spawn(agent.name, &mut cmd, &log)?;
-        let target = ScrapeTarget::local(agent.name, port).path(agent.metrics_path);
+        cmd.args(&agent.args);
+        let log = logs.path().join(format!("{}.log", agent.job));
+        let process = ManagedChild::spawn(&agent.job, &mut cmd, &log)?;
+        let target = ScrapeTarget::local(&agent.job, agent.port);
         running.push(RunningAgent { process, target });
     }
     Ok(running)
 }
 
 fn print_urls(endpoints: &Endpoints<'_>, vm: &VictoriaMetrics, agents: &[RunningAgent]) {
-    let cluster = endpoints.cluster;
-    let primary = cluster.primary();
-    let replica = cluster.replica();
-    let bouncer = cluster.pgbouncer();
-    let backrest = cluster.pgbackrest();
+    let topology = endpoints.topology;
+    let bouncer = topology.pgbouncer();
+    let backrest = topology.pgbackrest();
     let row = |k: &str, v: &str| println!("  {k:<26} {v}");
 
     println!("\nPostgreSQL monitoring sandbox\n");
@@ -482,38 +603,93 @@ fn print_urls(endpoints: &Endpoints<'_>, vm: &VictoriaMetrics, agents: &[Running
             &agent.process.log_path().display().to_string(),
         );
     }
+    for target in endpoints.patroni_targets() {
+        row(&format!("{} /metrics", target.job), &target.url());
+    }
     println!("\nConnect:");
-    row("primary (superuser)", &primary.url("postgres"));
-    row(
-        "primary (scram password)",
-        &primary.password_url("postgres"),
-    );
-    row(
-        "primary (TLS verify-full)",
-        &primary.ssl_url("postgres", "verify-full"),
-    );
-    row("replica", &replica.url("postgres"));
+    let psql_url;
+    match topology {
+        Topology::Plain(cluster) => {
+            let primary = cluster.primary();
+            let replica = cluster.replica();
+            psql_url = primary.url("postgres");
+            row("primary (superuser)", &primary.url("postgres"));
+            row(
+                "primary (scram password)",
+                &primary.password_url("postgres"),
+            );
+            row(
+                "primary (TLS verify-full)",
+                &primary.ssl_url("postgres", "verify-full"),
+            );
+            row("replica", &replica.url("postgres"));
+            row("extra databases", "db1, db2 (tables t1..t3)");
+        }
+        Topology::Patroni(cluster) => {
+            psql_url = bouncer.url("postgres");
+            for (member, instance) in cluster.members().iter().zip(&endpoints.instances) {
+                row(
+                    &format!("{} ({})", member.name(), instance.ins),
+                    &member.url("postgres"),
+                );
+                row(
+                    &format!("{} Patroni REST", member.name()),
+                    &member.rest_url(),
+                );
+            }
+            let haproxy = cluster.haproxy();
+            for service in [
+                test_harness::patroni::PRIMARY_SERVICE,
+                test_harness::patroni::REPLICA_SERVICE,
+            ] {
+                if let Ok(port) = haproxy.port(service) {
+                    row(
+                        &format!("HAProxy {service} service"),
+                        &format!("127.0.0.1:{port} (by Patroni's /{service})"),
+                    );
+                }
+            }
+            row("HAProxy stats", &haproxy.stats_url());
+            row("etcd", &cluster.etcd().client_url());
+        }
+    }
     row("pgbouncer (pooled)", &bouncer.url("postgres"));
     row("pgbouncer admin console", &bouncer.admin_url());
     row("pgbouncer stats console", &bouncer.stats_url());
-    row("extra databases", "db1, db2 (tables t1..t3)");
     println!("\nFiles:");
-    row(
-        "primary data / logs",
-        &format!(
-            "{} / {}",
-            primary.data_dir().display(),
-            primary.log_dir().display()
-        ),
-    );
-    row(
-        "replica data / logs",
-        &format!(
-            "{} / {}",
-            replica.data_dir().display(),
-            replica.log_dir().display()
-        ),
-    );
+    match topology {
+        Topology::Plain(cluster) => {
+            for (name, pg) in [
+                ("primary", cluster.primary()),
+                ("replica", cluster.replica()),
+            ] {
+                row(
+                    &format!("{name} data / logs"),
+                    &format!("{} / {}", pg.data_dir().display(), pg.log_dir().display()),
+                );
+            }
+        }
+        Topology::Patroni(cluster) => {
+            for member in cluster.members() {
+                row(
+                    &format!("{} data / logs", member.name()),
+                    &format!(
+                        "{} / {}",
+                        member.data_dir().display(),
+                        member.pg_log_dir().display()
+                    ),
+                );
+                row(
+                    &format!("{} Patroni config / log", member.name()),
+                    &format!(
+                        "{} / {}",
+                        member.config_path().display(),
+                        member.patroni_log_path().display()
+                    ),
+                );
+            }
+        }
+    }
     row(
         "pgbouncer ini / log",
         &format!(
@@ -547,12 +723,20 @@ fn print_urls(endpoints: &Endpoints<'_>, vm: &VictoriaMetrics, agents: &[Running
             backrest.stanza()
         ),
     );
+    if let Topology::Patroni(cluster) = topology
+        && let Some(member) = cluster.members().first()
+    {
+        row(
+            "patronictl",
+            &format!(
+                "{as_postgres}patronictl -c {} list",
+                member.config_path().display()
+            ),
+        );
+    }
     row(
         "psql",
-        &format!(
-            "/usr/lib/postgresql/15/bin/psql '{}'",
-            primary.url("postgres")
-        ),
+        &format!("/usr/lib/postgresql/15/bin/psql '{psql_url}'"),
     );
     println!("\nDashboards and rules (Grafana is not installed here):");
     row(
