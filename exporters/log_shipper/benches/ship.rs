@@ -98,6 +98,9 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     idle_pct: f64,
+    /// Share of its core each side used during the throughput phase: which one limits it.
+    shipper_busy_pct: f64,
+    receiver_busy_pct: f64,
 }
 
 fn main() {
@@ -199,12 +202,12 @@ fn print_table(rows: &[Row], input_bytes: u64, records: u64) {
     );
     println!();
     println!(
-        "| sink | MiB/s | lines/s | CPU s/GiB | MiB/CPU-s | peak RSS MiB | latency p50 / p99 | idle CPU |"
+        "| sink | MiB/s | lines/s | CPU s/GiB | MiB/CPU-s | peak RSS MiB | latency p50 / p99 | idle CPU | core busy: shipper / receiver |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.1} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} ms | {:.2} % |",
+            "| {} | {:.1} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} ms | {:.2} % | {:.0} % / {:.0} % |",
             r.sink,
             r.mib_s,
             r.lines_s,
@@ -213,11 +216,13 @@ fn print_table(rows: &[Row], input_bytes: u64, records: u64) {
             r.peak_rss,
             r.p50_ms,
             r.p99_ms,
-            r.idle_pct
+            r.idle_pct,
+            r.shipper_busy_pct,
+            r.receiver_busy_pct
         );
     }
     println!(
-        "| target (uncompressed sinks) | ≥ {TARGET_MIB_S:.0} | | | | ≤ {TARGET_RSS_MIB:.0} | < {:.0} ms median | ≈ 0 |",
+        "| target (uncompressed sinks) | ≥ {TARGET_MIB_S:.0} | | | | ≤ {TARGET_RSS_MIB:.0} | < {:.0} ms median | ≈ 0 | |",
         TARGET_LATENCY_S * 1000.0
     );
 }
@@ -655,6 +660,7 @@ async fn run_sink(
     .unwrap();
     let log = run_dir.join("log_shipper.log");
     eprintln!("bench: {} ...", kind.label());
+    let receiver_cpu_before = cpu_seconds(std::process::id());
     let start_ns = now_ns();
     let child = Command::new("taskset")
         .args(["-c", "0", bin])
@@ -695,6 +701,7 @@ async fn run_sink(
     }
     let wall = Duration::from_nanos(seen.last_ns.load(Ordering::SeqCst) - start_ns).as_secs_f64();
     let cpu = cpu_seconds(pid);
+    let receiver_cpu = cpu_seconds(std::process::id()) - receiver_cpu_before;
     let peak = peak_rss_mib(pid);
     assert_eq!(
         seen.records.load(Ordering::SeqCst),
@@ -774,5 +781,7 @@ async fn run_sink(
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         idle_pct: idle / IDLE_SECS as f64 * 100.0,
+        shipper_busy_pct: cpu / wall * 100.0,
+        receiver_busy_pct: receiver_cpu / wall * 100.0,
     }
 }
