@@ -249,6 +249,45 @@ impl Record {
     pub fn estimated_size(&self) -> usize {
         self.message.len() + 160
     }
+
+    /// The size of [`write_json`](Self::write_json)'s output with `_time`, escaping aside.
+    pub fn json_size(&self) -> usize {
+        // `,"key":"value"`.
+        fn field(key: &str, value: &str) -> usize {
+            if value.is_empty() {
+                0
+            } else {
+                key.len() + value.len() + 6
+            }
+        }
+        // Braces, newline and `"_time":"2026-01-01T00:00:00.000Z"`.
+        let mut n = 40
+            + field("level", self.level_str())
+            + field("message", &self.message)
+            + field("job", &self.origin.job)
+            + field("ins", &self.origin.ins)
+            + field("ip", &self.origin.ip)
+            + field("cls", &self.origin.cls);
+        if let Some(pg) = &self.pg {
+            n += field("lv", &pg.lv)
+                + field("code", &pg.code)
+                + field("user", &pg.user)
+                + field("db", &pg.db)
+                + field("app", &pg.app)
+                + field("query", &pg.query)
+                + field("pid", &pg.pid)
+                + field("backend_type", &pg.backend_type)
+                + if pg.duration.is_some() { 24 } else { 0 };
+        }
+        if let Some(t) = &self.topic {
+            n += field("topic", t);
+        }
+        n += self.extra.iter().map(|(k, v)| field(k, v)).sum::<usize>();
+        if let Some(e) = &self.parse_error {
+            n += field("parse_error", e);
+        }
+        n
+    }
 }
 
 struct JsonObject<'a> {
@@ -443,6 +482,45 @@ mod tests {
         assert_eq!(v["message"], "a \"q\"\n\tb\u{1}");
         assert_eq!(r.field("ip"), None);
         assert_eq!(r.field("level"), Some("err"));
+    }
+
+    #[test]
+    fn json_size_follows_the_json_without_escapes() {
+        let r = Record {
+            time: "2024-01-01T12:00:00.5Z".parse().unwrap(),
+            origin: Arc::new(Origin {
+                job: "postgres".into(),
+                ins: "pg-test-1".into(),
+                ip: "10.10.10.10".into(),
+                cls: "pg-test".into(),
+            }),
+            level: Some(Level::Info),
+            message: "duration: 0.042 ms  statement: SELECT abalance FROM pgbench_accounts".into(),
+            pg: Some(Box::new(PgFields {
+                lv: "LOG".into(),
+                code: "00000".into(),
+                user: "postgres".into(),
+                db: "bench".into(),
+                app: "pgbench".into(),
+                query: "-4342302381744342201".into(),
+                duration: Some(0.042),
+                pid: "4242".into(),
+                backend_type: "client backend".into(),
+            })),
+            topic: None,
+            extra: vec![("host".into(), "127.0.0.1".into())],
+            parse_error: None,
+        };
+        // Within a few bytes of the real line (with its newline), and not below it: batches
+        // sized by it stay under batch.max_bytes once encoded.
+        let real = r.to_json().len() + 1;
+        let size = r.json_size();
+        assert!(
+            size >= real && size <= real + 24,
+            "json_size {size}, JSON {real}"
+        );
+        // The rough estimate is far below: sized by it, a jsonline batch would be split.
+        assert!(r.estimated_size() < real - 100);
     }
 
     #[test]

@@ -252,6 +252,23 @@ impl Encoder {
         }
     }
 
+    /// A record's share of `batch.max_bytes`, which bounds the body as sent: for an
+    /// uncompressed JSON body, the record's JSON size, so that a full batch is not split and
+    /// encoded again on the sender's critical path; for compressed bodies (always, for Loki's
+    /// snappy protobuf), the smaller estimate, which keeps batches large.
+    pub fn batch_size(&self, record: &Record) -> u64 {
+        let json = match self {
+            Encoder::File => true,
+            Encoder::Jsonline { gzip, .. } => !gzip,
+            Encoder::Loki { encoding, gzip, .. } => *encoding == LokiEncoding::Json && !gzip,
+        };
+        if json {
+            record.json_size() as u64
+        } else {
+            record.estimated_size() as u64
+        }
+    }
+
     /// The URL path appended to the endpoint.
     pub fn path(&self) -> &str {
         match self {

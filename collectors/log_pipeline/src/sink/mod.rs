@@ -376,7 +376,7 @@ impl Batcher {
             let mut end = start;
             let mut full = false;
             while end < n {
-                let size = chunk.records[end].1.estimated_size() as u64;
+                let size = self.encoder.batch_size(&chunk.records[end].1);
                 // batch.max_bytes holds before sending: a record that would pass it starts
                 // the next batch (a lone record over it goes alone).
                 if self.events >= batch.max_events
