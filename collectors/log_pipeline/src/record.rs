@@ -508,7 +508,7 @@ mod tests {
                 backend_type: "client backend".into(),
             })),
             topic: None,
-            extra: vec![("host".into(), "127.0.0.1".into())],
+            extra: vec![("host", "127.0.0.1".into())],
             parse_error: None,
         };
         // Within a few bytes of the real line (with its newline), and not below it: batches
