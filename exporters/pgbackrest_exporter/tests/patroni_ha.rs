@@ -23,107 +23,37 @@
 //! It prints the seconds from each role change to the segment being archived, to the exporter
 //! showing it, and to the backup showing up.
 
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use test_harness::privileges::service_user;
-use test_harness::{BackupType, ManagedChild, PatroniClusterBuilder, PatroniMember, free_port};
+use test_harness::{BackupType, PatroniClusterBuilder, PatroniMember};
+
+mod support;
+use support::{Exporter, series, value};
 
 const COLLECT_INTERVAL_S: u64 = 2;
 const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
 const EXPORTER_WAIT: Duration = Duration::from_secs(30);
 
-/// A running pgbackrest_exporter (stopped with SIGTERM on drop).
-struct Exporter {
-    process: ManagedChild,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Exporter {
-    fn start(args: &[String]) -> Exporter {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgbackrest_exporter"));
-        cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(args)
-            .env("TZ", "UTC");
-        let log = dir.path().join("exporter.log");
-        let process = ManagedChild::spawn("pgbackrest_exporter", &mut cmd, &log).unwrap();
-        let exporter = Exporter {
-            process,
-            port,
-            _dir: dir,
-        };
-        exporter.wait_for("the exporter to listen", || exporter.scrape().is_some());
-        exporter
-    }
-
-    fn scrape(&self) -> Option<String> {
-        let r = test_harness::http::get(&format!("http://127.0.0.1:{}/metrics", self.port), &[])
-            .ok()?;
-        (r.status == 200).then_some(r.body)
-    }
-
-    fn metrics(&self) -> String {
-        self.scrape().expect("/metrics answers 200")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
-    }
-
-    /// Scrapes every 100 ms until `cond` holds for a scrape, and returns that scrape.
-    fn wait_metrics(&self, what: &str, mut cond: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + EXPORTER_WAIT;
-        loop {
-            let text = self.metrics();
-            if cond(&text) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {EXPORTER_WAIT:?} waiting for {what}; last scrape:\n{}\nlog:\n{}",
-                text.lines()
-                    .filter(|l| l.starts_with("pgbackrest_wal") || l.contains("status"))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+/// Scrapes every 100 ms until `cond` holds for a scrape, and returns that scrape.
+fn wait_metrics(exporter: &Exporter, what: &str, mut cond: impl FnMut(&str) -> bool) -> String {
+    let deadline = Instant::now() + EXPORTER_WAIT;
+    loop {
+        let text = exporter.metrics();
+        if cond(&text) {
+            return text;
         }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {EXPORTER_WAIT:?} waiting for {what}; last scrape:\n{}\nlog:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with("pgbackrest_wal") || l.contains("status"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            exporter.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
-
-    fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + EXPORTER_WAIT;
-        while !cond() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// The value of the one series `name{...}` containing all `labels`.
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let found: Vec<f64> = series(text, name)
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(found.len() <= 1, "{name}{labels:?}: {} series", found.len());
-    found.first().copied()
-}
-
-fn series<'t>(text: &'t str, name: &'t str) -> impl Iterator<Item = &'t str> {
-    text.lines()
-        .filter(move |l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
 }
 
 /// The value of label `key` in `line`.
@@ -237,7 +167,7 @@ fn archiving_and_backup_follow(
     );
 
     // The exporter's next collection shows it.
-    let text = exporter.wait_metrics(&format!("wal_max ≥ {segment}"), |t| {
+    let text = wait_metrics(exporter, &format!("wal_max ≥ {segment}"), |t| {
         wal_max(t).is_some_and(|m| m >= segment)
     });
     let shown_after = t0.elapsed();
@@ -277,7 +207,7 @@ fn archiving_and_backup_follow(
     let br = cluster.pgbackrest();
     br.backup(kind).unwrap();
     let backup_took = backup_started.elapsed();
-    let text = exporter.wait_metrics(&format!("{n_backups} backups"), |t| {
+    let text = wait_metrics(exporter, &format!("{n_backups} backups"), |t| {
         backups(t).len() == n_backups
     });
     let backup_shown_after = t0.elapsed();
@@ -359,10 +289,10 @@ fn archiving_and_backups_follow_the_leader_in_pgbackrest_exporter() {
     if user.switch_user {
         args.push(format!("--backrest.user={}", user.name));
     }
-    let exporter = Exporter::start(&args);
+    let exporter = Exporter::start(&args, EXPORTER_WAIT);
 
     // Steady state: the stanza's `check` archived a segment of timeline 1; no backup yet.
-    let text = exporter.wait_metrics("a wal_max on timeline 1", |t| {
+    let text = wait_metrics(&exporter, "a wal_max on timeline 1", |t| {
         wal_max(t).is_some_and(|m| m.starts_with("00000001"))
     });
     assert_eq!(

@@ -13,7 +13,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use test_harness::privileges::service_user;
-use test_harness::{BackupType, ClusterBuilder, ManagedChild, PgVersion, free_port};
+use test_harness::{BackupType, ClusterBuilder, PgVersion};
+
+mod support;
+use support::{Exporter, value};
 
 const FAKE: &str = r#"#!/bin/sh
 DIR="$(dirname "$0")"
@@ -29,86 +32,20 @@ case "$(cat "$DIR/mode")" in
 esac
 "#;
 
-/// A running exporter (stopped with SIGTERM on drop) and where its log goes.
-struct Exporter {
-    process: ManagedChild,
-    port: u16,
-    _dir: tempfile::TempDir,
+/// Every wait of these tests (a collection, the listener) is bounded by this.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn collections(exp: &Exporter) -> f64 {
+    exp.scrape()
+        .and_then(|t| value(&t, "pgbackrest_exporter_collections_total", &[]))
+        .unwrap_or(0.0)
 }
 
-impl Exporter {
-    fn start(args: &[String]) -> Exporter {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgbackrest_exporter"));
-        cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(args)
-            .env("TZ", "UTC");
-        let log = dir.path().join("exporter.log");
-        let process = ManagedChild::spawn("pgbackrest_exporter", &mut cmd, &log).unwrap();
-        let exporter = Exporter {
-            process,
-            port,
-            _dir: dir,
-        };
-        exporter.wait_for(|| exporter.scrape().is_some(), "the exporter to listen");
-        exporter
-    }
-
-    fn scrape(&self) -> Option<String> {
-        let r = test_harness::http::get(&format!("http://127.0.0.1:{}/metrics", self.port), &[])
-            .ok()?;
-        (r.status == 200).then_some(r.body)
-    }
-
-    fn metrics(&self) -> String {
-        self.scrape().expect("scrape failed")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
-    }
-
-    fn wait_for(&self, mut cond: impl FnMut() -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !cond() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn collections(&self) -> f64 {
-        self.scrape()
-            .and_then(|t| value(&t, "pgbackrest_exporter_collections_total", &[]))
-            .unwrap_or(0.0)
-    }
-
-    /// Sends SIGHUP (collect now) and waits for that collection to finish.
-    fn collect_now(&self) {
-        let before = self.collections();
-        self.process.signal("HUP").unwrap();
-        self.wait_for(|| self.collections() > before, "a triggered collection");
-    }
-}
-
-/// The value of the one series `name{...}` containing all `labels`.
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let found: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(found.len() <= 1, "{name}{labels:?}: {} series", found.len());
-    found.first().copied()
+/// Sends SIGHUP (collect now) and waits for that collection to finish.
+fn collect_now(exp: &Exporter) {
+    let before = collections(exp);
+    exp.process.signal("HUP").unwrap();
+    exp.wait_for("a triggered collection", || collections(exp) > before);
 }
 
 fn count(text: &str, name: &str) -> usize {
@@ -143,13 +80,16 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
     let fake = tempfile::tempdir().unwrap();
     let bin = fake_pgbackrest(fake.path());
     let mode = |m: &str| std::fs::write(fake.path().join("mode"), m).unwrap();
-    let exp = Exporter::start(&[
-        format!("--backrest.binary={}", bin.display()),
-        "--collect.interval=3600".into(),
-        "--collect.timeout=1".into(),
-        "--no-backrest.wal-age".into(),
-    ]);
-    exp.wait_for(|| exp.collections() >= 1.0, "the collection at start");
+    let exp = Exporter::start(
+        &[
+            format!("--backrest.binary={}", bin.display()),
+            "--collect.interval=3600".into(),
+            "--collect.timeout=1".into(),
+            "--no-backrest.wal-age".into(),
+        ],
+        WAIT,
+    );
+    exp.wait_for("the collection at start", || collections(&exp) >= 1.0);
     let t = exp.metrics();
     let all = [("stanza", "all-stanzas")];
     assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(1.0));
@@ -168,8 +108,8 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
 
     // Non-zero exit, twice: status 0, values kept, one log line naming the cause.
     mode("fail");
-    exp.collect_now();
-    exp.collect_now();
+    collect_now(&exp);
+    collect_now(&exp);
     let t = exp.metrics();
     assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(0.0));
     assert_eq!(
@@ -197,7 +137,7 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
 
     // A hang: scrapes answer at once meanwhile; the run is killed after 1 s.
     mode("hang");
-    let before = exp.collections();
+    let before = collections(&exp);
     exp.process.signal("HUP").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
@@ -207,7 +147,7 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
         "a scrape waited for pgbackrest"
     );
     assert_eq!(count(&t, "pgbackrest_backup_info"), 2);
-    exp.wait_for(|| exp.collections() > before, "the hung collection to end");
+    exp.wait_for("the hung collection to end", || collections(&exp) > before);
     let t = exp.metrics();
     assert_eq!(
         value(&t, "pgbackrest_exporter_timeouts_total", &[]),
@@ -217,7 +157,7 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
 
     // Garbage.
     mode("garbage");
-    exp.collect_now();
+    collect_now(&exp);
     let t = exp.metrics();
     assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(0.0));
     assert_eq!(count(&t, "pgbackrest_backup_info"), 2);
@@ -234,7 +174,7 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
 
     // Recovery.
     mode("ok");
-    exp.collect_now();
+    collect_now(&exp);
     let t = exp.metrics();
     assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(1.0));
     assert!(exp.log().contains("pgBackRest collection recovered"));
@@ -243,11 +183,14 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
 
 #[test]
 fn missing_pgbackrest() {
-    let exp = Exporter::start(&[
-        "--backrest.binary=/nonexistent/pgbackrest".into(),
-        "--backrest.stanza-include=demo".into(),
-    ]);
-    exp.wait_for(|| exp.collections() >= 1.0, "the collection at start");
+    let exp = Exporter::start(
+        &[
+            "--backrest.binary=/nonexistent/pgbackrest".into(),
+            "--backrest.stanza-include=demo".into(),
+        ],
+        WAIT,
+    );
+    exp.wait_for("the collection at start", || collections(&exp) >= 1.0);
     let t = exp.metrics();
     assert_eq!(
         value(&t, "pgbackrest_exporter_status", &[("stanza", "demo")]),
@@ -347,8 +290,8 @@ fn real_backups_are_reflected_within_one_collection() {
     if user.switch_user {
         args.push(format!("--backrest.user={}", user.name));
     }
-    let exp = Exporter::start(&args);
-    exp.wait_for(|| exp.collections() >= 1.0, "the collection at start");
+    let exp = Exporter::start(&args, WAIT);
+    exp.wait_for("the collection at start", || collections(&exp) >= 1.0);
     let stanza = br.stanza();
     let s = [("stanza", stanza)];
     let t = exp.metrics();
@@ -393,13 +336,13 @@ fn real_backups_are_reflected_within_one_collection() {
     std::thread::sleep(Duration::from_millis(2100));
     let age1 = since_full(&exp.metrics());
     assert!(age1 >= age0 + 2.0, "{age0} -> {age1}");
-    exp.collect_now();
+    collect_now(&exp);
     let age2 = since_full(&exp.metrics());
     assert!(age2 >= age1, "{age1} -> {age2}");
 
     // A diff, then an incr: each visible after one collection.
     br.backup(BackupType::Diff).unwrap();
-    exp.collect_now();
+    collect_now(&exp);
     let t = exp.metrics();
     assert_eq!(count(&t, "pgbackrest_backup_info"), 2);
     let diff_line = t
@@ -424,7 +367,7 @@ fn real_backups_are_reflected_within_one_collection() {
     );
 
     br.backup(BackupType::Incr).unwrap();
-    exp.collect_now();
+    collect_now(&exp);
     let t = exp.metrics();
     assert_eq!(count(&t, "pgbackrest_backup_info"), 3);
     assert!(t.contains("backup_type=\"incr\""));
@@ -453,7 +396,7 @@ fn real_backups_are_reflected_within_one_collection() {
     );
     br.run_checked(&["check"]).unwrap();
     br.backup(BackupType::Incr).unwrap();
-    exp.collect_now();
+    collect_now(&exp);
     let t = exp.metrics();
     assert_eq!(count(&t, "pgbackrest_backup_info"), 4);
     assert_eq!(
