@@ -99,6 +99,7 @@ impl Pipeline {
         let mut sink_tasks = Vec::new();
         for (i, sink) in config.sinks.iter().enumerate() {
             let (tx, rx) = tokio::sync::mpsc::channel(sink.buffer_chunks);
+            stats.sink(&sink.name).watch_buffer(&tx);
             for &src in &sink.inputs {
                 senders[src].push(tx.clone());
             }

@@ -24,8 +24,11 @@ use std::time::{Duration, Instant};
 
 use agent_kit::exposition::{MetricType, TextEncoder};
 
+use tokio::sync::mpsc::{Sender, WeakSender};
+
 use crate::config::Format;
 use crate::record::Record;
+use crate::tailer::Chunk;
 
 /// Upper bounds of the batch latency histogram, seconds.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -213,8 +216,10 @@ pub struct SinkCounters {
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of latencies, microseconds.
     pub latency_sum_us: AtomicU64,
-    /// Chunks waiting in the buffer in front of the sink.
-    pub buffer_chunks: AtomicU64,
+    /// The buffer in front of the sink, measured when scraped: the sink's own loop waits on
+    /// the destination exactly while this buffer fills, so a figure it sampled would be stale
+    /// then. Replaced by each pipeline a reload builds.
+    buffer: Mutex<Option<WeakSender<Arc<Chunk>>>>,
     /// Capacity of that buffer.
     pub buffer_capacity: AtomicU64,
     /// Records dropped because the disk buffer was full (`when_full: drop_newest`).
@@ -232,6 +237,19 @@ pub struct SinkCounters {
 }
 
 impl SinkCounters {
+    /// Measures `tx`'s channel from now on.
+    pub fn watch_buffer(&self, tx: &Sender<Arc<Chunk>>) {
+        *lock(&self.buffer) = Some(tx.downgrade());
+    }
+
+    /// Chunks waiting in the buffer in front of the sink (0 once its sources are gone).
+    pub fn buffer_chunks(&self) -> u64 {
+        lock(&self.buffer)
+            .as_ref()
+            .and_then(WeakSender::upgrade)
+            .map_or(0, |tx| (tx.max_capacity() - tx.capacity()) as u64)
+    }
+
     /// Records one delivered batch's latency (from its first record's arrival to the ack).
     pub fn observe_latency(&self, d: Duration) {
         let s = d.as_secs_f64();
@@ -616,7 +634,7 @@ impl Stats {
             "log_shipper_buffer_chunks",
             "Chunks waiting in the bounded buffer in front of the sink.",
             MetricType::Gauge,
-            &|c| ld(&c.buffer_chunks),
+            &|c| c.buffer_chunks() as f64,
         );
         sink_family(
             enc,

@@ -40,6 +40,8 @@ const COPY_WAIT: Duration = Duration::from_secs(30);
 /// How long a new file shorter than its identifying head waits before it is opened (it may be
 /// a copy in progress).
 const SETTLE: Duration = Duration::from_millis(500);
+/// How often the files' sizes (their lag) are refreshed while reading waits on a full buffer.
+const LAG_REFRESH: Duration = Duration::from_secs(1);
 
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
@@ -166,6 +168,8 @@ struct Tailer {
     prefix: Option<Arc<LinePrefix>>,
     progress: Arc<SourceProgress>,
     outputs: Vec<Sender<Arc<Chunk>>>,
+    /// The pipeline's runtime: waiting on a full buffer times out to refresh the lag.
+    runtime: tokio::runtime::Handle,
     stats: Arc<Stats>,
     counters: Arc<SourceCounters>,
     streams: Vec<Stream>,
@@ -280,6 +284,7 @@ impl Tailer {
             origin,
             progress: setup.progress,
             outputs: setup.outputs,
+            runtime: tokio::runtime::Handle::current(),
             stats: setup.stats,
             counters,
             streams: Vec::new(),
@@ -794,11 +799,8 @@ impl Tailer {
         let path = s.path.to_string_lossy().into_owned();
         let position = s.framer.position();
         let records = raws.len() as u64;
-        if need_send {
-            let chunk = self.make_chunk(i, stream_id, &raws, committed);
-            self.streams[i].last_sent_end = committed;
-            self.send(chunk);
-        }
+        // Before the send, which blocks while the buffer is full: the lag shows the file's
+        // growth seen now rather than waiting for the sink to take the chunk.
         if read > 0 || records > 0 {
             self.stats.file_read(
                 &self.source.name,
@@ -808,6 +810,11 @@ impl Tailer {
                 size,
                 position,
             );
+        }
+        if need_send {
+            let chunk = self.make_chunk(i, stream_id, &raws, committed);
+            self.streams[i].last_sent_end = committed;
+            self.send(chunk);
         }
         if drop {
             StreamTurn::Drop
@@ -909,10 +916,35 @@ impl Tailer {
         let chunk = Arc::new(chunk);
         self.progress.sent(stream, end);
         for out in &self.outputs {
-            if out.blocking_send(chunk.clone()).is_err() {
-                // The sinks are gone: the pipeline is stopping.
-                self.closed = true;
-                return;
+            loop {
+                // The timer is made inside the runtime's context.
+                let reserve = async { tokio::time::timeout(LAG_REFRESH, out.reserve()).await };
+                match self.runtime.block_on(reserve) {
+                    Ok(Ok(permit)) => {
+                        permit.send(chunk.clone());
+                        break;
+                    }
+                    Ok(Err(_)) => {
+                        // The sinks are gone: the pipeline is stopping.
+                        self.closed = true;
+                        return;
+                    }
+                    // A sink that cannot deliver (an outage) keeps reading paused for as
+                    // long as it lasts, and that is when the files' lag matters.
+                    Err(_) => self.refresh_lag(),
+                }
+            }
+        }
+    }
+
+    /// Updates the size of every open file, so that its lag keeps growing while reading
+    /// waits.
+    fn refresh_lag(&self) {
+        for s in &self.streams {
+            if let Ok(m) = s.file.metadata() {
+                let path = s.path.to_string_lossy();
+                self.stats
+                    .file_read(&self.source.name, &path, 0, 0, m.len(), s.framer.position());
             }
         }
     }

@@ -312,7 +312,6 @@ struct Batcher {
     tx: mpsc::Sender<Batch>,
     encoder: Encoder,
     batch: crate::config::Batch,
-    counters: Arc<SinkCounters>,
     abort: watch::Receiver<bool>,
     items: Vec<BatchItem>,
     events: usize,
@@ -326,9 +325,6 @@ impl Batcher {
         let timeout = self.batch.timeout;
         let mut abort = self.abort.clone();
         loop {
-            self.counters
-                .buffer_chunks
-                .store(self.rx.len() as u64, Ordering::Relaxed);
             let deadline = self
                 .started
                 .map(|t| tokio::time::Instant::from_std(t + timeout));
@@ -546,7 +542,6 @@ impl SinkTask {
             tx,
             encoder: self.delivery.encoder.clone(),
             batch: self.delivery.config.batch,
-            counters: self.counters,
             abort: self.delivery.abort.clone(),
             items: Vec::new(),
             events: 0,
@@ -767,9 +762,6 @@ struct DiskWriter {
 impl DiskWriter {
     async fn run(mut self) {
         loop {
-            self.counters
-                .buffer_chunks
-                .store(self.rx.len() as u64, Ordering::Relaxed);
             let first = tokio::select! {
                 biased;
                 r = self.abort.wait_for(|a| *a) => match r {
