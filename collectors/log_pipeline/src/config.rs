@@ -1356,6 +1356,38 @@ sinks:
 "#;
 
     #[test]
+    fn each_format_ships_as_its_job_unless_told_otherwise() {
+        let formats = [
+            ("postgres_csv", "postgres"),
+            ("postgres_json", "postgres"),
+            ("postgres_stderr", "postgres"),
+            ("patroni", "patroni"),
+            ("pgbouncer", "pgbouncer"),
+            ("pgbackrest", "pgbackrest"),
+            ("plain", "syslog"),
+        ];
+        let mut yaml = String::from("sources:\n");
+        for (format, _) in formats {
+            yaml.push_str(&format!(
+                "  {format}:\n    include: ['/log/{format}']\n    format: {format}\n"
+            ));
+        }
+        yaml.push_str(
+            "  told:\n    include: ['/log/x']\n    format: pgbouncer\n    fields: {job: pooler}\n",
+        );
+        yaml.push_str("sinks:\n  out:\n    type: file\n    path: /tmp/out.jsonl\n");
+        let c = Config::parse(&yaml).unwrap();
+        for (format, job) in formats {
+            let s = c.sources.iter().find(|s| s.name == format).unwrap();
+            assert_eq!(s.job, job, "{format}");
+        }
+        assert_eq!(
+            c.sources.iter().find(|s| s.name == "told").unwrap().job,
+            "pooler"
+        );
+    }
+
+    #[test]
     fn a_full_config_validates() {
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(c.sources.len(), 2);

@@ -510,10 +510,6 @@ impl SinkTask {
                 None
             }
         };
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-            ^ (setup.index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Ok(SinkTask {
             index: setup.index,
             rx: setup.rx,
@@ -525,7 +521,6 @@ impl SinkTask {
                 encoder,
                 counters,
                 abort: setup.abort,
-                rng: seed | 1,
             },
             disk,
         })
@@ -600,19 +595,9 @@ struct Delivery {
     encoder: Encoder,
     counters: Arc<SinkCounters>,
     abort: watch::Receiver<bool>,
-    rng: u64,
 }
 
 impl Delivery {
-    fn jitter(&mut self, d: Duration) -> Duration {
-        // xorshift64: enough randomness to spread retries.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let half = d / 2;
-        half + Duration::from_nanos(self.rng % (half.as_nanos() as u64).max(1))
-    }
-
     async fn sleep_or_abort(&mut self, d: Duration) -> Result<(), Aborted> {
         sleep_or_abort(&mut self.abort, d).await
     }
@@ -679,7 +664,7 @@ impl Delivery {
     /// Sends one body, retrying what can be retried; `Some((status, message))` when the
     /// destination refused it for good.
     async fn send(&mut self, body: &Encoded) -> Result<Option<(u16, String)>, Aborted> {
-        let mut backoff = self.config.retry.initial_backoff;
+        let mut backoff = Backoff::new(self.config.retry);
         loop {
             match self.output.send(body).await {
                 Ok(()) => return Ok(None),
@@ -688,10 +673,9 @@ impl Delivery {
                     self.counters
                         .requests_retried
                         .fetch_add(1, Ordering::Relaxed);
-                    let wait = self.jitter(backoff);
+                    let wait = backoff.next_wait();
                     warn!(sink = %self.config.name, error = %message, retry_in_ms = wait.as_millis() as u64, "Delivery failed; retrying.");
                     self.sleep_or_abort(wait).await?;
-                    backoff = (backoff * 2).min(self.config.retry.max_backoff);
                 }
             }
         }
@@ -714,7 +698,7 @@ impl Delivery {
             out.push_str("}\n");
         }
         let bytes = out.into_bytes();
-        let mut backoff = self.config.retry.initial_backoff;
+        let mut backoff = Backoff::new(self.config.retry);
         loop {
             let path = self.config.dead_letter_path.clone();
             let body = bytes.clone();
@@ -725,10 +709,33 @@ impl Delivery {
                 }
                 Err(e) => error!(error = %e, "Dead-letter writer failed."),
             }
-            let wait = self.jitter(backoff);
-            self.sleep_or_abort(wait).await?;
-            backoff = (backoff * 2).min(self.config.retry.max_backoff);
+            self.sleep_or_abort(backoff.next_wait()).await?;
         }
+    }
+}
+
+/// Waits between retries: exponential from `initial_backoff` up to `max_backoff`, each wait
+/// drawn from the upper half of its step so that shippers that failed together (a log store
+/// restart) do not all come back in the same instant.
+#[derive(Debug)]
+struct Backoff {
+    step: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(retry: crate::config::Retry) -> Backoff {
+        Backoff {
+            step: retry.initial_backoff,
+            max: retry.max_backoff,
+        }
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (step * 2).min(self.max);
+        let half = step / 2;
+        half + Duration::from_nanos(fastrand::u64(0..(half.as_nanos() as u64).max(1)))
     }
 }
 
@@ -865,7 +872,7 @@ impl DiskWriter {
         acks: &mut Vec<(usize, u64, u64)>,
     ) -> Result<(), Aborted> {
         if !frames.is_empty() {
-            let mut backoff = self.retry.initial_backoff;
+            let mut backoff = Backoff::new(self.retry);
             loop {
                 let data = std::mem::take(frames);
                 let (data, r) = self
@@ -879,8 +886,7 @@ impl DiskWriter {
                     Ok(()) => break,
                     Err(e) => {
                         error!(sink = %self.name, error = %e, "Cannot write to the disk buffer; retrying (reading pauses).");
-                        sleep_or_abort(&mut self.abort, backoff).await?;
-                        backoff = (backoff * 2).min(self.retry.max_backoff);
+                        sleep_or_abort(&mut self.abort, backoff.next_wait()).await?;
                     }
                 }
             }
@@ -978,7 +984,7 @@ impl DiskReader {
         let mut batch: Vec<Record> = Vec::new();
         let mut bytes = 0u64;
         let mut started: Option<Instant> = None;
-        let mut backoff = self.delivery.config.retry.initial_backoff;
+        let mut backoff = Backoff::new(self.delivery.config.retry);
         loop {
             committed.borrow_and_update();
             // Checked before reading: a writer done by then has committed everything.
@@ -1010,15 +1016,17 @@ impl DiskReader {
             bytes = bytes_back;
             let end = match end {
                 Ok(end) => {
-                    backoff = self.delivery.config.retry.initial_backoff;
+                    backoff = Backoff::new(self.delivery.config.retry);
                     end
                 }
                 Err(e) => {
                     error!(sink = %self.delivery.config.name, error = %e, "Cannot read the disk buffer; retrying.");
-                    if sleep_or_abort(&mut abort, backoff).await.is_err() {
+                    if sleep_or_abort(&mut abort, backoff.next_wait())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
-                    backoff = (backoff * 2).min(self.delivery.config.retry.max_backoff);
                     continue;
                 }
             };
@@ -1088,5 +1096,30 @@ impl DiskReader {
                 Err(Aborted)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(crate::config::Retry {
+            initial_backoff: ms(100),
+            max_backoff: ms(1000),
+        });
+        let steps = [100, 200, 400, 800, 1000, 1000, 1000];
+        let waits: Vec<Duration> = steps.iter().map(|_| b.next_wait()).collect();
+        for (wait, step) in waits.iter().zip(steps) {
+            assert!(
+                *wait >= ms(step) / 2 && *wait < ms(step),
+                "{wait:?} outside [{step}/2, {step}) ms"
+            );
+        }
+        // Jitter: many retries at the cap do not all wait the same.
+        let capped: std::collections::HashSet<Duration> = (0..20).map(|_| b.next_wait()).collect();
+        assert!(capped.len() > 10, "{capped:?}");
     }
 }
