@@ -418,7 +418,7 @@ async fn sighup_reloads_the_config_without_losing_the_position() {
 /// A PostgreSQL 15 (named `name`, with `settings` added) writing csvlog, jsonlog and stderr in
 /// UTC, and a log_shipper tailing the three (sources pg_csv, pg_json — with `json_extra` added to
 /// its config — and pg_stderr; `ins` csv, json, stderr) to a receiver's VictoriaLogs API, and to
-/// its Loki API too when `loki`.
+/// its Loki API too when `loki` (protobuf, and JSON with gzip).
 async fn pg15_shipped(
     name: &'static str,
     settings: &'static [(&'static str, &'static str)],
@@ -449,8 +449,8 @@ async fn pg15_shipped(
     let log_dir = pg.log_dir().display().to_string();
     let loki_sink = if loki {
         format!(
-            "  loki:\n    type: loki\n    endpoint: {}\n    batch: {{timeout: 100ms}}\n",
-            rx.url()
+            "  loki:\n    type: loki\n    endpoint: {url}\n    batch: {{timeout: 100ms}}\n  loki_json:\n    type: loki\n    endpoint: {url}\n    encoding: json\n    compression: gzip\n    batch: {{timeout: 100ms}}\n",
+            url = rx.url()
         )
     } else {
         String::new()
@@ -468,6 +468,9 @@ async fn pg15_shipped(
     let shipper = Shipper::start(&config, &dir.path().join("shipper.log")).await;
     (std::sync::Arc::new(pg), rx, shipper, dir)
 }
+
+/// The receiver's names of the APIs `pg15_shipped` sends to with `loki`.
+const APIS: [&str; 3] = ["jsonline", "loki_proto", "loki_json"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres15_csvlog_and_jsonlog_end_to_end() {
@@ -510,7 +513,7 @@ async fn postgres15_csvlog_and_jsonlog_end_to_end() {
         rs.iter()
             .any(|r| r.api == api && r.fields["ins"] == ins && pred(r))
     };
-    for api in ["jsonline", "loki_proto"] {
+    for api in APIS {
         for ins in ["csv", "json", "stderr"] {
             rx.wait_for(
                 60,
@@ -523,7 +526,7 @@ async fn postgres15_csvlog_and_jsonlog_end_to_end() {
     shipper.stop().await;
 
     let records = rx.records();
-    for api in ["jsonline", "loki_proto"] {
+    for api in APIS {
         for ins in ["csv", "json", "stderr"] {
             let err = records
                 .iter()
@@ -584,7 +587,7 @@ async fn postgres15_csvlog_and_jsonlog_end_to_end() {
         );
     }
     // Every record exactly once per sink and source: csvlog and jsonlog carry the same events.
-    for api in ["jsonline", "loki_proto"] {
+    for api in APIS {
         let mut seen = std::collections::HashSet::new();
         for r in records.iter().filter(|r| r.api == api) {
             assert!(
