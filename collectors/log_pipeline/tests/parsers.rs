@@ -1,6 +1,7 @@
 //! Parsers against real Patroni logs, and property tests: PostgreSQL csvlog and jsonlog
 //! records generated from random field values, written as PostgreSQL writes them, cut into
-//! random chunks, framed and parsed, must give back every field.
+//! random chunks, framed and parsed, must give back every field; so must journald entries
+//! built from random fields.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -459,6 +460,90 @@ proptest! {
                 want.push_str(&format!("\n  {c}"));
             }
             prop_assert_eq!(r.message.as_str(), want.trim_end());
+        }
+    }
+}
+
+/// The level journald's `PRIORITY` maps to (Pigsty: `to_syslog_level(to_int(.PRIORITY) ?? 6)`).
+fn journal_level(priority: Option<u8>) -> Level {
+    match priority {
+        Some(0) => Level::Emerg,
+        Some(1) => Level::Alert,
+        Some(2) => Level::Crit,
+        Some(3) => Level::Err,
+        Some(4) => Level::Warning,
+        Some(5) => Level::Notice,
+        Some(7) => Level::Debug,
+        _ => Level::Info,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// `journalctl --output=json` lines built from random fields, with `MESSAGE` as a string or
+    /// as the byte array journalctl writes for values that are not UTF-8, give those fields back.
+    #[test]
+    fn journal_entries_give_back_their_fields(
+        msg in "\\PC{0,200}",
+        as_bytes in any::<bool>(),
+        bad_byte in proptest::option::of(0x80u8..=0xff),
+        priority in proptest::option::of(0u8..10),
+        pid in 1u32..4_000_000,
+        ident in proptest::option::of("[a-z_-]{1,12}"),
+        unit in "[a-z-]{1,12}",
+        micros in 0i64..4_102_444_800_000_000,
+        cursor in "s=[0-9a-f]{32};i=[0-9a-f]{1,6}",
+        max in 1usize..300,
+    ) {
+        use log_pipeline::journald::parse_entry;
+        let bad_byte = bad_byte.filter(|_| as_bytes);
+        let message = if as_bytes {
+            let mut bytes = msg.clone().into_bytes();
+            bytes.extend(bad_byte);
+            serde_json::json!(bytes)
+        } else {
+            serde_json::json!(msg)
+        };
+        let mut entry = serde_json::json!({
+            "MESSAGE": message,
+            "_PID": pid.to_string(),
+            "_COMM": "comm",
+            "_SYSTEMD_UNIT": format!("{unit}.service"),
+            "__REALTIME_TIMESTAMP": micros.to_string(),
+            "__CURSOR": cursor,
+        });
+        if let Some(p) = priority {
+            entry["PRIORITY"] = serde_json::json!(p.to_string());
+        }
+        if let Some(i) = &ident {
+            entry["SYSLOG_IDENTIFIER"] = serde_json::json!(i);
+        }
+        let e = parse_entry(format!("{entry}\n").as_bytes(), &origin("syslog"), max);
+
+        let text = if bad_byte.is_some() { format!("{msg}\u{fffd}") } else { msg.clone() };
+        let redacted = log_pipeline::parse::redact::redact(&text).into_owned();
+        let want: String = redacted.chars().take(max).collect();
+        prop_assert!(!e.parse_error);
+        prop_assert_eq!(&e.record.message, &want);
+        prop_assert_eq!(e.message_cut, redacted.chars().count() > max);
+        prop_assert_eq!(e.invalid_utf8, bad_byte.is_some());
+        prop_assert_eq!(e.record.level, Some(journal_level(priority)));
+        prop_assert_eq!(e.record.time.as_microsecond(), micros);
+        prop_assert_eq!(e.cursor.as_deref(), Some(cursor.as_str()));
+        let extra = |k: &str| e.record.extra.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        prop_assert_eq!(extra("app"), Some(ident.unwrap_or_else(|| "comm".into())));
+        prop_assert_eq!(extra("unit"), Some(unit));
+        prop_assert_eq!(extra("pid"), Some(pid.to_string()));
+    }
+
+    /// Any line at all: never a panic; what is not a journal entry ships as text, flagged.
+    #[test]
+    fn any_journal_line_ships(line in prop::collection::vec(any::<u8>(), 0..300)) {
+        let e = log_pipeline::journald::parse_entry(&line, &origin("syslog"), 8192);
+        prop_assert_eq!(e.parse_error, e.record.parse_error.is_some());
+        if e.parse_error {
+            prop_assert!(e.cursor.is_none());
         }
     }
 }
