@@ -685,7 +685,8 @@ pub enum SinkKind {
     VictoriaLogs {
         /// Which ingestion API.
         api: VlApi,
-        /// `VL-Stream-Fields` (jsonline) or `_stream_fields` (loki API).
+        /// `VL-Stream-Fields` (jsonline), or the Loki labels (loki API), which VictoriaLogs takes
+        /// as the stream fields.
         stream_fields: Vec<String>,
         /// Loki-API encoding (only with `api: loki`).
         encoding: LokiEncoding,

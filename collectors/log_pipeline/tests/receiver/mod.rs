@@ -6,9 +6,14 @@
 //! - `POST /loki/api/v1/push` and `POST /insert/loki/api/v1/push`: protobuf + snappy unless the
 //!   Content-Type is exactly `application/json`; JSON timestamps must be strings; answers 204.
 //!
+//! A body whose `Content-Encoding` does not match it is refused with 400, as both stores do; for
+//! protobuf only no encoding or `snappy` is taken (the sender never sends anything else, and the
+//! two stores disagree on what `gzip` means there).
+//!
 //! It can be told to answer with a status (e.g. 503), to reject with 400 any request holding a
 //! marker, to answer 413 to bodies over a size (decoded), or be stopped and restarted on the
-//! same port (connection refused meanwhile).
+//! same port (connection refused meanwhile). Every request is logged (path, query, encodings,
+//! answer) so that tests can check what went over the wire, not only what was decoded.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -35,10 +40,12 @@ pub struct Received {
     pub time_ns: i128,
     /// All fields: the JSON line's fields.
     pub fields: Value,
+    /// Path and query of the request it came in (VictoriaLogs' Loki endpoint is told which
+    /// field is the message by a query argument).
+    pub path: String,
 }
 
 impl Received {
-    /// The `message` field.
     /// The number after `seq=` that the tests' writers put at the start of each message.
     pub fn seq(&self) -> u64 {
         let m = self.message();
@@ -48,8 +55,37 @@ impl Received {
             .unwrap_or_else(|| panic!("no seq in {m:?}"))
     }
 
+    /// The `message` field.
     pub fn message(&self) -> &str {
         self.fields["message"].as_str().unwrap_or("")
+    }
+}
+
+/// One request, as received and answered.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The path, without the query.
+    pub path: String,
+    /// The query string (empty when there is none).
+    pub query: String,
+    /// `Content-Type`, if sent.
+    pub content_type: Option<String>,
+    /// `Content-Encoding`, if sent.
+    pub content_encoding: Option<String>,
+    /// The status answered.
+    pub status: u16,
+    /// Records accepted from it.
+    pub records: usize,
+}
+
+impl Request {
+    /// The query arguments, in order (no percent-decoding: the senders' values are plain).
+    pub fn query_args(&self) -> Vec<(&str, &str)> {
+        self.query
+            .split('&')
+            .filter(|a| !a.is_empty())
+            .map(|a| a.split_once('=').unwrap_or((a, "")))
+            .collect()
     }
 }
 
@@ -65,6 +101,8 @@ struct Inner {
     too_large: u64,
     /// Headers of every request, by path.
     headers: Vec<(String, HeaderMap)>,
+    /// Every request, in arrival order.
+    log: Vec<Request>,
 }
 
 /// A running receiver.
@@ -177,7 +215,6 @@ impl Receiver {
         self.inner.lock().unwrap().records.clone()
     }
 
-    /// Records received through `api`.
     /// How often each [`Received::seq`] arrived, among the records `keep` accepts.
     pub fn seq_counts(&self, keep: impl Fn(&Received) -> bool) -> BTreeMap<u64, usize> {
         let mut m = BTreeMap::new();
@@ -187,6 +224,7 @@ impl Receiver {
         m
     }
 
+    /// Records received through `api`.
     pub fn records_of(&self, api: &str) -> Vec<Received> {
         self.records()
             .into_iter()
@@ -209,6 +247,11 @@ impl Receiver {
             .filter(|(p, _)| p == path)
             .map(|(_, h)| h.clone())
             .collect()
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.inner.lock().unwrap().log.clone()
     }
 
     /// Number of requests answered with 400.
@@ -290,8 +333,40 @@ fn gate(inner: &Mutex<Inner>, body: &[u8]) -> Option<StatusCode> {
     None
 }
 
+/// Logs a request and its answer, and keeps its records.
+fn answer(
+    inner: &Mutex<Inner>,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    (status, message, mut records): (StatusCode, String, Vec<Received>),
+) -> (StatusCode, String) {
+    let header = |k: &str| {
+        headers
+            .get(k)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let path_and_query = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    for r in &mut records {
+        r.path.clone_from(&path_and_query);
+    }
+    let mut i = inner.lock().unwrap();
+    i.log.push(Request {
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or("").to_owned(),
+        content_type: header("content-type"),
+        content_encoding: header("content-encoding"),
+        status: status.as_u16(),
+        records: records.len(),
+    });
+    i.records.extend(records);
+    (status, message)
+}
+
 async fn jsonline(
     State(inner): State<Arc<Mutex<Inner>>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
@@ -300,12 +375,23 @@ async fn jsonline(
         .unwrap()
         .headers
         .push(("/insert/jsonline".to_owned(), headers.clone()));
-    let body = match decode_body(&headers, &body) {
+    let outcome = jsonline_records(&inner, &headers, &body);
+    answer(&inner, &uri, &headers, outcome)
+}
+
+/// What `/insert/jsonline` answers, with the records it accepts.
+fn jsonline_records(
+    inner: &Mutex<Inner>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (StatusCode, String, Vec<Received>) {
+    let fail = |s: StatusCode, m: String| (s, m, Vec::new());
+    let body = match decode_body(headers, body) {
         Ok(b) => b,
-        Err(e) => return (StatusCode::BAD_REQUEST, e),
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
-    if let Some(s) = gate(&inner, &body) {
-        return (s, "forced".into());
+    if let Some(s) = gate(inner, &body) {
+        return fail(s, "forced".into());
     }
     let h = |k: &str| {
         headers
@@ -315,7 +401,7 @@ async fn jsonline(
             .to_owned()
     };
     if h("VL-Msg-Field") != "message" || h("VL-Time-Field") != "_time" {
-        return (
+        return fail(
             StatusCode::BAD_REQUEST,
             "missing VL-Msg-Field/VL-Time-Field".into(),
         );
@@ -328,16 +414,16 @@ async fn jsonline(
     for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let v: Value = match serde_json::from_slice(line) {
             Ok(v @ Value::Object(_)) => v,
-            _ => return (StatusCode::BAD_REQUEST, "invalid JSON line".into()),
+            _ => return fail(StatusCode::BAD_REQUEST, "invalid JSON line".into()),
         };
         let Some(t) = v["_time"].as_str() else {
-            return (StatusCode::BAD_REQUEST, "no _time".into());
+            return fail(StatusCode::BAD_REQUEST, "no _time".into());
         };
         let Ok(ts) = t.parse::<jiff::Timestamp>() else {
-            return (StatusCode::BAD_REQUEST, format!("bad _time {t}"));
+            return fail(StatusCode::BAD_REQUEST, format!("bad _time {t}"));
         };
         if !v["message"].is_string() {
-            return (StatusCode::BAD_REQUEST, "no message".into());
+            return fail(StatusCode::BAD_REQUEST, "no message".into());
         }
         let labels = stream_fields
             .iter()
@@ -348,10 +434,10 @@ async fn jsonline(
             labels,
             time_ns: ts.as_nanosecond(),
             fields: v,
+            path: String::new(),
         });
     }
-    inner.lock().unwrap().records.extend(out);
-    (StatusCode::OK, String::new())
+    (StatusCode::OK, String::new(), out)
 }
 
 async fn loki(
@@ -365,21 +451,37 @@ async fn loki(
         .unwrap()
         .headers
         .push((uri.path().to_owned(), headers.clone()));
+    let outcome = loki_records(&inner, &headers, &body);
+    answer(&inner, &uri, &headers, outcome)
+}
+
+/// What the Loki push endpoints answer, with the records they accept.
+fn loki_records(
+    inner: &Mutex<Inner>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (StatusCode, String, Vec<Received>) {
     let json =
         headers.get("content-type").and_then(|v| v.to_str().ok()) == Some("application/json");
     let decoded = if json {
-        decode_body(&headers, &body)
+        decode_body(headers, body)
     } else {
-        snap::raw::Decoder::new()
-            .decompress_vec(&body)
-            .map_err(|e| format!("bad snappy: {e}"))
+        match headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok())
+        {
+            None | Some("") | Some("snappy") => snap::raw::Decoder::new()
+                .decompress_vec(body)
+                .map_err(|e| format!("bad snappy: {e}")),
+            Some(other) => Err(format!("unexpected Content-Encoding {other} for protobuf")),
+        }
     };
     let body = match decoded {
         Ok(b) => b,
-        Err(e) => return (StatusCode::BAD_REQUEST, e),
+        Err(e) => return (StatusCode::BAD_REQUEST, e, Vec::new()),
     };
-    if let Some(s) = gate(&inner, &body) {
-        return (s, "forced".into());
+    if let Some(s) = gate(inner, &body) {
+        return (s, "forced".into(), Vec::new());
     }
     let parsed = if json {
         parse_loki_json(&body)
@@ -387,11 +489,8 @@ async fn loki(
         parse_loki_proto(&body)
     };
     match parsed {
-        Ok(records) => {
-            inner.lock().unwrap().records.extend(records);
-            (StatusCode::NO_CONTENT, String::new())
-        }
-        Err(e) => (StatusCode::BAD_REQUEST, e),
+        Ok(records) => (StatusCode::NO_CONTENT, String::new(), records),
+        Err(e) => (StatusCode::BAD_REQUEST, e, Vec::new()),
     }
 }
 
@@ -414,6 +513,7 @@ fn received(
         labels,
         time_ns,
         fields,
+        path: String::new(),
     })
 }
 
