@@ -1102,7 +1102,7 @@ async fn level_filter_and_multiline_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_sink_trusts_the_configured_ca() {
+async fn https_sinks_verify_the_server_and_present_a_client_certificate() {
     use agent_kit::cli::WebArgs;
     use agent_kit::server::{Lifecycle, Server};
     use clap::Parser as _;
@@ -1129,15 +1129,24 @@ async fn https_sink_trusts_the_configured_ca() {
         std::fs::write(&p, text).unwrap();
         p
     };
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["log_shipper".into()])
+        .unwrap()
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
     let ca_file = w("ca.pem", &ca.pem());
     let cert = w("server.pem", &server.pem());
     let key = w("server.key", &server_key.serialize_pem());
+    let client_cert = w("client.pem", &client.pem());
+    let client_key = w("client.key", &client_key.serialize_pem());
+    // The receiver (our agents' HTTPS server) takes only clients with a certificate of the CA.
     let web_config = w(
         "web.yml",
         &format!(
-            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n",
             cert.display(),
-            key.display()
+            key.display(),
+            ca_file.display()
         ),
     );
     let flags = Flags::try_parse_from([
@@ -1160,27 +1169,62 @@ async fn https_sink_trusts_the_configured_ca() {
     let file = dir.path().join("app.log");
     append(&file, 0..20);
     let url = format!("https://127.0.0.1:{}", addr.port());
+    let client_tls = format!(
+        "cert_file: {}, key_file: {}",
+        client_cert.display(),
+        client_key.display()
+    );
     let trusted = vl_sink(
         "vl",
         &url,
+        &format!(
+            "    tls: {{ca_file: {}, {client_tls}}}\n",
+            ca_file.display()
+        ),
+    );
+    // Loki JSON, so that the receiver tells its records from the first sink's.
+    let insecure = format!(
+        "  insecure:\n    type: loki\n    endpoint: {url}\n    encoding: json\n    batch: {{timeout: 100ms}}\n    tls: {{insecure_skip_verify: true, {client_tls}}}\n"
+    );
+    let fast_retry = |sink: String| {
+        sink.replace(
+            "    retry: {initial_backoff: 100ms, max_backoff: 500ms}\n",
+            "    retry: {initial_backoff: 100ms, max_backoff: 200ms}\n",
+        )
+    };
+    let untrusted = fast_retry(vl_sink(
+        "other",
+        &url,
+        &format!("    tls: {{{client_tls}}}\n"),
+    ));
+    let anonymous = fast_retry(vl_sink(
+        "anonymous",
+        &url,
         &format!("    tls: {{ca_file: {}}}\n", ca_file.display()),
-    );
-    let untrusted = vl_sink("other", &url, "").replace(
-        "    retry: {initial_backoff: 100ms, max_backoff: 500ms}\n",
-        "    retry: {initial_backoff: 100ms, max_backoff: 200ms}\n",
-    );
+    ));
     let cfg = config(
         dir.path(),
         &plain_source("app", &file.display().to_string()),
-        &format!("{trusted}{untrusted}"),
+        &format!("{trusted}{insecure}{untrusted}{anonymous}"),
     );
     let stats = Arc::new(Stats::default());
     let p = Pipeline::start(&cfg, &stats).unwrap();
     wait_distinct(&rx, "jsonline", 20, 30).await;
+    wait_distinct(&rx, "loki_json", 20, 30).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Without the CA, the other sink cannot deliver and retries: the checkpoint stays put.
-    assert!(stats.sink("other").requests_retried.load(Ordering::Relaxed) > 0);
-    assert_eq!(stats.sink("other").events_sent.load(Ordering::Relaxed), 0);
+    // Without the CA the server is not trusted; without a client certificate the server
+    // refuses the handshake: both sinks retry, and the checkpoint stays put.
+    for sink in ["other", "anonymous"] {
+        assert!(
+            stats.sink(sink).requests_retried.load(Ordering::Relaxed) > 0,
+            "{sink}"
+        );
+        assert_eq!(
+            stats.sink(sink).events_sent.load(Ordering::Relaxed),
+            0,
+            "{sink}"
+        );
+    }
     assert!(
         checkpoint_offsets(dir.path(), "app")
             .iter()
@@ -1190,4 +1234,5 @@ async fn https_sink_trusts_the_configured_ca() {
     lifecycle.shutdown();
     let _ = server_task.await;
     assert_exactly_once(&rx, "jsonline", 20);
+    assert_exactly_once(&rx, "loki_json", 20);
 }
