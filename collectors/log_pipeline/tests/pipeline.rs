@@ -1236,3 +1236,63 @@ async fn https_sinks_verify_the_server_and_present_a_client_certificate() {
     assert_exactly_once(&rx, "jsonline", 20);
     assert_exactly_once(&rx, "loki_json", 20);
 }
+
+/// A source that waits for file events only (`rescan_interval: 1h`) and one that rescans
+/// every 200 ms, fed through a hard link in a directory nobody watches: inotify reports a write
+/// to the watched directory's entry only when it goes through that entry, so the first source
+/// must not see those lines until something it watches changes, and the second must see them
+/// by its rescan alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_events_wake_the_reader_and_the_rescan_catches_what_they_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (watched, elsewhere) = (dir.path().join("watched"), dir.path().join("elsewhere"));
+    let (events_dir, rescan_dir) = (watched.join("events"), watched.join("rescan"));
+    for d in [&events_dir, &rescan_dir, &elsewhere] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let (events_file, rescan_file) = (events_dir.join("app.log"), rescan_dir.join("app.log"));
+    append(&events_file, 0..100);
+    append(&rescan_file, 0..100);
+    let (events_link, rescan_link) = (elsewhere.join("events.log"), elsewhere.join("rescan.log"));
+    std::fs::hard_link(&events_file, &events_link).unwrap();
+    std::fs::hard_link(&rescan_file, &rescan_link).unwrap();
+
+    let source = |name: &str, dir: &Path, rescan: &str| {
+        format!(
+            "  {name}:\n    include: ['{}/*.log']\n    format: plain\n    fields: {{ins: {name}}}\n    rescan_interval: {rescan}\n",
+            dir.display()
+        )
+    };
+    let rx = Receiver::start().await;
+    let cfg = config(
+        dir.path(),
+        &(source("events", &events_dir, "1h") + &source("rescan", &rescan_dir, "200ms")),
+        &vl_sink("vl", &rx.url(), ""),
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    let of = |ins: &'static str| move |r: &Received| r.fields["ins"] == ins;
+    wait_distinct_where(&rx, "from events", 100, 30, of("events")).await;
+    wait_distinct_where(&rx, "from rescan", 100, 30, of("rescan")).await;
+
+    // Through the links: the rescanning source finds the lines, the other sees no event.
+    append(&events_link, 100..200);
+    append(&rescan_link, 100..200);
+    wait_distinct_where(&rx, "from rescan through the link", 200, 10, of("rescan")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        rx.seq_counts(of("events")).len(),
+        100,
+        "a source waiting for events read lines no event announced"
+    );
+    // A write through the watched entry, and a new file: the events wake it at once (its
+    // rescan is an hour away), and it reads everything the file holds.
+    append(&events_file, 200..300);
+    append(&events_dir.join("new.log"), 1000..1100);
+    wait_distinct_where(&rx, "from events after an event", 400, 10, of("events")).await;
+    p.stop(GRACE).await;
+    assert_exactly_once_where(&rx, "rescan", 200, of("rescan"));
+    let c = rx.seq_counts(of("events"));
+    assert!(c.values().all(|k| *k == 1), "duplicates: {c:?}");
+    assert_eq!(c.len(), 400);
+}
