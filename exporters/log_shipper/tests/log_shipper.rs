@@ -1,6 +1,7 @@
 //! The log_shipper binary as users run it: its /metrics, kill -9 mid-stream and a restart
 //! (nothing lost, duplicates only from the unacknowledged tail and counted), an outage that
-//! fills the buffer (its gauge and the files' lag follow), SIGHUP reloads that keep the
+//! fills the buffer (its gauge and the files' lag follow), a full disk buffer's drops counted
+//! and logged, SIGHUP reloads that keep the
 //! position, and a real PostgreSQL 15 writing csvlog and jsonlog shipped to VictoriaLogs
 //! JSON lines and Loki protobuf.
 
@@ -1027,4 +1028,50 @@ async fn kill_9_with_a_disk_buffer_loses_nothing() {
     })
     .await;
     assert!(!shipper.logs().contains("in use"), "{}", shipper.logs());
+}
+
+/// A disk buffer that fills with `when_full: drop_newest` loses records, and says so: every
+/// dropped record is in the counter and in the warnings, none silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_buffer_counts_and_logs_every_record_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let mut rx = Receiver::start().await;
+    rx.stop().await;
+    let config = dir.path().join("log_shipper.yml");
+    std::fs::write(
+        &config,
+        plain_config(dir.path(), &file, &rx.url(), "pg-test-1", 500)
+            + "    buffer: {type: disk, max_size: 64KiB, when_full: drop_newest}\n",
+    )
+    .unwrap();
+    let log = dir.path().join("shipper.log");
+    let shipper = Shipper::start(&config, &log).await;
+    let total = 5000;
+    append(&file, 0..total);
+    // Dropped records count as acknowledged: reading goes on to the end of the file.
+    let size = std::fs::metadata(&file).unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoint_offset(dir.path()) != Some(size) {
+        assert!(Instant::now() < deadline, "{}", shipper.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dropped = shipper
+        .metric("log_shipper_buffer_dropped_events_total{sink=\"vl\"}")
+        .await
+        .unwrap();
+    assert!(dropped > (total / 2) as f64, "dropped {dropped}");
+    // The drops still unlogged (warnings come at most every 10 s) are logged at the stop.
+    shipper.stop().await;
+    let logged: f64 = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("Disk buffer full"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("dropped="))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .sum();
+    assert_eq!(logged, dropped, "records dropped but not logged");
 }
