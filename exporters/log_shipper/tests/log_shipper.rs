@@ -1,9 +1,8 @@
 //! The log_shipper binary as users run it: its /metrics, kill -9 mid-stream and a restart
 //! (nothing lost, duplicates only from the unacknowledged tail and counted), an outage that
 //! fills the buffer (its gauge and the files' lag follow), a full disk buffer's drops counted
-//! and logged, SIGHUP reloads that keep the
-//! position, and a real PostgreSQL 15 writing csvlog and jsonlog shipped to VictoriaLogs
-//! JSON lines and Loki protobuf.
+//! and logged, SIGHUP reloads that keep the position, and a real PostgreSQL 15 writing csvlog,
+//! jsonlog and stderr shipped to VictoriaLogs JSON lines, Loki protobuf and Loki JSON.
 
 #[path = "../../../collectors/log_pipeline/tests/receiver/mod.rs"]
 mod receiver;
