@@ -157,48 +157,79 @@ fn put_len_field(out: &mut Vec<u8>, field: u32, payload: &[u8]) {
 }
 
 /// `logproto.PushRequest` written straight from the records, byte for byte what prost writes
-/// for the [`super::loki_proto`] messages (fields in tag order, zero values left out), without
-/// building a `String` per entry first.
+/// for the [`super::loki_proto`] messages (fields in tag order, zero values left out). Every
+/// entry's JSON line is written into one buffer first; with every length known, the body is
+/// then written once at its exact size, each line copied once (nesting the messages in
+/// buffers of their own copied each line twice and regrew the body as it went).
 fn loki_push_request(streams: &BTreeMap<String, Vec<&Record>>) -> Vec<u8> {
-    let mut body = Vec::new();
-    let mut stream = Vec::new();
-    let mut line = String::new();
+    let mut lines = String::new();
+    let mut ends = Vec::with_capacity(streams.values().map(Vec::len).sum());
+    for r in streams.values().flatten() {
+        r.write_json(&mut lines, false);
+        ends.push(lines.len());
+    }
+    // Lengths: google.protobuf.Timestamp { int64 seconds = 1; int32 nanos = 2; },
+    // EntryAdapter { timestamp = 1; line = 2; }, StreamAdapter { labels = 1; entries = 2; }.
+    let seconds_nanos = |r: &Record| {
+        let (secs, nanos) = (r.time.as_second(), r.time.subsec_nanosecond());
+        (secs as u64, i64::from(nanos) as u64)
+    };
+    let timestamp_len = |(secs, nanos): (u64, u64)| {
+        usize::from(secs != 0) * (1 + varint_len(secs))
+            + usize::from(nanos != 0) * (1 + varint_len(nanos))
+    };
+    let field_len = |payload: usize| 1 + varint_len(payload as u64) + payload;
+    let entry_len = |r: &Record, line: usize| {
+        field_len(timestamp_len(seconds_nanos(r))) + if line == 0 { 0 } else { field_len(line) }
+    };
+    let mut stream_lens = Vec::with_capacity(streams.len());
+    let mut start = 0;
+    let mut k = 0;
     for (labels, rs) in streams {
-        stream.clear();
+        let mut len = if labels.is_empty() {
+            0
+        } else {
+            field_len(labels.len())
+        };
+        for r in rs {
+            len += field_len(entry_len(r, ends[k] - start));
+            start = ends[k];
+            k += 1;
+        }
+        stream_lens.push(len);
+    }
+    let total = stream_lens.iter().map(|l| field_len(*l)).sum();
+    let mut body = Vec::with_capacity(total);
+    let (mut start, mut k) = (0, 0);
+    for ((labels, rs), stream_len) in streams.iter().zip(stream_lens) {
+        put_varint(&mut body, 1 << 3 | 2);
+        put_varint(&mut body, stream_len as u64);
         if !labels.is_empty() {
-            put_len_field(&mut stream, 1, labels.as_bytes());
+            put_len_field(&mut body, 1, labels.as_bytes());
         }
         for r in rs {
-            line.clear();
-            r.write_json(&mut line, false);
-            // google.protobuf.Timestamp { int64 seconds = 1; int32 nanos = 2; }
-            let mut ts = Vec::with_capacity(16);
-            let (secs, nanos) = (r.time.as_second(), r.time.subsec_nanosecond());
+            let line = &lines.as_bytes()[start..ends[k]];
+            start = ends[k];
+            k += 1;
+            let (secs, nanos) = seconds_nanos(r);
+            put_varint(&mut body, 2 << 3 | 2);
+            put_varint(&mut body, entry_len(r, line.len()) as u64);
+            put_varint(&mut body, 1 << 3 | 2);
+            put_varint(&mut body, timestamp_len((secs, nanos)) as u64);
             if secs != 0 {
-                ts.push(1 << 3);
-                put_varint(&mut ts, secs as u64);
+                body.push(1 << 3);
+                put_varint(&mut body, secs);
             }
             if nanos != 0 {
-                ts.push(2 << 3);
-                put_varint(&mut ts, i64::from(nanos) as u64);
+                body.push(2 << 3);
+                put_varint(&mut body, nanos);
             }
-            // EntryAdapter { timestamp = 1; line = 2; }
-            let mut head = Vec::with_capacity(24);
-            put_len_field(&mut head, 1, &ts);
-            let line_field_len = if line.is_empty() {
-                0
-            } else {
-                1 + varint_len(line.len() as u64) + line.len()
-            };
-            put_varint(&mut stream, 2 << 3 | 2);
-            put_varint(&mut stream, (head.len() + line_field_len) as u64);
-            stream.extend_from_slice(&head);
             if !line.is_empty() {
-                put_len_field(&mut stream, 2, line.as_bytes());
+                put_len_field(&mut body, 2, line);
             }
         }
-        put_len_field(&mut body, 1, &stream);
     }
+    debug_assert_eq!(body.len(), total);
     body
 }
 
