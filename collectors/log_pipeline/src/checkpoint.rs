@@ -208,8 +208,20 @@ pub struct SourceProgress {
     changed: Notify,
     /// Counts acknowledgements.
     acks: AtomicU64,
-    /// The acknowledgement count covered by the last checkpoint written.
-    persisted: watch::Sender<u64>,
+    /// Counts chunks handed to the sinks.
+    sends: AtomicU64,
+    /// What the last checkpoint written covers.
+    persisted: watch::Sender<Covered>,
+}
+
+/// What a checkpoint covers: acknowledgements and chunks handed to the sinks, by count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Covered {
+    /// Acknowledgements, up to this one: its offsets.
+    pub acks: u64,
+    /// Chunks handed to the sinks, up to this one: its `read` offsets, so that what a
+    /// restart reads again counts every record a sink may have received before.
+    pub sends: u64,
 }
 
 impl SourceProgress {
@@ -220,7 +232,8 @@ impl SourceProgress {
             streams: Mutex::default(),
             changed: Notify::new(),
             acks: AtomicU64::new(0),
-            persisted: watch::Sender::new(0),
+            sends: AtomicU64::new(0),
+            persisted: watch::Sender::new(Covered::default()),
         }
     }
 
@@ -267,14 +280,18 @@ impl SourceProgress {
         }
     }
 
-    /// Records up to `offset` were handed to the sinks.
-    pub fn sent(&self, stream: StreamId, offset: u64) {
-        if let Some(e) = self.lock().get_mut(&stream) {
+    /// Records up to `offset` are handed to the sinks; returns the hand-off's number, for
+    /// [`wait_persisted`](Self::wait_persisted).
+    pub fn sent(&self, stream: StreamId, offset: u64) -> u64 {
+        let mut map = self.lock();
+        if let Some(e) = map.get_mut(&stream) {
             e.sent = e.sent.max(offset);
             if self.sinks.is_empty() {
                 self.changed.notify_one();
             }
         }
+        // Under the lock, so that a snapshot's count and its `read` offsets agree.
+        self.sends.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Sink `sink` (global index) acknowledged records up to `offset`. Returns the
@@ -294,17 +311,22 @@ impl SourceProgress {
         n
     }
 
-    /// Waits (at most `timeout`) until a checkpoint covering acknowledgement `n` is on disk,
-    /// so that a crash re-sends at most the batch in flight.
-    pub async fn wait_persisted(&self, n: u64, timeout: Duration) {
+    /// Waits (at most `timeout`) until a checkpoint covering `want` is on disk, so that a
+    /// crash re-sends at most the batch in flight, and counts what it re-sends.
+    pub async fn wait_persisted(&self, want: Covered, timeout: Duration) {
         let mut rx = self.persisted.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|p| *p >= n)).await;
+        if rx.borrow().sends < want.sends {
+            // Hand-offs alone do not wake the checkpointer.
+            self.changed.notify_one();
+        }
+        let covers = |p: &Covered| p.acks >= want.acks && p.sends >= want.sends;
+        let _ = tokio::time::timeout(timeout, rx.wait_for(covers)).await;
     }
 
-    /// A checkpoint covering acknowledgement `n` is on disk (for sources that write their own
-    /// checkpoint file, such as journald's cursor).
-    pub fn mark_persisted(&self, n: u64) {
-        self.persisted.send_replace(n);
+    /// A checkpoint covering `c` is on disk (for sources that write their own checkpoint
+    /// file, such as journald's cursor).
+    pub fn mark_persisted(&self, c: Covered) {
+        self.persisted.send_replace(c);
     }
 
     /// The stream ended; its entry stays (dead) until acknowledged and expired.
@@ -321,10 +343,13 @@ impl SourceProgress {
     }
 
     /// The entries to write, dropping dead ones that are fully acknowledged and expired.
-    /// Also returns whether everything read is acknowledged.
-    pub fn snapshot(&self) -> (Vec<Entry>, bool, u64) {
+    /// Also returns whether everything read is acknowledged, and what the entries cover.
+    pub fn snapshot(&self) -> (Vec<Entry>, bool, Covered) {
         let mut map = self.lock();
-        let acks = self.acks.load(Ordering::SeqCst);
+        let covered = Covered {
+            acks: self.acks.load(Ordering::SeqCst),
+            sends: self.sends.load(Ordering::SeqCst),
+        };
         map.retain(|_, e| match e.dead_since {
             Some(t) => e.offset() < e.sent || t.elapsed() < DEAD_TTL,
             None => true,
@@ -345,7 +370,7 @@ impl SourceProgress {
             })
             .collect();
         entries.sort_by(|a, b| (&a.path, a.dead, a.id.ino).cmp(&(&b.path, b.dead, b.id.ino)));
-        (entries, caught_up, acks)
+        (entries, caught_up, covered)
     }
 
     /// Resolves when something changed.
@@ -366,7 +391,7 @@ pub async fn run_checkpointer(
     let mut caught_up_at = Instant::now();
     loop {
         let stopping = *stop.borrow();
-        let (entries, caught_up, acks) = progress.snapshot();
+        let (entries, caught_up, covered) = progress.snapshot();
         if caught_up {
             caught_up_at = Instant::now();
         }
@@ -374,13 +399,13 @@ pub async fn run_checkpointer(
             .checkpoint_age_ms
             .store(caught_up_at.elapsed().as_millis() as u64, Ordering::Relaxed);
         if last.as_ref() == Some(&entries) {
-            progress.persisted.send_replace(acks);
+            progress.persisted.send_replace(covered);
         } else {
             match store(&path, &entries) {
                 Ok(()) => {
                     debug!(path = %path.display(), files = entries.len(), "Checkpoint written.");
                     last = Some(entries);
-                    progress.persisted.send_replace(acks);
+                    progress.persisted.send_replace(covered);
                 }
                 Err(e) => {
                     counters.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
@@ -429,6 +454,43 @@ mod tests {
         assert!(!path.with_extension("json.tmp").exists());
         std::fs::write(&path, "{").unwrap();
         assert!(matches!(load(&path), Err(CheckpointError::Corrupt { .. })));
+    }
+
+    /// A sink about to send records handed off after the last checkpoint waits for one whose
+    /// `read` covers them: what a crash then re-sends is all counted as read again.
+    #[tokio::test]
+    async fn a_send_waits_for_a_checkpoint_whose_read_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(dir.path(), "pg");
+        let p = Arc::new(SourceProgress::new(vec![0]));
+        p.register(1, id(7), Path::new("/a"), 0);
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(run_checkpointer(
+            path.clone(),
+            p.clone(),
+            Arc::new(SourceCounters::default()),
+            stop,
+        ));
+        let sent = p.sent(1, 100);
+        let acks = p.ack(0, 1, 100);
+        p.wait_persisted(Covered { acks, sends: sent }, Duration::from_secs(5))
+            .await;
+        assert_eq!(load(&path).unwrap().unwrap()[0].read, 100);
+        // Handed off, not acknowledged: only the wait's nudge writes the checkpoint (the
+        // checkpointer otherwise looks again in a second).
+        let sent = p.sent(1, 250);
+        let start = Instant::now();
+        p.wait_persisted(Covered { acks, sends: sent }, Duration::from_secs(5))
+            .await;
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            start.elapsed()
+        );
+        let e = &load(&path).unwrap().unwrap()[0];
+        assert_eq!((e.offset, e.read), (100, 250));
+        stop_tx.send_replace(true);
+        task.await.unwrap();
     }
 
     #[test]

@@ -672,14 +672,15 @@ impl Reader {
         if pending.end == 0 {
             return true;
         }
+        let end = pending.end;
         let chunk = Arc::new(Chunk {
             source: self.index,
             stream: self.stream,
             records: std::mem::take(&mut pending.records),
-            end: pending.end,
+            end,
+            sent: self.progress.sent(self.stream, end),
         });
         pending.end = 0;
-        self.progress.sent(self.stream, chunk.end);
         for out in &self.outputs {
             if out.send(chunk.clone()).await.is_err() {
                 return false;
@@ -748,7 +749,7 @@ async fn run_checkpointer(
     let mut caught_up_at = Instant::now();
     loop {
         let stopping = *stop.borrow();
-        let (_, caught_up, acks) = progress.snapshot();
+        let (_, caught_up, covered) = progress.snapshot();
         if caught_up {
             caught_up_at = Instant::now();
         }
@@ -776,7 +777,7 @@ async fn run_checkpointer(
                 Ok(()) => {
                     debug!(path = %path.display(), sequence = acked, "Journal cursor written.");
                     written = Some(c);
-                    progress.mark_persisted(acks);
+                    progress.mark_persisted(covered);
                 }
                 Err(e) => {
                     counters.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
@@ -784,7 +785,7 @@ async fn run_checkpointer(
                 }
             },
             // Nothing new acknowledged (or nothing with a cursor): the file on disk covers it.
-            _ => progress.mark_persisted(acks),
+            _ => progress.mark_persisted(covered),
         }
         if stopping {
             return;

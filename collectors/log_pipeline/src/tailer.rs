@@ -61,6 +61,8 @@ pub struct Chunk {
     pub records: Vec<(u64, Record)>,
     /// Offset after the last record consumed (shipped or filtered).
     pub end: u64,
+    /// The hand-off's number ([`SourceProgress::sent`]).
+    pub sent: u64,
 }
 
 /// A running tailer; [`TailerHandle::stop`] ends it.
@@ -907,14 +909,15 @@ impl Tailer {
             stream,
             records,
             end,
+            // Numbered when handed off.
+            sent: 0,
         }
     }
 
     fn send(&mut self, chunk: Chunk) {
-        let stream = chunk.stream;
-        let end = chunk.end;
+        let mut chunk = chunk;
+        chunk.sent = self.progress.sent(chunk.stream, chunk.end);
         let chunk = Arc::new(chunk);
-        self.progress.sent(stream, end);
         for out in &self.outputs {
             loop {
                 // The timer is made inside the runtime's context.

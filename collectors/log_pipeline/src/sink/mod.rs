@@ -31,7 +31,7 @@ use tokio::sync::mpsc::{self, Receiver};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::checkpoint::SourceProgress;
+use crate::checkpoint::{Covered, SourceProgress};
 use crate::config::{Auth, Sink, SinkKind, WhenFull};
 use crate::record::{Record, write_json_string};
 use crate::stats::{SinkCounters, Stats};
@@ -250,34 +250,52 @@ const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 struct Aborted;
 
+/// Per source, what its checkpoint must cover before the next send.
+type Unpersisted = Vec<(usize, Covered)>;
+
+fn want(unpersisted: &mut Unpersisted, source: usize, raise: impl FnOnce(&mut Covered)) {
+    match unpersisted.iter_mut().find(|(s, _)| *s == source) {
+        Some((_, c)) => raise(c),
+        None => {
+            let mut c = Covered::default();
+            raise(&mut c);
+            unpersisted.push((source, c));
+        }
+    }
+}
+
 /// Acknowledges `offset` of `stream` for sink `index`, remembering the acknowledgement to
 /// wait for its checkpoint.
 fn ack(
     index: usize,
     progress: &[Option<Arc<SourceProgress>>],
-    unpersisted: &mut Vec<(usize, u64)>,
+    unpersisted: &mut Unpersisted,
     source: usize,
     stream: u64,
     offset: u64,
 ) {
     if let Some(Some(p)) = progress.get(source) {
         let n = p.ack(index, stream, offset);
-        match unpersisted.iter_mut().find(|(s, _)| *s == source) {
-            Some(entry) => entry.1 = entry.1.max(n),
-            None => unpersisted.push((source, n)),
-        }
+        want(unpersisted, source, |c| c.acks = c.acks.max(n));
     }
 }
 
 /// Waits until the checkpoints cover the acknowledgements so far, so that a crash re-sends
-/// no more than what is about to go out.
-async fn wait_checkpoints(
+/// no more than what is about to go out, and the hand-off of the `chunks` about to go out,
+/// so that a restart counts all of it as read again.
+async fn wait_checkpoints<'c>(
     progress: &[Option<Arc<SourceProgress>>],
-    unpersisted: &mut Vec<(usize, u64)>,
+    unpersisted: &mut Unpersisted,
+    chunks: impl Iterator<Item = &'c Chunk>,
 ) {
-    for (source, n) in std::mem::take(unpersisted) {
+    for chunk in chunks {
+        want(unpersisted, chunk.source, |c| {
+            c.sends = c.sends.max(chunk.sent)
+        });
+    }
+    for (source, covered) in std::mem::take(unpersisted) {
         if let Some(Some(p)) = progress.get(source) {
-            p.wait_persisted(n, CHECKPOINT_WAIT).await;
+            p.wait_persisted(covered, CHECKPOINT_WAIT).await;
         }
     }
 }
@@ -434,7 +452,7 @@ struct Sender {
     progress: Vec<Option<Arc<SourceProgress>>>,
     delivery: Delivery,
     /// Sources with acknowledgements not yet on disk, with the last acknowledgement number.
-    unpersisted: Vec<(usize, u64)>,
+    unpersisted: Unpersisted,
 }
 
 impl Sender {
@@ -460,7 +478,8 @@ impl Sender {
     async fn send(&mut self, mut batch: Batch) -> Result<(), Aborted> {
         if let Some(encoded) = batch.encoded.take() {
             // At most the batch in flight is sent again after a crash.
-            wait_checkpoints(&self.progress, &mut self.unpersisted).await;
+            let chunks = batch.items.iter().map(|i| &*i.chunk);
+            wait_checkpoints(&self.progress, &mut self.unpersisted, chunks).await;
             self.delivery
                 .deliver(&batch.records(), Some(encoded))
                 .await?;
@@ -755,7 +774,7 @@ struct DiskWriter {
     index: usize,
     rx: Receiver<Arc<Chunk>>,
     progress: Vec<Option<Arc<SourceProgress>>>,
-    unpersisted: Vec<(usize, u64)>,
+    unpersisted: Unpersisted,
     counters: Arc<SinkCounters>,
     abort: watch::Receiver<bool>,
     /// `None` only while a blocking call holds it.
@@ -787,7 +806,8 @@ impl DiskWriter {
                 }
             }
             // A crash re-reads (and so duplicates) at most one group.
-            wait_checkpoints(&self.progress, &mut self.unpersisted).await;
+            let chunks = group.iter().map(|c| &**c);
+            wait_checkpoints(&self.progress, &mut self.unpersisted, chunks).await;
             if self.write_group(&group).await.is_err() {
                 return;
             }
