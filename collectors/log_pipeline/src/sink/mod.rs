@@ -276,7 +276,9 @@ fn ack(
 ) {
     if let Some(Some(p)) = progress.get(source) {
         let n = p.ack(index, stream, offset);
-        want(unpersisted, source, |c| c.acks = c.acks.max(n));
+        want(unpersisted, source, |c| {
+            c.acks = c.acks.max(n);
+        });
     }
 }
 
@@ -290,7 +292,7 @@ async fn wait_checkpoints<'c>(
 ) {
     for chunk in chunks {
         want(unpersisted, chunk.source, |c| {
-            c.sends = c.sends.max(chunk.sent)
+            c.sends = c.sends.max(chunk.sent);
         });
     }
     for (source, covered) in std::mem::take(unpersisted) {
