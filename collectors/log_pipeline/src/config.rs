@@ -523,8 +523,8 @@ struct RawBatch {
     timeout: Option<HumanDuration>,
 }
 
-/// Retry policy on 429, 5xx and connection errors: exponential backoff with full jitter,
-/// forever (at-least-once), until shutdown.
+/// Retry policy on 429, 5xx and connection errors: exponential backoff, each wait drawn from
+/// the upper half of its step, forever (at-least-once), until shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
     /// First backoff.

@@ -216,9 +216,9 @@ pub struct SinkCounters {
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of latencies, microseconds.
     pub latency_sum_us: AtomicU64,
-    /// The buffer in front of the sink, measured when scraped: the sink's own loop waits on
-    /// the destination exactly while this buffer fills, so a figure it sampled would be stale
-    /// then. Replaced by each pipeline a reload builds.
+    /// The buffer in front of the sink (or its disk buffer's writer), measured when scraped:
+    /// what reads it waits (on the destination, or the disk) exactly while it fills, so a
+    /// figure it sampled would be stale then. Replaced by each pipeline a reload builds.
     buffer: Mutex<Option<WeakSender<Arc<Chunk>>>>,
     /// Capacity of that buffer.
     pub buffer_capacity: AtomicU64,

@@ -112,7 +112,8 @@ pub struct TailerSetup {
     pub checkpoint: Option<Vec<Entry>>,
 }
 
-/// Starts the tailer thread.
+/// Starts the tailer thread. Call it inside a Tokio runtime (with its timer): the thread
+/// waits on the sinks' channels through it.
 pub fn spawn(setup: TailerSetup) -> std::io::Result<TailerHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let (wake_tx, wake_rx) = sync_channel(1);
@@ -919,10 +920,13 @@ impl Tailer {
         chunk.sent = self.progress.sent(chunk.stream, chunk.end);
         let chunk = Arc::new(chunk);
         for out in &self.outputs {
+            // One reservation for all the waiting: it keeps this source's place in the queue
+            // of senders waiting for room.
+            let mut reserve = std::pin::pin!(out.reserve());
             loop {
                 // The timer is made inside the runtime's context.
-                let reserve = async { tokio::time::timeout(LAG_REFRESH, out.reserve()).await };
-                match self.runtime.block_on(reserve) {
+                let wait = async { tokio::time::timeout(LAG_REFRESH, reserve.as_mut()).await };
+                match self.runtime.block_on(wait) {
                     Ok(Ok(permit)) => {
                         permit.send(chunk.clone());
                         break;

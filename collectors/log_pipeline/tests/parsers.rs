@@ -464,19 +464,11 @@ proptest! {
     }
 }
 
-/// The level journald's `PRIORITY` maps to (Pigsty: `to_syslog_level(to_int(.PRIORITY) ?? 6)`).
-fn journal_level(priority: Option<u8>) -> Level {
-    match priority {
-        Some(0) => Level::Emerg,
-        Some(1) => Level::Alert,
-        Some(2) => Level::Crit,
-        Some(3) => Level::Err,
-        Some(4) => Level::Warning,
-        Some(5) => Level::Notice,
-        Some(7) => Level::Debug,
-        _ => Level::Info,
-    }
-}
+/// Syslog's words for the priorities 0 to 7, as `level` ships them; anything else is `info`
+/// (Pigsty: `to_syslog_level(to_int(.PRIORITY) ?? 6) ?? "info"`).
+const SYSLOG_LEVELS: [&str; 8] = [
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
@@ -528,7 +520,8 @@ proptest! {
         prop_assert_eq!(&e.record.message, &want);
         prop_assert_eq!(e.message_cut, redacted.chars().count() > max);
         prop_assert_eq!(e.invalid_utf8, bad_byte.is_some());
-        prop_assert_eq!(e.record.level, Some(journal_level(priority)));
+        let level = priority.and_then(|p| SYSLOG_LEVELS.get(usize::from(p))).unwrap_or(&"info");
+        prop_assert_eq!(e.record.level.map(Level::as_str), Some(*level));
         prop_assert_eq!(e.record.time.as_microsecond(), micros);
         prop_assert_eq!(e.cursor.as_deref(), Some(cursor.as_str()));
         let extra = |k: &str| e.record.extra.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
@@ -540,10 +533,19 @@ proptest! {
     /// Any line at all: never a panic; what is not a journal entry ships as text, flagged.
     #[test]
     fn any_journal_line_ships(line in prop::collection::vec(any::<u8>(), 0..300)) {
-        let e = log_pipeline::journald::parse_entry(&line, &origin("syslog"), 8192);
+        let max = 100;
+        let e = log_pipeline::journald::parse_entry(&line, &origin("syslog"), max);
         prop_assert_eq!(e.parse_error, e.record.parse_error.is_some());
         if e.parse_error {
+            // The line itself, as text.
             prop_assert!(e.cursor.is_none());
+            let body = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = String::from_utf8_lossy(body);
+            let redacted = log_pipeline::parse::redact::redact(text.trim_end()).into_owned();
+            let want: String = redacted.chars().take(max).collect();
+            prop_assert_eq!(&e.record.message, &want);
+            prop_assert_eq!(e.message_cut, redacted.chars().count() > max);
+            prop_assert_eq!(e.invalid_utf8, std::str::from_utf8(body).is_err());
         }
     }
 }

@@ -917,6 +917,16 @@ fn checkpoint_offset(dir: &Path) -> Option<u64> {
     v["files"][0]["offset"].as_u64()
 }
 
+/// Waits until source `app`'s checkpoint is at the end of `file`.
+async fn wait_checkpoint_at_end(shipper: &Shipper, dir: &Path, file: &Path) {
+    let size = std::fs::metadata(file).unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoint_offset(dir) != Some(size) {
+        assert!(Instant::now() < deadline, "{}", shipper.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_a_disk_buffer_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -941,12 +951,7 @@ async fn kill_9_with_a_disk_buffer_loses_nothing() {
     //    past them; then SIGKILL.
     let mut shipper = Shipper::start(&config, &log).await;
     append(&file, 0..20_000);
-    let size = std::fs::metadata(&file).unwrap().len();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while checkpoint_offset(dir.path()) != Some(size) {
-        assert!(Instant::now() < deadline, "{}", shipper.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_checkpoint_at_end(&shipper, dir.path(), &file).await;
     let buffered = shipper
         .metric("log_shipper_disk_buffer_bytes{sink=\"vl\"}")
         .await
@@ -1049,12 +1054,7 @@ async fn a_full_disk_buffer_counts_and_logs_every_record_it_drops() {
     let total = 5000;
     append(&file, 0..total);
     // Dropped records count as acknowledged: reading goes on to the end of the file.
-    let size = std::fs::metadata(&file).unwrap().len();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while checkpoint_offset(dir.path()) != Some(size) {
-        assert!(Instant::now() < deadline, "{}", shipper.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_checkpoint_at_end(&shipper, dir.path(), &file).await;
     let dropped = shipper
         .metric("log_shipper_buffer_dropped_events_total{sink=\"vl\"}")
         .await

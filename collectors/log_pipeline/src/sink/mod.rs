@@ -792,10 +792,13 @@ impl DiskWriter {
         loop {
             let first = tokio::select! {
                 biased;
-                r = self.abort.wait_for(|a| *a) => match r {
-                    Ok(_) | Err(_) => return,
-                },
-                c = self.rx.recv() => c,
+                _ = self.abort.wait_for(|a| *a) => None,
+                c = self.rx.recv() => Some(c),
+            };
+            let Some(first) = first else {
+                // Drops are never silent, even when the stop is cut short.
+                self.log_drops(true);
+                return;
             };
             let Some(first) = first else {
                 break;
@@ -811,6 +814,7 @@ impl DiskWriter {
             let chunks = group.iter().map(|c| &**c);
             wait_checkpoints(&self.progress, &mut self.unpersisted, chunks).await;
             if self.write_group(&group).await.is_err() {
+                self.log_drops(true);
                 return;
             }
         }

@@ -42,7 +42,7 @@ pub struct Received {
     pub fields: Value,
     /// Path and query of the request it came in (VictoriaLogs' Loki endpoint is told which
     /// field is the message by a query argument).
-    pub path: String,
+    pub path_and_query: String,
 }
 
 impl Received {
@@ -349,7 +349,7 @@ fn answer(
         .path_and_query()
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
     for r in &mut records {
-        r.path.clone_from(&path_and_query);
+        r.path_and_query.clone_from(&path_and_query);
     }
     let mut i = inner.lock().unwrap();
     i.log.push(Request {
@@ -434,7 +434,7 @@ fn jsonline_records(
             labels,
             time_ns: ts.as_nanosecond(),
             fields: v,
-            path: String::new(),
+            path_and_query: String::new(),
         });
     }
     (StatusCode::OK, String::new(), out)
@@ -513,7 +513,7 @@ fn received(
         labels,
         time_ns,
         fields,
-        path: String::new(),
+        path_and_query: String::new(),
     })
 }
 
