@@ -9,106 +9,42 @@ mod receiver;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use receiver::{Received, Receiver};
-use test_harness::{PgVersion, PostgresBuilder, free_port};
+use test_harness::agent::sample;
+use test_harness::{Agent, PgVersion, PostgresBuilder};
+use tokio::task::block_in_place;
 
-/// A running log_shipper, killed on drop; stderr goes to a file.
-struct Shipper {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
+// The harness's `Agent` API blocks: these tests call it through `block_in_place`, so the
+// runtime keeps serving the in-process receiver meanwhile.
 
-impl Shipper {
-    async fn start(config: &Path, log: &Path) -> Shipper {
-        let port = free_port().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_log_shipper"))
+/// Starts log_shipper with `config`, its output appended to `log`, killed on drop; ready once
+/// `/metrics` answers 200.
+fn start(config: &Path, log: &Path) -> Agent {
+    block_in_place(|| {
+        Agent::builder("log_shipper", env!("CARGO_BIN_EXE_log_shipper"))
             .arg(format!("--config={}", config.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=debug")
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log)
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        let s = Shipper {
-            child,
-            port,
-            log: log.to_owned(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while s.metrics().await.is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "log_shipper did not start:\n{}",
-                s.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        s
-    }
-
-    async fn metrics(&self) -> Option<String> {
-        let resp = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
-            .await
-            .ok()?;
-        resp.status().is_success().then_some(())?;
-        resp.text().await.ok()
-    }
-
-    async fn metric(&self, sample: &str) -> Option<f64> {
-        let body = self.metrics().await?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
-    }
-
-    async fn stop(mut self) {
-        self.signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "log_shipper did not stop:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+            .log_file(log)
+            .kill_on_drop()
+            .start()
+    })
 }
 
-impl Drop for Shipper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn scrape(shipper: &Agent) -> Option<String> {
+    block_in_place(|| shipper.scrape())
+}
+
+fn metric(shipper: &Agent, series: &str) -> Option<f64> {
+    block_in_place(|| shipper.metric(series))
+}
+
+/// SIGTERM; fails unless it exits within 20 s.
+fn stop(shipper: Agent) {
+    block_in_place(|| shipper.stop(Duration::from_secs(20)));
 }
 
 #[test]
@@ -205,7 +141,7 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_only_the_unacknowledged_tai
     )
     .unwrap();
     let log = dir.path().join("shipper.log");
-    let mut shipper = Shipper::start(&config, &log).await;
+    let shipper = start(&config, &log);
 
     // A writer appends continuously while the shipper is killed and restarted.
     let total = 60_000u64;
@@ -222,7 +158,7 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_only_the_unacknowledged_tai
     shipper.kill9();
     let received_at_kill = rx.records().len();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let shipper = Shipper::start(&config, &log).await;
+    let shipper = start(&config, &log);
     tokio::task::spawn_blocking(move || writer.join().unwrap())
         .await
         .unwrap();
@@ -237,25 +173,27 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_only_the_unacknowledged_tai
     assert_eq!(c.len() as u64, total);
     // The restarted shipper counted what it re-read, every duplicate included.
     let dup_bytes: usize = c.iter().map(|(n, k)| (k - 1) * line(*n).len()).sum();
-    let replayed = shipper
-        .metric("log_shipper_source_replayed_bytes_total{source=\"app\"}")
-        .await
-        .unwrap();
+    let replayed = metric(
+        &shipper,
+        "log_shipper_source_replayed_bytes_total{source=\"app\"}",
+    )
+    .unwrap();
     eprintln!("{dup_bytes} bytes of duplicates, {replayed} bytes counted as replayed");
     assert!(
         replayed >= dup_bytes as f64,
         "{dup_bytes} bytes of duplicates but only {replayed} counted as replayed"
     );
     // Everything is acknowledged: the checkpoint is current.
-    let age = shipper
-        .metric("log_shipper_checkpoint_age_seconds{source=\"app\"}")
-        .await
-        .unwrap();
+    let age = metric(
+        &shipper,
+        "log_shipper_checkpoint_age_seconds{source=\"app\"}",
+    )
+    .unwrap();
     assert!(
         age < 5.0,
         "checkpoint {age} s old with everything delivered"
     );
-    let metrics = shipper.metrics().await.unwrap();
+    let metrics = scrape(&shipper).unwrap();
     for family in [
         "log_shipper_file_read_bytes_total{source=\"app\",file=",
         "log_shipper_file_lag_bytes{source=\"app\"",
@@ -267,21 +205,21 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_only_the_unacknowledged_tai
     ] {
         assert!(metrics.contains(family), "{family} missing from\n{metrics}");
     }
-    shipper.stop().await;
+    stop(shipper);
 }
 
 /// Polls the shipper's metric `sample` until `ok` holds for its value.
-async fn wait_metric(shipper: &Shipper, sample: &str, what: &str, ok: impl Fn(f64) -> bool) -> f64 {
+async fn wait_metric(shipper: &Agent, sample: &str, what: &str, ok: impl Fn(f64) -> bool) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v = shipper.metric(sample).await;
+        let v = metric(shipper, sample);
         if let Some(v) = v.filter(|v| ok(*v)) {
             return v;
         }
         assert!(
             Instant::now() < deadline,
             "{what}: {sample} is {v:?}; shipper log tail:\n{}",
-            tail(&shipper.log)
+            tail(shipper.log_path())
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -300,7 +238,7 @@ async fn an_outage_fills_the_buffer_and_the_lag_keeps_growing_until_it_ends() {
     )
     .unwrap();
     let log = dir.path().join("shipper.log");
-    let shipper = Shipper::start(&config, &log).await;
+    let shipper = start(&config, &log);
     let buffered = "log_shipper_buffer_chunks{sink=\"vl\"}";
     let lag = format!(
         "log_shipper_file_lag_bytes{{source=\"app\",file=\"{}\"}}",
@@ -333,7 +271,7 @@ async fn an_outage_fills_the_buffer_and_the_lag_keeps_growing_until_it_ends() {
         v >= before + more as f64
     })
     .await;
-    assert_eq!(shipper.metric(buffered).await, Some(2.0));
+    assert_eq!(metric(&shipper, buffered), Some(2.0));
 
     // Back: everything arrives, exactly once, and the gauges return to zero.
     rx.restart().await;
@@ -343,7 +281,7 @@ async fn an_outage_fills_the_buffer_and_the_lag_keeps_growing_until_it_ends() {
     assert!(dups.is_empty(), "duplicates: {dups:?}");
     wait_metric(&shipper, buffered, "buffer drained", |v| v == 0.0).await;
     wait_metric(&shipper, &lag, "file read to its end", |v| v == 0.0).await;
-    shipper.stop().await;
+    stop(shipper);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,7 +296,7 @@ async fn sighup_reloads_the_config_without_losing_the_position() {
     )
     .unwrap();
     let log = dir.path().join("shipper.log");
-    let shipper = Shipper::start(&config, &log).await;
+    let shipper = start(&config, &log);
     append(&file, 0..300);
     wait_distinct(&rx, 300, 30, &log).await;
 
@@ -366,11 +304,7 @@ async fn sighup_reloads_the_config_without_losing_the_position() {
     std::fs::write(&config, "sources: {}\n").unwrap();
     shipper.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while shipper
-        .metric("log_shipper_config_reload_failures_total ")
-        .await
-        != Some(1.0)
-    {
+    while metric(&shipper, "log_shipper_config_reload_failures_total ") != Some(1.0) {
         assert!(
             Instant::now() < deadline,
             "reload failure not counted:\n{}",
@@ -389,10 +323,10 @@ async fn sighup_reloads_the_config_without_losing_the_position() {
     .unwrap();
     shipper.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while shipper
-        .metric("log_shipper_config_reloads_total{result=\"success\"} ")
-        .await
-        != Some(1.0)
+    while metric(
+        &shipper,
+        "log_shipper_config_reloads_total{result=\"success\"} ",
+    ) != Some(1.0)
     {
         assert!(
             Instant::now() < deadline,
@@ -404,7 +338,7 @@ async fn sighup_reloads_the_config_without_losing_the_position() {
     append(&file, 400..600);
     wait_distinct(&rx, 600, 30, &log).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    shipper.stop().await;
+    stop(shipper);
 
     let c = counts(&rx);
     assert_eq!(c.len(), 600);
@@ -427,7 +361,7 @@ async fn pg15_shipped(
 ) -> (
     std::sync::Arc<test_harness::Postgres>,
     Receiver,
-    Shipper,
+    Agent,
     tempfile::TempDir,
 ) {
     let pg = tokio::task::spawn_blocking(move || {
@@ -465,7 +399,7 @@ async fn pg15_shipped(
         ),
     )
     .unwrap();
-    let shipper = Shipper::start(&config, &dir.path().join("shipper.log")).await;
+    let shipper = start(&config, &dir.path().join("shipper.log"));
     (std::sync::Arc::new(pg), rx, shipper, dir)
 }
 
@@ -523,7 +457,7 @@ async fn postgres15_csvlog_and_jsonlog_end_to_end() {
             .await;
         }
     }
-    shipper.stop().await;
+    stop(shipper);
 
     let records = rx.records();
     for api in APIS {
@@ -690,17 +624,11 @@ async fn postgres15_log_derived_metrics() {
             ]
         })
         .collect();
-    let value = |body: &str, sample: &str| -> Option<f64> {
-        body.lines().find_map(|l| {
-            l.strip_prefix(sample)
-                .and_then(|v| v.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
-    };
+    let value = sample;
     // Wait until every source has counted the last slow statement, then compare exactly.
     let deadline = Instant::now() + Duration::from_secs(60);
     let body = loop {
-        let body = shipper.metrics().await.unwrap_or_default();
+        let body = scrape(&shipper).unwrap_or_default();
         if expected
             .iter()
             .all(|(s, n)| value(&body, s).is_some_and(|v| v >= *n))
@@ -716,7 +644,7 @@ async fn postgres15_log_derived_metrics() {
     };
     // A moment more: nothing is counted twice.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let body2 = shipper.metrics().await.unwrap();
+    let body2 = scrape(&shipper).unwrap();
     for (sample, n) in &expected {
         assert_eq!(value(&body, sample), Some(*n), "{sample}\n{body}");
         assert_eq!(value(&body2, sample), Some(*n), "{sample}\n{body2}");
@@ -744,7 +672,7 @@ async fn postgres15_log_derived_metrics() {
             == 3
     })
     .await;
-    shipper.stop().await;
+    stop(shipper);
     let json: Vec<Received> = rx
         .records()
         .into_iter()
@@ -858,7 +786,7 @@ async fn journald_kill_9_mid_stream_resumes_from_the_cursor() {
     )
     .unwrap();
     let log = dir.path().join("shipper.log");
-    let mut shipper = Shipper::start(&config, &log).await;
+    let shipper = start(&config, &log);
 
     let total = 20_000u64;
     let f2 = file.clone();
@@ -874,7 +802,7 @@ async fn journald_kill_9_mid_stream_resumes_from_the_cursor() {
     shipper.kill9();
     let received_at_kill = rx.records().len();
     let orphan = pids()[0];
-    let shipper = Shipper::start(&config, &log).await;
+    let shipper = start(&config, &log);
     tokio::task::spawn_blocking(move || writer.join().unwrap())
         .await
         .unwrap();
@@ -902,7 +830,7 @@ async fn journald_kill_9_mid_stream_resumes_from_the_cursor() {
     }
     let live = *pids().last().unwrap();
     assert!(running(live));
-    shipper.stop().await;
+    stop(shipper);
     assert!(!running(live), "journalctl {live} outlived the shipper");
 }
 
@@ -918,7 +846,7 @@ fn checkpoint_offset(dir: &Path) -> Option<u64> {
 }
 
 /// Waits until source `app`'s checkpoint is at the end of `file`.
-async fn wait_checkpoint_at_end(shipper: &Shipper, dir: &Path, file: &Path) {
+async fn wait_checkpoint_at_end(shipper: &Agent, dir: &Path, file: &Path) {
     let size = std::fs::metadata(file).unwrap().len();
     let deadline = Instant::now() + Duration::from_secs(30);
     while checkpoint_offset(dir) != Some(size) {
@@ -949,25 +877,20 @@ async fn kill_9_with_a_disk_buffer_loses_nothing() {
 
     // 1. The receiver is down: the records go to the disk buffer and the checkpoint moves
     //    past them; then SIGKILL.
-    let mut shipper = Shipper::start(&config, &log).await;
+    let shipper = start(&config, &log);
     append(&file, 0..20_000);
     wait_checkpoint_at_end(&shipper, dir.path(), &file).await;
-    let buffered = shipper
-        .metric("log_shipper_disk_buffer_bytes{sink=\"vl\"}")
-        .await
-        .unwrap();
+    let buffered = metric(&shipper, "log_shipper_disk_buffer_bytes{sink=\"vl\"}").unwrap();
     assert!(buffered > 2_000_000.0, "{buffered}");
     assert_eq!(
-        shipper
-            .metric("log_shipper_disk_buffer_max_bytes{sink=\"vl\"}")
-            .await,
+        metric(&shipper, "log_shipper_disk_buffer_max_bytes{sink=\"vl\"}"),
         Some(64.0 * 1024.0 * 1024.0)
     );
     shipper.kill9();
 
     // 2. The receiver is back; a writer appends continuously; SIGKILL mid-stream.
     rx.restart().await;
-    let mut shipper = Shipper::start(&config, &log).await;
+    let shipper = start(&config, &log);
     let total = 60_000u64;
     let f2 = file.clone();
     let writer = std::thread::spawn(move || {
@@ -984,7 +907,7 @@ async fn kill_9_with_a_disk_buffer_loses_nothing() {
     .await;
     shipper.kill9();
     let at_kill = rx.records().len();
-    let shipper = Shipper::start(&config, &log).await;
+    let shipper = start(&config, &log);
     tokio::task::spawn_blocking(move || writer.join().unwrap())
         .await
         .unwrap();
@@ -1006,7 +929,7 @@ async fn kill_9_with_a_disk_buffer_loses_nothing() {
     let bound = max_events + 3 * (128 * 1024 / 100);
     eprintln!("received {at_kill} before the 2nd SIGKILL; {dups} duplicates (bound {bound})");
     assert!(dups <= bound, "{dups} duplicates");
-    let metrics = shipper.metrics().await.unwrap();
+    let metrics = scrape(&shipper).unwrap();
     for family in [
         "log_shipper_disk_buffer_bytes{sink=\"vl\"}",
         "log_shipper_buffer_dropped_events_total{sink=\"vl\"} 0",
@@ -1018,10 +941,10 @@ async fn kill_9_with_a_disk_buffer_loses_nothing() {
     // SIGHUP: the old pipeline closes its disk buffer before the new one opens it.
     shipper.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while shipper
-        .metric("log_shipper_config_reloads_total{result=\"success\"}")
-        .await
-        != Some(1.0)
+    while metric(
+        &shipper,
+        "log_shipper_config_reloads_total{result=\"success\"}",
+    ) != Some(1.0)
     {
         assert!(Instant::now() < deadline, "no reload:\n{}", shipper.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1050,18 +973,19 @@ async fn a_full_disk_buffer_counts_and_logs_every_record_it_drops() {
     )
     .unwrap();
     let log = dir.path().join("shipper.log");
-    let shipper = Shipper::start(&config, &log).await;
+    let shipper = start(&config, &log);
     let total = 5000;
     append(&file, 0..total);
     // Dropped records count as acknowledged: reading goes on to the end of the file.
     wait_checkpoint_at_end(&shipper, dir.path(), &file).await;
-    let dropped = shipper
-        .metric("log_shipper_buffer_dropped_events_total{sink=\"vl\"}")
-        .await
-        .unwrap();
+    let dropped = metric(
+        &shipper,
+        "log_shipper_buffer_dropped_events_total{sink=\"vl\"}",
+    )
+    .unwrap();
     assert!(dropped > (total / 2) as f64, "dropped {dropped}");
     // The drops still unlogged (warnings come at most every 10 s) are logged at the stop.
-    shipper.stop().await;
+    stop(shipper);
     let logged: f64 = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
@@ -1073,4 +997,36 @@ async fn a_full_disk_buffer_counts_and_logs_every_record_it_drops() {
         })
         .sum();
     assert_eq!(logged, dropped, "records dropped but not logged");
+}
+
+/// Without `--web.listen-address`, /metrics is on :9598, as Vector's internal metrics exporter
+/// was in Pigsty.
+#[test]
+fn listens_on_9598_by_default() {
+    if test_harness::ports::is_listening(9598) {
+        eprintln!("port 9598 is taken here (a sandbox?); default port not checked");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("log_shipper.yml");
+    std::fs::write(
+        &config,
+        plain_config(
+            dir.path(),
+            &dir.path().join("app.log"),
+            "http://127.0.0.1:9",
+            "pg-test-1",
+            100,
+        ),
+    )
+    .unwrap();
+    let shipper = Agent::builder("log_shipper", env!("CARGO_BIN_EXE_log_shipper"))
+        .arg(format!("--config={}", config.display()))
+        .default_port(9598)
+        .kill_on_drop()
+        .start();
+    // The answer came from this process, not from something that took the port meanwhile.
+    assert!(shipper.is_running(), "exited: {}", shipper.logs());
+    let body = shipper.metrics();
+    assert!(body.contains("log_shipper_uptime_seconds"), "{body}");
 }

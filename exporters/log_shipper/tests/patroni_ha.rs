@@ -35,53 +35,20 @@ use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
 use receiver::{Received, Receiver};
-use test_harness::{ManagedChild, PatroniCluster, PatroniClusterBuilder, PatroniMember, free_port};
+use test_harness::agent::sample;
+use test_harness::{Agent, PatroniCluster, PatroniClusterBuilder, PatroniMember};
 
 const MARKER: &str = "patroni_ha_marker";
 const APIS: [&str; 2] = ["jsonline", "loki_proto"];
 
-/// A running log_shipper (stopped on drop, reaped by the harness if the test dies).
-#[derive(Debug)]
-struct Shipper {
-    child: ManagedChild,
-    port: u16,
-}
-
-impl Shipper {
-    fn start(config: &Path, log: &Path) -> Shipper {
-        let port = free_port().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_log_shipper"));
-        cmd.arg(format!("--config={}", config.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=debug");
-        let child = ManagedChild::spawn("log_shipper", &mut cmd, log).unwrap();
-        let s = Shipper { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while s.metrics().is_none() {
-            assert!(
-                Instant::now() < deadline && s.child.is_running(),
-                "log_shipper did not start:\n{}",
-                s.child.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        s
-    }
-
-    fn metrics(&self) -> Option<String> {
-        let r = test_harness::http::get(&format!("http://127.0.0.1:{}/metrics", self.port), &[])
-            .ok()?;
-        (r.status == 200).then_some(r.body)
-    }
-}
-
-/// The value of the sample written exactly `sample` (name and labels).
-fn sample(body: &str, sample: &str) -> Option<f64> {
-    body.lines().find_map(|l| {
-        l.strip_prefix(sample)
-            .and_then(|v| v.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
+/// Starts log_shipper with `config`, its output appended to `log`; ready once `/metrics`
+/// answers 200 (stopped on drop, reaped by the harness if the test dies).
+fn start_shipper(config: &Path, log: &Path) -> Agent {
+    Agent::builder("log_shipper", env!("CARGO_BIN_EXE_log_shipper"))
+        .arg(format!("--config={}", config.display()))
+        .arg("--log.level=debug")
+        .log_file(log)
+        .start()
 }
 
 /// Every sample of `name`: (labels, value).
@@ -408,8 +375,8 @@ fn patroni_and_postgres_logs_of_both_members_ship_through_switchover_and_hard_fa
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("log_shipper.yml");
     std::fs::write(&config_path, config(dir.path(), &cluster, &rx.url())).unwrap();
-    let shipper = Shipper::start(&config_path, &dir.path().join("shipper.log"));
-    let shipper_log = || shipper.child.log_tail(40);
+    let shipper = start_shipper(&config_path, &dir.path().join("shipper.log"));
+    let shipper_log = || shipper.log_tail(40);
 
     let stop = AtomicBool::new(false);
     let mut phases: Vec<(&str, Instant)> = Vec::new();
@@ -793,7 +760,7 @@ fn patroni_and_postgres_logs_of_both_members_ship_through_switchover_and_hard_fa
     println!("received per API: {received_per_api:?}");
 
     // --- The shipper's own account: nothing lost, and its counters match what arrived.
-    let body = shipper.metrics().expect("/metrics");
+    let body = shipper.scrape().expect("/metrics");
     for family in [
         "log_shipper_source_parse_errors_total",
         "log_shipper_source_lost_bytes_total",

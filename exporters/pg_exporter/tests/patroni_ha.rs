@@ -21,14 +21,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use test_harness::agent::{samples, value};
 use test_harness::{
-    Haproxy, HaproxyListener, ManagedChild, PatroniCluster, PatroniClusterBuilder, PatroniMember,
-    free_port, http,
+    Agent, Haproxy, HaproxyListener, PatroniCluster, PatroniClusterBuilder, PatroniMember,
 };
 
 const ROLE_POLL: Duration = Duration::from_millis(50);
@@ -40,169 +39,96 @@ const COLLECTOR_WAIT: Duration = Duration::from_secs(40);
 const PRIMARY_PATHS: [&str; 5] = ["/primary", "/leader", "/master", "/read-write", "/rw"];
 const REPLICA_PATHS: [&str; 5] = ["/replica", "/standby", "/slave", "/read-only", "/ro"];
 
-/// A pg_exporter process with the built-in collector set, attached to one member.
-struct Exporter {
-    name: String,
-    port: u16,
-    child: ManagedChild,
-    _dir: tempfile::TempDir,
+/// Starts pg_exporter with the built-in collector set, attached to one member.
+fn start(name: &str, url: &str) -> Agent {
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../collectors/sql_collector/config");
+    Agent::builder(
+        &format!("pg_exporter {name}"),
+        env!("CARGO_BIN_EXE_pg_exporter"),
+    )
+    .arg(format!("--url={url}"))
+    .arg(format!("--config={}", config.display()))
+    .arg("--log.level=info")
+    .in_own_dir()
+    .env_remove("PG_EXPORTER_URL")
+    .env_remove("PG_EXPORTER_CONFIG")
+    .env_remove("PGURL")
+    .ready_when_ok("/version")
+    .start()
 }
 
-impl Exporter {
-    fn start(name: &str, url: &str) -> Exporter {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port().unwrap();
-        let config =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../collectors/sql_collector/config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg_exporter"));
-        cmd.arg(format!("--url={url}"))
-            .arg(format!("--config={}", config.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=info")
-            .current_dir(dir.path())
-            .env_remove("PG_EXPORTER_URL")
-            .env_remove("PG_EXPORTER_CONFIG")
-            .env_remove("PGURL");
-        let child = ManagedChild::spawn(
-            &format!("pg_exporter {name}"),
-            &mut cmd,
-            &dir.path().join("pg_exporter.log"),
-        )
-        .unwrap();
-        let exporter = Exporter {
-            name: name.to_owned(),
-            port,
-            child,
-            _dir: dir,
-        };
-        exporter.wait("the exporter to listen", Duration::from_secs(30), || {
-            exporter.get("/version").is_some_and(|(s, _)| s == 200)
-        });
-        exporter
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        http::get(&format!("http://127.0.0.1:{}{path}", self.port), &[])
-            .ok()
-            .map(|r| (r.status, r.body))
-    }
-
-    fn status(&self, path: &str) -> Option<u16> {
-        self.get(path).map(|(s, _)| s)
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = self.get("/metrics").expect("/metrics answers");
-        assert_eq!(status, 200, "{}: /metrics answered {status}", self.name);
-        body
-    }
-
-    /// The planned collectors (first column of `/stat`).
-    fn planned(&self) -> Vec<String> {
-        let (_, body) = self.get("/stat").expect("/stat answers");
-        body.lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn wait(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !cond() {
-            assert!(
-                Instant::now() < deadline,
-                "{}: timed out after {timeout:?} waiting for {what}; log:\n{}",
-                self.name,
-                self.child.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until the role endpoints say `role` and checks every alias and `pg_in_recovery`.
-    fn wait_role(&self, role: &str, timeout: Duration) {
-        let (yes, no) = match role {
-            "primary" => (PRIMARY_PATHS, REPLICA_PATHS),
-            _ => (REPLICA_PATHS, PRIMARY_PATHS),
-        };
-        self.wait(&format!("{} 200", yes[0]), timeout, || {
-            self.status(yes[0]) == Some(200)
-        });
-        for path in yes {
-            assert_eq!(
-                self.get(path),
-                Some((200, role.to_owned())),
-                "{} {path}",
-                self.name
-            );
-        }
-        for path in no {
-            assert_eq!(
-                self.get(path),
-                Some((404, role.to_owned())),
-                "{} {path}",
-                self.name
-            );
-        }
-        assert_eq!(
-            self.get("/health"),
-            Some((200, role.to_owned())),
-            "{}",
-            self.name
-        );
-        let body = self.metrics();
-        let recovery = if role == "primary" { 0.0 } else { 1.0 };
-        assert_eq!(
-            value(&body, "pg_in_recovery", &[]),
-            Some(recovery),
-            "{}",
-            self.name
-        );
-        if value(&body, "pg_up", &[]) != Some(1.0) {
-            // Seen once in about eight runs on the member rejoining after the hard failover:
-            // the first scrape after the probe saw it up said pg_up 0. Printed for evidence;
-            // the next scrapes must recover.
-            println!(
-                "{}: first scrape after the role endpoints said {role} had pg_up {:?}; log:\n{}",
-                self.name,
-                value(&body, "pg_up", &[]),
-                self.child.log_tail(30)
-            );
-            self.wait("pg_up 1", Duration::from_secs(10), || {
-                value(&self.metrics(), "pg_up", &[]) == Some(1.0)
-            });
-        }
-    }
+fn get(exp: &Agent, path: &str) -> Option<(u16, String)> {
+    exp.get(path).ok()
 }
 
-/// The value of the first sample of `name` whose labels contain every `key="value"` of
-/// `labels`.
-fn value(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples(body, name)
-        .into_iter()
-        .find(|(l, _)| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|(_, v)| v)
+fn status(exp: &Agent, path: &str) -> Option<u16> {
+    get(exp, path).map(|(s, _)| s)
 }
 
-/// Every sample of metric `name`: its label text and value.
-fn samples<'b>(body: &'b str, name: &str) -> Vec<(&'b str, f64)> {
+/// The planned collectors (first column of `/stat`).
+fn planned_collectors(exp: &Agent) -> Vec<String> {
+    let (_, body) = get(exp, "/stat").expect("/stat answers");
     body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, v) = if let Some(r) = rest.strip_prefix('{') {
-                r.split_once("} ")?
-            } else {
-                ("", rest.strip_prefix(' ')?)
-            };
-            Some((labels, v.trim().parse().ok()?))
-        })
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
         .collect()
+}
+
+/// Waits until the role endpoints say `role` and checks every alias and `pg_in_recovery`.
+fn wait_role(exp: &Agent, role: &str, timeout: Duration) {
+    let (yes, no) = match role {
+        "primary" => (PRIMARY_PATHS, REPLICA_PATHS),
+        _ => (REPLICA_PATHS, PRIMARY_PATHS),
+    };
+    exp.wait_until(&format!("{} 200", yes[0]), timeout, || {
+        status(exp, yes[0]) == Some(200)
+    });
+    for path in yes {
+        assert_eq!(
+            get(exp, path),
+            Some((200, role.to_owned())),
+            "{} {path}",
+            exp.name()
+        );
+    }
+    for path in no {
+        assert_eq!(
+            get(exp, path),
+            Some((404, role.to_owned())),
+            "{} {path}",
+            exp.name()
+        );
+    }
+    assert_eq!(
+        get(exp, "/health"),
+        Some((200, role.to_owned())),
+        "{}",
+        exp.name()
+    );
+    let body = exp.metrics();
+    let recovery = if role == "primary" { 0.0 } else { 1.0 };
+    assert_eq!(
+        value(&body, "pg_in_recovery", &[]),
+        Some(recovery),
+        "{}",
+        exp.name()
+    );
+    if value(&body, "pg_up", &[]) != Some(1.0) {
+        // Seen once in about eight runs on the member rejoining after the hard failover:
+        // the first scrape after the probe saw it up said pg_up 0. Printed for evidence;
+        // the next scrapes must recover.
+        println!(
+            "{}: first scrape after the role endpoints said {role} had pg_up {:?}; log:\n{}",
+            exp.name(),
+            value(&body, "pg_up", &[]),
+            exp.log_tail(30)
+        );
+        exp.wait_until("pg_up 1", Duration::from_secs(10), || {
+            value(&exp.metrics(), "pg_up", &[]) == Some(1.0)
+        });
+    }
 }
 
 /// One member with its exporters: `exp` is scraped (and HAProxy checks it), `probe` never is,
@@ -210,8 +136,8 @@ fn samples<'b>(body: &'b str, name: &str) -> Vec<(&'b str, f64)> {
 #[derive(Clone, Copy)]
 struct Side<'a> {
     member: &'a PatroniMember,
-    exp: &'a Exporter,
-    probe: &'a Exporter,
+    exp: &'a Agent,
+    probe: &'a Agent,
 }
 
 /// What the pollers saw during one role change. Times are from just before the action.
@@ -297,7 +223,7 @@ fn watch<T>(
                 let mut seen = Vec::new();
                 for (exp, is_survivor) in exporters {
                     for path in ["/primary", "/replica", "/health"] {
-                        seen.push((exp, is_survivor, path, exp.get(path)));
+                        seen.push((exp, is_survivor, path, get(exp, path)));
                     }
                 }
                 let at = t0.elapsed();
@@ -308,7 +234,7 @@ fn watch<T>(
                 if patroni_other == Some(200) && r.patroni_replica_other.is_none() {
                     r.patroni_replica_other = Some(at);
                 }
-                let primary_200 = |exp: &Exporter| {
+                let primary_200 = |exp: &Agent| {
                     seen.iter().any(|(e, _, p, a)| {
                         std::ptr::eq(*e, exp) && *p == "/primary" && matches!(a, Some((200, _)))
                     })
@@ -319,18 +245,18 @@ fn watch<T>(
                 for (exp, is_survivor, path, answer) in seen {
                     let Some((status, body)) = answer else {
                         r.violations
-                            .push(format!("{} {path}: no answer at {at:?}", exp.name));
+                            .push(format!("{} {path}: no answer at {at:?}", exp.name()));
                         continue;
                     };
                     *r.statuses
-                        .entry((exp.name.clone(), path.to_owned(), status))
+                        .entry((exp.name().to_owned(), path.to_owned(), status))
                         .or_default() += 1;
                     if status >= 500 {
                         let documented = status == 503 && (body == "down" || body == "starting");
                         if is_survivor || !documented {
                             r.violations.push(format!(
                                 "{} {path} answered {status} {body:?} at {at:?}",
-                                exp.name
+                                exp.name()
                             ));
                         }
                     }
@@ -345,7 +271,7 @@ fn watch<T>(
                         } else if status != 200 && first.is_some() {
                             r.violations.push(format!(
                                 "{} /primary flapped back to {status} at {at:?}",
-                                exp.name
+                                exp.name()
                             ));
                         }
                     }
@@ -366,26 +292,26 @@ fn watch<T>(
             while !stop.load(Ordering::SeqCst) {
                 let next = Instant::now() + SCRAPE_POLL;
                 for side in [survivor, other] {
-                    let answer = side.exp.get("/metrics");
+                    let answer = get(side.exp, "/metrics");
                     let at = t0.elapsed();
                     let mut r = report.lock().unwrap();
-                    *r.scrapes.entry(side.exp.name.clone()).or_default() += 1;
+                    *r.scrapes.entry(side.exp.name().to_owned()).or_default() += 1;
                     match answer {
                         Some((200, body)) => {
                             let up = value(&body, "pg_up", &[]);
                             if std::ptr::eq(side.exp, survivor.exp) && up != Some(1.0) {
                                 r.violations
-                                    .push(format!("{} pg_up is {up:?} at {at:?}", side.exp.name));
+                                    .push(format!("{} pg_up is {up:?} at {at:?}", side.exp.name()));
                             }
                         }
                         Some((status, body)) => r.violations.push(format!(
                             "{} /metrics answered {status} at {at:?}: {}",
-                            side.exp.name,
+                            side.exp.name(),
                             body.chars().take(200).collect::<String>()
                         )),
                         None => r
                             .violations
-                            .push(format!("{} /metrics: no answer at {at:?}", side.exp.name)),
+                            .push(format!("{} /metrics: no answer at {at:?}", side.exp.name())),
                     }
                 }
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -409,8 +335,8 @@ fn assert_clean(report: &Report, what: &str, survivor: Side<'_>) {
         report.violations.is_empty(),
         "{what}: {:#?}\n{} log:\n{}",
         report.violations,
-        survivor.exp.name,
-        survivor.exp.child.log_tail(40)
+        survivor.exp.name(),
+        survivor.exp.log_tail(40)
     );
     let patroni = report
         .patroni_primary
@@ -422,14 +348,14 @@ fn assert_clean(report: &Report, what: &str, survivor: Side<'_>) {
         let ours = flipped.unwrap_or_else(|| {
             panic!(
                 "{what}: {}'s /primary never flipped; log:\n{}",
-                exp.name,
-                exp.child.log_tail(40)
+                exp.name(),
+                exp.log_tail(40)
             )
         });
         assert!(
             ours <= patroni + MAX_LAG,
             "{what}: {} flipped at {ours:?}, Patroni at {patroni:?}",
-            exp.name
+            exp.name()
         );
     }
 }
@@ -474,7 +400,7 @@ fn wait_route(
 fn wait_replication_metrics(primary: Side<'_>, replica: Side<'_>) {
     let appname = replica.member.name();
     let sender_port = primary.member.port().to_string();
-    primary.exp.wait(
+    primary.exp.wait_until(
         &format!("pg_repl_state{{appname=\"{appname}\"}} 0 (streaming)"),
         COLLECTOR_WAIT,
         || {
@@ -485,7 +411,7 @@ fn wait_replication_metrics(primary: Side<'_>, replica: Side<'_>) {
             ) == Some(0.0)
         },
     );
-    replica.exp.wait(
+    replica.exp.wait_until(
         &format!("pg_recv_state{{sender_port=\"{sender_port}\"}} 0 (streaming)"),
         COLLECTOR_WAIT,
         || {
@@ -497,18 +423,22 @@ fn wait_replication_metrics(primary: Side<'_>, replica: Side<'_>) {
         },
     );
     // pg_recv is planned on replicas only; a replica has no WAL senders.
-    let planned = primary.exp.planned();
+    let planned = planned_collectors(primary.exp);
     assert!(
         !planned.iter().any(|c| c == "pg_recv"),
         "{}: {planned:?}",
-        primary.exp.name
+        primary.exp.name()
     );
     assert!(
         planned.iter().any(|c| c == "pg_repl"),
         "{}: {planned:?}",
-        primary.exp.name
+        primary.exp.name()
     );
-    assert!(replica.exp.planned().iter().any(|c| c == "pg_recv"));
+    assert!(
+        planned_collectors(replica.exp)
+            .iter()
+            .any(|c| c == "pg_recv")
+    );
     // Rows of the other role's collector disappear: at once for pg_recv (no longer planned
     // on a primary); within pg_repl's 10 s TTL on a replica, which may have served a WAL
     // sender for a moment during the switch (the other member's walreceiver reconnecting
@@ -517,7 +447,7 @@ fn wait_replication_metrics(primary: Side<'_>, replica: Side<'_>) {
         .iter()
         .map(|(l, v)| format!("{l} {v}"))
         .collect::<Vec<_>>();
-    assert!(rows.is_empty(), "{}: {rows:?}", primary.exp.name);
+    assert!(rows.is_empty(), "{}: {rows:?}", primary.exp.name());
     let first = samples(&replica.exp.metrics(), "pg_repl_state")
         .iter()
         .map(|(l, v)| format!("{l} {v}"))
@@ -525,13 +455,13 @@ fn wait_replication_metrics(primary: Side<'_>, replica: Side<'_>) {
     if !first.is_empty() {
         println!(
             "{}: pg_repl_state rows on a replica (cached): {first:?}\n/stat:\n{}",
-            replica.exp.name,
-            replica.exp.get("/stat").unwrap().1
+            replica.exp.name(),
+            get(replica.exp, "/stat").unwrap().1
         );
     }
     replica
         .exp
-        .wait("no pg_repl_state rows on a replica", COLLECTOR_WAIT, || {
+        .wait_until("no pg_repl_state rows on a replica", COLLECTOR_WAIT, || {
             samples(&replica.exp.metrics(), "pg_repl_state").is_empty()
         });
 }
@@ -543,11 +473,11 @@ fn exporters_and_haproxy_follow_a_patroni_switchover_and_a_hard_failover() {
     let pg1 = cluster.member("pg1").unwrap();
     let pg2 = cluster.member("pg2").unwrap();
     // One over the unix socket (trust), one over TCP with the superuser's password.
-    let exp1 = Exporter::start("pg1", &pg1.socket_url("postgres"));
-    let exp2 = Exporter::start("pg2", &format!("{}?sslmode=disable", pg2.url("postgres")));
+    let exp1 = start("pg1", &pg1.socket_url("postgres"));
+    let exp2 = start("pg2", &format!("{}?sslmode=disable", pg2.url("postgres")));
     // Never scraped: their role endpoints show the 1 s role probe alone.
-    let probe1 = Exporter::start("pg1-probe", &pg1.socket_url("postgres"));
-    let probe2 = Exporter::start("pg2-probe", &pg2.url("postgres"));
+    let probe1 = start("pg1-probe", &pg1.socket_url("postgres"));
+    let probe2 = start("pg2-probe", &pg2.url("postgres"));
     let s1 = Side {
         member: pg1,
         exp: &exp1,
@@ -561,14 +491,14 @@ fn exporters_and_haproxy_follow_a_patroni_switchover_and_a_hard_failover() {
     let mut rw = HaproxyListener::new("rw", "/primary");
     let mut ro = HaproxyListener::new("ro", "/replica");
     for s in [s1, s2] {
-        rw = rw.server(s.member.name(), s.member.port(), s.exp.port);
-        ro = ro.server(s.member.name(), s.member.port(), s.exp.port);
+        rw = rw.server(s.member.name(), s.member.port(), s.exp.port());
+        ro = ro.server(s.member.name(), s.member.port(), s.exp.port());
     }
     let haproxy = Haproxy::start(&[rw, ro]).unwrap();
 
     // Steady state: pg1 leads, pg2 streams.
-    exp1.wait_role("primary", Duration::from_secs(30));
-    exp2.wait_role("replica", Duration::from_secs(30));
+    wait_role(&exp1, "primary", Duration::from_secs(30));
+    wait_role(&exp2, "replica", Duration::from_secs(30));
     wait_replication_metrics(s1, s2);
     wait_route(&haproxy, &cluster, "rw", Some((false, pg1.port())));
     wait_route(&haproxy, &cluster, "ro", Some((true, pg2.port())));
@@ -583,10 +513,10 @@ fn exporters_and_haproxy_follow_a_patroni_switchover_and_a_hard_failover() {
         || {
             [&exp2, &probe2]
                 .iter()
-                .all(|e| e.status("/primary") == Some(200))
+                .all(|e| status(e, "/primary") == Some(200))
                 && [&exp1, &probe1]
                     .iter()
-                    .all(|e| e.status("/replica") == Some(200))
+                    .all(|e| status(e, "/replica") == Some(200))
         },
     );
     report.print("switchover pg1 -> pg2");
@@ -599,8 +529,8 @@ fn exporters_and_haproxy_follow_a_patroni_switchover_and_a_hard_failover() {
         report.ours_replica_other.is_some(),
         "pg1's /replica flipped: {report:?}"
     );
-    exp2.wait_role("primary", Duration::from_secs(5));
-    exp1.wait_role("replica", Duration::from_secs(5));
+    wait_role(&exp2, "primary", Duration::from_secs(5));
+    wait_role(&exp1, "replica", Duration::from_secs(5));
     cluster
         .wait_streaming(pg1, Duration::from_secs(60))
         .unwrap();
@@ -617,7 +547,7 @@ fn exporters_and_haproxy_follow_a_patroni_switchover_and_a_hard_failover() {
         || {
             [&exp1, &probe1]
                 .iter()
-                .all(|e| e.status("/primary") == Some(200))
+                .all(|e| status(e, "/primary") == Some(200))
         },
     );
     report.print("hard failover of pg2");
@@ -627,14 +557,18 @@ fn exporters_and_haproxy_follow_a_patroni_switchover_and_a_hard_failover() {
     );
     assert_eq!(change.new.name(), "pg1");
     assert_clean(&report, "hard failover", s1);
-    exp1.wait_role("primary", Duration::from_secs(5));
+    wait_role(&exp1, "primary", Duration::from_secs(5));
     // The lost member's exporter keeps answering: pg_up 0, role endpoints 503 "down".
     let body = exp2.metrics();
     assert_eq!(value(&body, "pg_up", &[]), Some(0.0));
     for path in ["/primary", "/replica", "/health"] {
-        assert_eq!(exp2.get(path), Some((503, "down".to_owned())), "pg2 {path}");
+        assert_eq!(
+            get(&exp2, path),
+            Some((503, "down".to_owned())),
+            "pg2 {path}"
+        );
     }
-    let planned = exp1.planned();
+    let planned = planned_collectors(&exp1);
     assert!(
         !planned.iter().any(|c| c == "pg_recv"),
         "re-planned as primary: {planned:?}"
@@ -646,7 +580,7 @@ fn exporters_and_haproxy_follow_a_patroni_switchover_and_a_hard_failover() {
     // Rejoin: pg2 comes back as a replica of pg1 (pg_rewind).
     let took = cluster.rejoin(pg2).unwrap();
     println!("rejoin of pg2: streaming after {took:?}");
-    exp2.wait_role("replica", Duration::from_secs(30));
+    wait_role(&exp2, "replica", Duration::from_secs(30));
     wait_replication_metrics(s1, s2);
     wait_route(&haproxy, &cluster, "rw", Some((false, pg1.port())));
     wait_route(&haproxy, &cluster, "ro", Some((true, pg2.port())));

@@ -3,126 +3,44 @@
 //! by `/reload`, SIGHUP and file changes, `--dry-run`, and no password anywhere it could leak.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use test_harness::{ClusterBuilder, PASSWORD_USER_PASSWORD, PgVersion, free_port, shared_cluster};
+use test_harness::agent::value;
+use test_harness::{Agent, ClusterBuilder, PASSWORD_USER_PASSWORD, PgVersion, shared_cluster};
 
 const COLLECTORS: &str = "t_basic:\n  name: t_basic\n  query: \"SELECT 1 AS v\"\n  metrics:\n    - v: { usage: GAUGE, description: one }\n";
 
-/// A running pg_exporter process, killed on drop; its stderr goes to a file.
-struct Exporter {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// Starts pg_exporter for `url` with `collectors` as the only file of its config directory
+/// (`conf` in its own directory) and `extra` arguments; ready once `/up` answers, whatever its
+/// status.
+fn start(url: &str, collectors: &str, extra: &[&str]) -> Agent {
+    let b = Agent::builder("pg_exporter", env!("CARGO_BIN_EXE_pg_exporter"));
+    let conf = config_dir(b.dir());
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("0100-test.yml"), collectors).unwrap();
+    b.arg(format!("--url={url}"))
+        .arg(format!("--config={}", conf.display()))
+        .args([
+            "--connect-timeout=3000",
+            "--log.level=debug",
+            "--no-auto-discovery",
+        ])
+        .args(extra)
+        .env_remove("PGURL")
+        .env_remove("PG_EXPORTER_URL")
+        .ready_when_answers("/up")
+        .kill_on_drop()
+        .start()
 }
 
-impl Exporter {
-    fn start(url: &str, collectors: &str, extra: &[&str]) -> Exporter {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("conf");
-        std::fs::create_dir(&conf).unwrap();
-        std::fs::write(conf.join("0100-test.yml"), collectors).unwrap();
-        let port = free_port().unwrap();
-        let log = dir.path().join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pg_exporter"))
-            .arg(format!("--url={url}"))
-            .arg(format!("--config={}", conf.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args([
-                "--connect-timeout=3000",
-                "--log.level=debug",
-                "--no-auto-discovery",
-            ])
-            .args(extra)
-            .env_remove("PGURL")
-            .env_remove("PG_EXPORTER_URL")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let exporter = Exporter {
-            child,
-            port,
-            log,
-            _dir: dir,
-        };
-        exporter.wait_for(|| exporter.get("/up").is_ok(), "the exporter to listen");
-        exporter
-    }
-
-    fn config_dir(&self) -> PathBuf {
-        self._dir.path().join("conf")
-    }
-
-    fn get(&self, path: &str) -> Result<(u16, String), String> {
-        request("GET", self.port, path)
-    }
-
-    fn wait_for(&self, mut cond: impl FnMut() -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cond() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; log:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = self.get("/metrics").ok()?;
-        body.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+fn config_dir(agent_dir: &Path) -> PathBuf {
+    agent_dir.join("conf")
 }
 
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A minimal HTTP/1.1 client: status and body (no dependency on an async runtime).
-fn request(method: &str, port: u16, path: &str) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("no status")?;
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+/// The first sample of metric `name`, with any labels, if `/metrics` answers.
+fn metric(exp: &Agent, name: &str) -> Option<f64> {
+    value(&exp.scrape()?, name, &[])
 }
 
 #[test]
@@ -131,11 +49,10 @@ fn role_endpoints_follow_a_promotion() {
         .replica()
         .start()
         .unwrap();
-    let replica = Exporter::start(&cluster.replica().url("postgres"), COLLECTORS, &[]);
-    replica.wait_for(
-        || replica.get("/replica").map(|r| r.0) == Ok(200),
-        "/replica 200",
-    );
+    let replica = start(&cluster.replica().url("postgres"), COLLECTORS, &[]);
+    replica.wait_for("/replica 200", || {
+        replica.get("/replica").map(|r| r.0) == Ok(200)
+    });
     assert_eq!(replica.get("/replica").unwrap(), (200, "replica".into()));
     assert_eq!(replica.get("/primary").unwrap(), (404, "replica".into()));
     for alias in ["/standby", "/slave", "/read-only", "/ro"] {
@@ -144,14 +61,13 @@ fn role_endpoints_follow_a_promotion() {
     for alias in ["/leader", "/master", "/read-write", "/rw"] {
         assert_eq!(replica.get(alias).unwrap().0, 404, "{alias}");
     }
-    assert_eq!(replica.metric("pg_in_recovery"), Some(1.0));
+    assert_eq!(metric(&replica, "pg_in_recovery"), Some(1.0));
 
     cluster.replica().promote().unwrap();
     let promoted = Instant::now();
-    replica.wait_for(
-        || replica.get("/primary").map(|r| r.0) == Ok(200),
-        "/primary 200 after promotion",
-    );
+    replica.wait_for("/primary 200 after promotion", || {
+        replica.get("/primary").map(|r| r.0) == Ok(200)
+    });
     println!(
         "role endpoint flipped {:?} after promotion",
         promoted.elapsed()
@@ -161,8 +77,8 @@ fn role_endpoints_follow_a_promotion() {
         "the 1 s probe should flip it quickly"
     );
     assert_eq!(replica.get("/replica").unwrap(), (404, "primary".into()));
-    assert_eq!(replica.metric("pg_in_recovery"), Some(0.0));
-    assert_eq!(replica.metric("pg_up"), Some(1.0));
+    assert_eq!(metric(&replica, "pg_in_recovery"), Some(0.0));
+    assert_eq!(metric(&replica, "pg_up"), Some(1.0));
 }
 
 #[test]
@@ -171,30 +87,28 @@ fn survives_a_postgres_outage_and_recovers_by_itself() {
         .name("outage")
         .start()
         .unwrap();
-    let exp = Exporter::start(&pg.url("postgres"), COLLECTORS, &[]);
-    exp.wait_for(|| exp.metric("pg_up") == Some(1.0), "pg_up 1");
+    let exp = start(&pg.url("postgres"), COLLECTORS, &[]);
+    exp.wait_for("pg_up 1", || metric(&exp, "pg_up") == Some(1.0));
     assert_eq!(exp.get("/health").unwrap(), (200, "primary".into()));
 
     pg.stop().unwrap();
-    exp.wait_for(
-        || exp.metric("pg_up") == Some(0.0),
-        "pg_up 0 while PostgreSQL is down",
-    );
+    exp.wait_for("pg_up 0 while PostgreSQL is down", || {
+        metric(&exp, "pg_up") == Some(0.0)
+    });
     assert_eq!(exp.get("/health").unwrap(), (503, "down".into()));
     assert_eq!(exp.get("/primary").unwrap().0, 503);
     assert_eq!(exp.get("/replica").unwrap().0, 503);
     assert_eq!(
-        exp.metric("pg_exporter_up"),
+        metric(&exp, "pg_exporter_up"),
         Some(1.0),
         "the exporter itself stays up"
     );
 
     pg.start().unwrap();
-    exp.wait_for(
-        || exp.metric("pg_up") == Some(1.0),
-        "pg_up 1 after PostgreSQL is back",
-    );
-    assert_eq!(exp.metric("t_basic_v"), Some(1.0));
+    exp.wait_for("pg_up 1 after PostgreSQL is back", || {
+        metric(&exp, "pg_up") == Some(1.0)
+    });
+    assert_eq!(metric(&exp, "t_basic_v"), Some(1.0));
     assert_eq!(exp.get("/health").unwrap(), (200, "primary".into()));
 }
 
@@ -203,11 +117,10 @@ fn password_never_appears_in_logs_stat_explain_or_metrics() {
     let cluster = shared_cluster();
     let url = cluster.primary().password_url("postgres");
     assert!(url.contains(PASSWORD_USER_PASSWORD));
-    let exp = Exporter::start(&url, COLLECTORS, &["--label=cls=pg-test"]);
-    exp.wait_for(
-        || exp.metric("pg_up") == Some(1.0),
-        "pg_up 1 with the password user",
-    );
+    let exp = start(&url, COLLECTORS, &["--label=cls=pg-test"]);
+    exp.wait_for("pg_up 1 with the password user", || {
+        metric(&exp, "pg_up") == Some(1.0)
+    });
     let mut seen = String::new();
     for path in [
         "/metrics", "/stat", "/explain", "/", "/version", "/up", "/reload",
@@ -230,12 +143,11 @@ fn password_never_appears_in_logs_stat_explain_or_metrics() {
 #[test]
 fn reloads_keep_the_running_config_when_the_new_one_is_broken() {
     let cluster = shared_cluster();
-    let exp = Exporter::start(&cluster.primary().url("postgres"), COLLECTORS, &[]);
-    exp.wait_for(
-        || exp.metric("t_basic_v") == Some(1.0),
-        "the first collector",
-    );
-    let conf = exp.config_dir();
+    let exp = start(&cluster.primary().url("postgres"), COLLECTORS, &[]);
+    exp.wait_for("the first collector", || {
+        metric(&exp, "t_basic_v") == Some(1.0)
+    });
+    let conf = config_dir(exp.dir());
 
     // A broken file: /reload answers 500 naming it, the old config keeps serving.
     write(
@@ -243,18 +155,18 @@ fn reloads_keep_the_running_config_when_the_new_one_is_broken() {
         "0200-broken.yml",
         "t_broken:\n  query: SELECT 1\n  metrics:\n    - v: { usage: GAGE }\n",
     );
-    let (status, body) = request("POST", exp.port, "/reload").unwrap();
+    let (status, body) = exp.request("POST", "/reload").unwrap();
     assert_eq!(status, 500);
     assert!(
         body.contains("0200-broken.yml") && body.contains("GAGE"),
         "{body}"
     );
-    assert_eq!(exp.metric("t_basic_v"), Some(1.0));
+    assert_eq!(metric(&exp, "t_basic_v"), Some(1.0));
     assert_eq!(
-        exp.metric("pg_exporter_config_last_reload_successful"),
+        metric(&exp, "pg_exporter_config_last_reload_successful"),
         Some(0.0)
     );
-    assert_eq!(request("DELETE", exp.port, "/reload").unwrap().0, 405);
+    assert_eq!(exp.request("DELETE", "/reload").unwrap().0, 405);
 
     // Fixing the file reloads by itself (file watch).
     write(
@@ -262,12 +174,11 @@ fn reloads_keep_the_running_config_when_the_new_one_is_broken() {
         "0200-broken.yml",
         "t_fixed:\n  query: SELECT 2 AS v\n  metrics:\n    - v: { usage: GAUGE }\n",
     );
-    exp.wait_for(
-        || exp.metric("t_fixed_v") == Some(2.0),
-        "reload on file change",
-    );
+    exp.wait_for("reload on file change", || {
+        metric(&exp, "t_fixed_v") == Some(2.0)
+    });
     assert_eq!(
-        exp.metric("pg_exporter_config_last_reload_successful"),
+        metric(&exp, "pg_exporter_config_last_reload_successful"),
         Some(1.0)
     );
 
@@ -278,7 +189,7 @@ fn reloads_keep_the_running_config_when_the_new_one_is_broken() {
         "t_more:\n  query: SELECT 3 AS v\n  metrics:\n    - v: { usage: GAUGE }\n",
     );
     exp.signal("HUP");
-    exp.wait_for(|| exp.metric("t_more_v") == Some(3.0), "reload on SIGHUP");
+    exp.wait_for("reload on SIGHUP", || metric(&exp, "t_more_v") == Some(3.0));
 }
 
 #[test]
@@ -320,33 +231,29 @@ fn write(dir: &Path, name: &str, text: &str) {
 fn a_bad_file_at_start_up_is_skipped_loudly() {
     let cluster = shared_cluster();
     let bad = "t_bad:\n  query: SELECT 1 AS v\n  metrics:\n    - v: { usage: GAUGE, rename: \"bad name\" }\n";
-    let exp = Exporter::start(&cluster.primary().url("postgres"), COLLECTORS, &[]);
+    let exp = start(&cluster.primary().url("postgres"), COLLECTORS, &[]);
     drop(exp);
     // Same start, with a second, invalid file next to the good one.
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "0100-good.yml", COLLECTORS);
-    write(dir.path(), "0200-bad.yml", bad);
-    let port = free_port().unwrap();
-    let log = dir.path().join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_pg_exporter"))
+    let b = Agent::builder("pg_exporter", env!("CARGO_BIN_EXE_pg_exporter"));
+    let conf = config_dir(b.dir());
+    std::fs::create_dir(&conf).unwrap();
+    write(&conf, "0100-good.yml", COLLECTORS);
+    write(&conf, "0200-bad.yml", bad);
+    let spawned = Instant::now();
+    let exp = b
         .arg(format!("--url={}", cluster.primary().url("postgres")))
-        .arg(format!("--config={}", dir.path().display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg(format!("--config={}", conf.display()))
         .args(["--connect-timeout=3000", "--no-auto-discovery"])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let exp = Exporter {
-        child,
-        port,
-        log,
-        _dir: dir,
-    };
-    exp.wait_for(
-        || exp.metric("t_basic_v") == Some(1.0),
+        .ready_when_answers("/up")
+        .kill_on_drop()
+        .start();
+    // 30 s from the spawn, the time waiting for `/up` included.
+    exp.wait_until(
         "the good file's collector",
+        Duration::from_secs(30).saturating_sub(spawned.elapsed()),
+        || metric(&exp, "t_basic_v") == Some(1.0),
     );
-    assert_eq!(exp.metric("pg_exporter_config_bad_files"), Some(1.0));
+    assert_eq!(metric(&exp, "pg_exporter_config_bad_files"), Some(1.0));
     let logs = exp.logs();
     assert!(
         logs.contains("0200-bad.yml:4"),

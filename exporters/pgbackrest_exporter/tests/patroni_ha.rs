@@ -29,14 +29,15 @@ use test_harness::privileges::service_user;
 use test_harness::{BackupType, PatroniClusterBuilder, PatroniMember};
 
 mod support;
-use support::{Exporter, series, value};
+use support::{series, value};
+use test_harness::Agent;
 
 const COLLECT_INTERVAL_S: u64 = 2;
 const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
 const EXPORTER_WAIT: Duration = Duration::from_secs(30);
 
 /// Scrapes every 100 ms until `cond` holds for a scrape, and returns that scrape.
-fn wait_metrics(exporter: &Exporter, what: &str, mut cond: impl FnMut(&str) -> bool) -> String {
+fn wait_metrics(exporter: &Agent, what: &str, mut cond: impl FnMut(&str) -> bool) -> String {
     let deadline = Instant::now() + EXPORTER_WAIT;
     loop {
         let text = exporter.metrics();
@@ -50,7 +51,7 @@ fn wait_metrics(exporter: &Exporter, what: &str, mut cond: impl FnMut(&str) -> b
                 .filter(|l| l.starts_with("pgbackrest_wal") || l.contains("status"))
                 .collect::<Vec<_>>()
                 .join("\n"),
-            exporter.log()
+            exporter.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -145,7 +146,7 @@ struct Change<'a> {
 /// Returns the archive max the exporter showed.
 fn archiving_and_backup_follow(
     change: &Change<'_>,
-    exporter: &Exporter,
+    exporter: &Agent,
     cluster: &test_harness::PatroniCluster,
     kind: BackupType,
     n_backups: usize,
@@ -189,7 +190,7 @@ fn archiving_and_backup_follow(
         ),
         Some(1.0),
         "{}",
-        exporter.log()
+        exporter.logs()
     );
     let archived_ts = value(
         &text,
@@ -289,7 +290,7 @@ fn archiving_and_backups_follow_the_leader_in_pgbackrest_exporter() {
     if user.switch_user {
         args.push(format!("--backrest.user={}", user.name));
     }
-    let exporter = Exporter::start(&args, EXPORTER_WAIT);
+    let exporter = support::start(&args, EXPORTER_WAIT);
 
     // Steady state: the stanza's `check` archived a segment of timeline 1; no backup yet.
     let text = wait_metrics(&exporter, "a wal_max on timeline 1", |t| {
@@ -357,12 +358,12 @@ fn archiving_and_backups_follow_the_leader_in_pgbackrest_exporter() {
         .unwrap();
     assert_eq!(label(incr, "prior"), label(full, "backup_name"), "{incr}");
 
-    let log = exporter.log();
+    let log = exporter.logs();
     assert!(
         !log.contains("pgBackRest collection failed"),
         "every collection succeeded:\n{log}"
     );
-    assert!(exporter.process.is_running());
+    assert!(exporter.is_running());
 
     // Teardown: the repository goes with the cluster's directory.
     let footprint = cluster.footprint();

@@ -16,7 +16,8 @@ use test_harness::privileges::service_user;
 use test_harness::{BackupType, ClusterBuilder, PgVersion};
 
 mod support;
-use support::{Exporter, value};
+use support::value;
+use test_harness::Agent;
 
 const FAKE: &str = r#"#!/bin/sh
 DIR="$(dirname "$0")"
@@ -35,16 +36,16 @@ esac
 /// Every wait of these tests (a collection, the listener) is bounded by this.
 const WAIT: Duration = Duration::from_secs(60);
 
-fn collections(exp: &Exporter) -> f64 {
+fn collections(exp: &Agent) -> f64 {
     exp.scrape()
         .and_then(|t| value(&t, "pgbackrest_exporter_collections_total", &[]))
         .unwrap_or(0.0)
 }
 
 /// Sends SIGHUP (collect now) and waits for that collection to finish.
-fn collect_now(exp: &Exporter) {
+fn collect_now(exp: &Agent) {
     let before = collections(exp);
-    exp.process.signal("HUP").unwrap();
+    exp.signal("HUP");
     exp.wait_for("a triggered collection", || collections(exp) > before);
 }
 
@@ -80,7 +81,7 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
     let fake = tempfile::tempdir().unwrap();
     let bin = fake_pgbackrest(fake.path());
     let mode = |m: &str| std::fs::write(fake.path().join("mode"), m).unwrap();
-    let exp = Exporter::start(
+    let exp = support::start(
         &[
             format!("--backrest.binary={}", bin.display()),
             "--collect.interval=3600".into(),
@@ -125,7 +126,7 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
         ),
         Some(success)
     );
-    let log = exp.log();
+    let log = exp.logs();
     let lines = failure_lines(&log);
     assert_eq!(lines.len(), 1, "{log}");
     assert!(lines[0].contains("level=error"), "{}", lines[0]);
@@ -138,7 +139,7 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
     // A hang: scrapes answer at once meanwhile; the run is killed after 1 s.
     mode("hang");
     let before = collections(&exp);
-    exp.process.signal("HUP").unwrap();
+    exp.signal("HUP");
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let t = exp.metrics();
@@ -161,7 +162,7 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
     let t = exp.metrics();
     assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(0.0));
     assert_eq!(count(&t, "pgbackrest_backup_info"), 2);
-    let log = exp.log();
+    let log = exp.logs();
     let lines = failure_lines(&log);
     assert_eq!(lines.len(), 3, "{log}");
     assert!(
@@ -177,13 +178,13 @@ fn bad_inputs_keep_it_serving_with_one_log_line_each() {
     collect_now(&exp);
     let t = exp.metrics();
     assert_eq!(value(&t, "pgbackrest_exporter_status", &all), Some(1.0));
-    assert!(exp.log().contains("pgBackRest collection recovered"));
-    assert!(exp.process.is_running());
+    assert!(exp.logs().contains("pgBackRest collection recovered"));
+    assert!(exp.is_running());
 }
 
 #[test]
 fn missing_pgbackrest() {
-    let exp = Exporter::start(
+    let exp = support::start(
         &[
             "--backrest.binary=/nonexistent/pgbackrest".into(),
             "--backrest.stanza-include=demo".into(),
@@ -197,7 +198,7 @@ fn missing_pgbackrest() {
         Some(0.0)
     );
     assert_eq!(value(&t, "pgbackrest_version_info", &[]), Some(0.0));
-    let log = exp.log();
+    let log = exp.logs();
     let lines = failure_lines(&log);
     assert_eq!(lines.len(), 1, "{log}");
     assert!(
@@ -290,7 +291,7 @@ fn real_backups_are_reflected_within_one_collection() {
     if user.switch_user {
         args.push(format!("--backrest.user={}", user.name));
     }
-    let exp = Exporter::start(&args, WAIT);
+    let exp = support::start(&args, WAIT);
     exp.wait_for("the collection at start", || collections(&exp) >= 1.0);
     let stanza = br.stanza();
     let s = [("stanza", stanza)];
@@ -303,7 +304,7 @@ fn real_backups_are_reflected_within_one_collection() {
         ),
         Some(1.0),
         "{}",
-        exp.log()
+        exp.logs()
     );
     assert_eq!(value(&t, "pgbackrest_stanza_status", &s), Some(0.0));
     assert_eq!(value(&t, "pgbackrest_repo_status", &s), Some(0.0));
@@ -407,7 +408,7 @@ fn real_backups_are_reflected_within_one_collection() {
         ),
         Some(1.0)
     );
-    assert!(failure_lines(&exp.log()).is_empty(), "{}", exp.log());
+    assert!(failure_lines(&exp.logs()).is_empty(), "{}", exp.logs());
     // Shown with --nocapture.
-    println!("{t}\n--- log ---\n{}", exp.log());
+    println!("{t}\n--- log ---\n{}", exp.logs());
 }

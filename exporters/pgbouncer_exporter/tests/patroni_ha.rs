@@ -18,13 +18,13 @@
 //! It prints the write outage seen by Pgbouncer's clients and when HAProxy switched.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use test_harness::agent::sample;
 use test_harness::patroni::PRIMARY_SERVICE;
-use test_harness::{ManagedChild, PatroniCluster, PatroniClusterBuilder, PatroniMember, free_port};
+use test_harness::{Agent, PatroniCluster, PatroniClusterBuilder, PatroniMember};
 
 const SCRAPE_POLL: Duration = Duration::from_millis(300);
 const WRITE_POLL: Duration = Duration::from_millis(100);
@@ -33,70 +33,23 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// The collectors' TTL is 10 s; counters may lag the writes by that much.
 const COUNTER_WAIT: Duration = Duration::from_secs(30);
 
-/// A pgbouncer_exporter process with its built-in collectors (as Pigsty runs it).
-struct Exporter {
-    port: u16,
-    child: ManagedChild,
-    _dir: tempfile::TempDir,
+/// Starts pgbouncer_exporter for `url` with its built-in collectors (as Pigsty runs it).
+fn start(url: &str) -> Agent {
+    Agent::builder(
+        "pgbouncer_exporter",
+        env!("CARGO_BIN_EXE_pgbouncer_exporter"),
+    )
+    .in_own_dir()
+    .arg(format!("--url={url}"))
+    .args(["--connect-timeout=3000", "--log.level=info"])
+    .env_remove("PGURL")
+    .env_remove("PG_EXPORTER_URL")
+    .env_remove("PG_EXPORTER_CONFIG")
+    .ready_when_ok("/version")
+    .start()
 }
 
-impl Exporter {
-    fn start(url: &str) -> Exporter {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgbouncer_exporter"));
-        cmd.current_dir(dir.path())
-            .arg(format!("--url={url}"))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(["--connect-timeout=3000", "--log.level=info"])
-            .env_remove("PGURL")
-            .env_remove("PG_EXPORTER_URL")
-            .env_remove("PG_EXPORTER_CONFIG");
-        let log: PathBuf = dir.path().join("pgbouncer_exporter.log");
-        let child = ManagedChild::spawn("pgbouncer_exporter", &mut cmd, &log).unwrap();
-        let exporter = Exporter {
-            port,
-            child,
-            _dir: dir,
-        };
-        exporter.wait("the exporter to listen", Duration::from_secs(30), || {
-            exporter.get("/version").is_some_and(|(s, _)| s == 200)
-        });
-        exporter
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        test_harness::http::get(&format!("http://127.0.0.1:{}{path}", self.port), &[])
-            .ok()
-            .map(|r| (r.status, r.body))
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = self.get("/metrics").expect("/metrics answers");
-        assert_eq!(status, 200, "/metrics: {body}");
-        body
-    }
-
-    fn wait(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !cond() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}; exporter log:\n{}",
-                self.child.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// The value of the sample written exactly as `series` (name with its labels in order).
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn xact_count(exporter: &Exporter) -> f64 {
+fn xact_count(exporter: &Agent) -> f64 {
     sample(
         &exporter.metrics(),
         "pgbouncer_stat_total_xact_count{datname=\"postgres\"}",
@@ -158,7 +111,7 @@ impl Report {
 /// landed on `new`'s port and `SETTLE` more passed (or `timeout`).
 fn watch<T>(
     cluster: &PatroniCluster,
-    exporter: &Exporter,
+    exporter: &Agent,
     new: &PatroniMember,
     next_value: &AtomicU32,
     timeout: Duration,
@@ -177,7 +130,7 @@ fn watch<T>(
                 let mut r = report.lock().unwrap();
                 r.scrapes += 1;
                 match metrics {
-                    Some((200, body)) => {
+                    Ok((200, body)) => {
                         let v = sample(&body, "pgbouncer_up");
                         if v != Some(1.0) {
                             r.violations.push(format!("pgbouncer_up {v:?} at {at:?}"));
@@ -187,7 +140,7 @@ fn watch<T>(
                         .violations
                         .push(format!("/metrics answered {other:?} at {at:?}")),
                 }
-                if !matches!(up, Some((200, _))) {
+                if !matches!(up, Ok((200, _))) {
                     r.violations.push(format!("/up answered {up:?} at {at:?}"));
                 }
                 drop(r);
@@ -249,7 +202,7 @@ fn watch<T>(
 fn check_and_print(
     what: &str,
     report: &Report,
-    exporter: &Exporter,
+    exporter: &Agent,
     old: &PatroniMember,
     new: &PatroniMember,
     primary_after: Duration,
@@ -317,7 +270,7 @@ fn check_and_print(
         report.violations.is_empty(),
         "{what}: the exporter did not keep reporting: {:#?}\nexporter log:\n{}",
         report.violations,
-        exporter.child.log_tail(40)
+        exporter.log_tail(40)
     );
     assert!(
         report.scrapes >= 3,
@@ -375,7 +328,7 @@ fn pgbouncer_exporter_keeps_reporting_while_pgbouncer_follows_the_leader() {
         "bring-up with HAProxy and Pgbouncer: {:?}",
         started.elapsed()
     );
-    let exporter = Exporter::start(&bouncer.admin_url());
+    let exporter = start(&bouncer.admin_url());
 
     // Steady state: Pgbouncer sends writes to pg1 through HAProxy; the exporter sees it up,
     // with HAProxy's primary service as the target of the `postgres` entry.
@@ -396,7 +349,7 @@ fn pgbouncer_exporter_keeps_reporting_while_pgbouncer_follows_the_leader() {
             .any(|l| l.starts_with("pgbouncer_database_pool_size{") && l.contains(&target)),
         "the postgres entry points at HAProxy's primary service ({target})\n{body}"
     );
-    exporter.wait(
+    exporter.wait_until(
         "pgbouncer_stat_total_xact_count ≥ 1",
         COUNTER_WAIT,
         || xact_count(&exporter) >= 1.0,
@@ -429,7 +382,7 @@ fn pgbouncer_exporter_keeps_reporting_while_pgbouncer_follows_the_leader() {
         .iter()
         .filter(|(.., r)| r.as_ref().is_ok_and(|p| *p == pg2.port()))
         .count() as f64;
-    exporter.wait(
+    exporter.wait_until(
         &format!("the exporter to count the {landed} writes on pg2"),
         COUNTER_WAIT,
         || xact_count(&exporter) >= xacts_before + landed,
@@ -466,7 +419,7 @@ fn pgbouncer_exporter_keeps_reporting_while_pgbouncer_follows_the_leader() {
         .iter()
         .filter(|(.., r)| r.as_ref().is_ok_and(|p| *p == pg1.port()))
         .count() as f64;
-    exporter.wait(
+    exporter.wait_until(
         &format!("the exporter to count the {landed} writes on pg1"),
         COUNTER_WAIT,
         || xact_count(&exporter) >= xacts_before + landed,
@@ -485,8 +438,8 @@ fn pgbouncer_exporter_keeps_reporting_while_pgbouncer_follows_the_leader() {
         xact_count(&exporter)
     );
     assert!(stored >= 1 && stored < total, "{stored} rows of {total}");
-    assert!(exporter.child.is_running());
-    let log = exporter.child.log_tail(200);
+    assert!(exporter.is_running());
+    let log = exporter.log_tail(200);
     assert!(!log.contains("level=error"), "exporter log:\n{log}");
 
     // Teardown: Pgbouncer, HAProxy, Patroni, PostgreSQL and etcd are gone with their files.

@@ -3,13 +3,12 @@
 //! collectors, health endpoints, the stats-only user on a unix-socket URL, recovery after a
 //! Pgbouncer restart, and the default port 9631.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use test_harness::agent::sample;
 use test_harness::pgbouncer::STATS_USER;
-use test_harness::{Cluster, ClusterBuilder, PgVersion, free_port};
+use test_harness::{Agent, AgentBuilder, Cluster, ClusterBuilder, PgVersion};
 
 /// One Pgbouncer in front of PostgreSQL 15 for this binary's tests, which take turns (one
 /// restarts Pgbouncer). Never dropped: the harness's reaper stops it at exit.
@@ -38,90 +37,22 @@ impl Drop for KeepRunning<'_> {
     }
 }
 
-/// A running pgbouncer_exporter, killed on drop; stderr goes to a file.
-struct Exporter {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Exporter {
-    /// Starts the binary for `url` with the built-in collectors; `listen` overrides the
-    /// listen address (`None`: the default).
-    fn start(url: &str, listen: Option<u16>, extra: &[&str]) -> Exporter {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgbouncer_exporter"));
-        cmd.current_dir(dir.path())
-            .arg(format!("--url={url}"))
-            .args(["--connect-timeout=3000", "--log.level=debug"])
-            .args(extra)
-            .env_remove("PGURL")
-            .env_remove("PG_EXPORTER_URL")
-            .env_remove("PG_EXPORTER_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let port = match listen {
-            Some(port) => {
-                cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"));
-                port
-            }
-            None => 9631,
-        };
-        let exporter = Exporter {
-            child: cmd.spawn().unwrap(),
-            port,
-            log,
-            _dir: dir,
-        };
-        exporter.wait_for(
-            || exporter.get("/version").is_ok(),
-            "the exporter to listen",
-        );
-        exporter
-    }
-
-    fn get(&self, path: &str) -> Result<(u16, String), String> {
-        let r = test_harness::http::get(&format!("http://127.0.0.1:{}{path}", self.port), &[])
-            .map_err(|e| e.to_string())?;
-        Ok((r.status, r.body))
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = self.get("/metrics").unwrap();
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    fn wait_for(&self, mut cond: impl FnMut() -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cond() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; log:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The value of the sample written exactly as `series` (name with its labels in order).
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+/// pgbouncer_exporter for `url` with the built-in collectors, run in its own directory and
+/// killed on drop; ready once `/version` answers.
+fn exporter(url: &str, extra: &[&str]) -> AgentBuilder {
+    Agent::builder(
+        "pgbouncer_exporter",
+        env!("CARGO_BIN_EXE_pgbouncer_exporter"),
+    )
+    .in_own_dir()
+    .arg(format!("--url={url}"))
+    .args(["--connect-timeout=3000", "--log.level=debug"])
+    .args(extra)
+    .env_remove("PGURL")
+    .env_remove("PG_EXPORTER_URL")
+    .env_remove("PG_EXPORTER_CONFIG")
+    .ready_when_answers("/version")
+    .kill_on_drop()
 }
 
 const COLLECTORS: [&str; 4] = [
@@ -160,7 +91,7 @@ fn assert_collectors_ran(body: &str) {
 fn pgbouncer_metrics_self_metrics_and_endpoints() {
     let (cluster, _turn) = cluster();
     let bouncer = cluster.pgbouncer();
-    let exporter = Exporter::start(&bouncer.admin_url(), Some(free_port().unwrap()), &[]);
+    let exporter = exporter(&bouncer.admin_url(), &[]).start();
     let body = exporter.metrics();
     for (series, value) in [
         ("pgbouncer_up", 1.0),
@@ -221,10 +152,9 @@ fn pgbouncer_metrics_self_metrics_and_endpoints() {
     );
 
     // Pgbouncer is always "primary" when up.
-    exporter.wait_for(
-        || exporter.get("/up").map(|r| r.0) == Ok(200),
-        "/up to answer 200",
-    );
+    exporter.wait_for("/up to answer 200", || {
+        exporter.get("/up").map(|r| r.0) == Ok(200)
+    });
     assert_eq!(exporter.get("/up").unwrap(), (200, "primary".into()));
     assert_eq!(exporter.get("/primary").unwrap(), (200, "primary".into()));
     assert_eq!(exporter.get("/replica").unwrap().0, 404);
@@ -262,15 +192,14 @@ fn stats_user_on_a_unix_socket_and_recovery_after_a_restart() {
         bouncer.port(),
         bouncer.socket_dir().display()
     );
-    let exporter = Exporter::start(&url, Some(free_port().unwrap()), &["--disable-cache"]);
+    let exporter = exporter(&url, &["--disable-cache"]).start();
     let body = exporter.metrics();
     assert_eq!(sample(&body, "pgbouncer_up"), Some(1.0), "{body}");
     assert_eq!(sample(&body, "pgbouncer_version"), Some(11800.0));
     assert_collectors_ran(&body);
-    exporter.wait_for(
-        || exporter.get("/up").map(|r| r.0) == Ok(200),
-        "/up to answer 200",
-    );
+    exporter.wait_for("/up to answer 200", || {
+        exporter.get("/up").map(|r| r.0) == Ok(200)
+    });
 
     let _keep = KeepRunning(bouncer);
     bouncer.stop();
@@ -279,20 +208,17 @@ fn stats_user_on_a_unix_socket_and_recovery_after_a_restart() {
     let body = exporter.metrics();
     assert_eq!(sample(&body, "pgbouncer_up"), Some(0.0), "{body}");
     assert!(!body.contains("pgbouncer_pool_"), "{body}");
-    exporter.wait_for(
-        || exporter.get("/up").map(|r| r.0) == Ok(503),
-        "/up to answer 503 while Pgbouncer is down",
-    );
+    exporter.wait_for("/up to answer 503 while Pgbouncer is down", || {
+        exporter.get("/up").map(|r| r.0) == Ok(503)
+    });
 
     bouncer.restart().expect("Pgbouncer restarts");
-    exporter.wait_for(
-        || sample(&exporter.metrics(), "pgbouncer_up") == Some(1.0),
-        "pgbouncer_up 1 after the restart",
-    );
-    exporter.wait_for(
-        || exporter.get("/up").map(|r| r.0) == Ok(200),
-        "/up to answer 200 after the restart",
-    );
+    exporter.wait_for("pgbouncer_up 1 after the restart", || {
+        sample(&exporter.metrics(), "pgbouncer_up") == Some(1.0)
+    });
+    exporter.wait_for("/up to answer 200 after the restart", || {
+        exporter.get("/up").map(|r| r.0) == Ok(200)
+    });
     let body = exporter.metrics();
     assert_collectors_ran(&body);
     assert!(
@@ -308,13 +234,11 @@ fn listens_on_9631_by_default() {
         return;
     }
     let (cluster, _turn) = cluster();
-    let mut exporter = Exporter::start(&cluster.pgbouncer().admin_url(), None, &[]);
+    let exporter = exporter(&cluster.pgbouncer().admin_url(), &[])
+        .default_port(9631)
+        .start();
     // The answer came from this process, not from something that took the port meanwhile.
-    assert!(
-        exporter.child.try_wait().unwrap().is_none(),
-        "exited: {}",
-        exporter.logs()
-    );
+    assert!(exporter.is_running(), "exited: {}", exporter.logs());
     let body = exporter.metrics();
     assert_eq!(sample(&body, "pgbouncer_up"), Some(1.0), "{body}");
     let (status, version) = exporter.get("/version").unwrap();

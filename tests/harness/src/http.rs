@@ -1,5 +1,5 @@
-//! A minimal blocking HTTP GET for loopback services (VictoriaMetrics' API, exporters'
-//! `/metrics`). It works from plain threads and from inside a tokio runtime alike.
+//! A minimal blocking HTTP client for loopback services (VictoriaMetrics' API, exporters'
+//! `/metrics`, `/reload`). It works from plain threads and from inside a tokio runtime alike.
 
 use std::time::Duration;
 
@@ -29,15 +29,37 @@ pub fn get(url: &str, query: &[(&str, &str)]) -> Result<HttpResponse> {
     for (k, v) in query {
         request = request.query(*k, *v);
     }
-    let mut response = request
+    let response = request
         .call()
         .with_context(|| format!("GET {url} failed"))?;
+    read(response, "GET", url)
+}
+
+/// A request with `method` (`GET`, `POST`, `DELETE`, …) and an empty body to `url`; any status
+/// is returned, only transport errors fail.
+pub fn request(method: &str, url: &str) -> Result<HttpResponse> {
+    let request = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(())
+        .with_context(|| format!("invalid request {method} {url}"))?;
+    let response = agent()
+        .run(request)
+        .with_context(|| format!("{method} {url} failed"))?;
+    read(response, method, url)
+}
+
+fn read(
+    mut response: ureq::http::Response<ureq::Body>,
+    method: &str,
+    url: &str,
+) -> Result<HttpResponse> {
     let status = response.status().as_u16();
     let body = response
         .body_mut()
         .with_config()
         .limit(64 * 1024 * 1024)
         .read_to_string()
-        .with_context(|| format!("cannot read the body of GET {url}"))?;
+        .with_context(|| format!("cannot read the body of {method} {url}"))?;
     Ok(HttpResponse { status, body })
 }

@@ -20,8 +20,12 @@
 //! println!("{}", own.primary().url("postgres"));
 //! ```
 //!
+//! Our own agent binaries under test run as an [`Agent`]: on a free port, with a temporary
+//! directory and log file, waited for until they answer HTTP, killed and reaped on drop.
+//!
 //! Missing binaries are reported with the Debian package to install, or "run scripts/setup".
 
+pub mod agent;
 pub mod bench;
 pub mod cluster;
 pub mod etcd;
@@ -40,6 +44,7 @@ mod util;
 pub mod versions;
 pub mod victoria_metrics;
 
+pub use agent::{Agent, AgentBuilder};
 pub use cluster::{Cluster, ClusterBuilder, shared_cluster};
 pub use etcd::Etcd;
 pub use haproxy::{Haproxy, HaproxyListener};

@@ -121,6 +121,13 @@ impl ManagedChild {
         Ok(())
     }
 
+    /// Sends SIGKILL (if the process still runs) and reaps it.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Sends SIGTERM and waits up to `grace` for the process to exit, then SIGKILLs it.
     pub fn stop(&self, grace: Duration) {
         if self.signal("TERM").is_err() {
@@ -133,9 +140,7 @@ impl ManagedChild {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = child.kill();
-        let _ = child.wait();
+        self.kill();
     }
 }
 
