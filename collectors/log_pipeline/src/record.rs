@@ -207,34 +207,11 @@ impl Record {
             write_rfc3339_millis(w.out, self.time);
             w.out.push('"');
         }
-        w.opt("job", &self.origin.job);
-        w.opt("ins", &self.origin.ins);
-        w.opt("ip", &self.origin.ip);
-        w.opt("cls", &self.origin.cls);
-        w.str("level", self.level_str());
-        w.str("message", &self.message);
-        if let Some(pg) = &self.pg {
-            w.opt("lv", &pg.lv);
-            w.opt("code", &pg.code);
-            w.opt("user", &pg.user);
-            w.opt("db", &pg.db);
-            w.opt("app", &pg.app);
-            w.opt("query", &pg.query);
-            if let Some(d) = pg.duration {
-                w.num("duration", d);
-            }
-            w.opt("pid", &pg.pid);
-            w.opt("backend_type", &pg.backend_type);
-        }
-        if let Some(t) = &self.topic {
-            w.opt("topic", t);
-        }
-        for (k, v) in &self.extra {
-            w.opt(k, v);
-        }
-        if let Some(e) = &self.parse_error {
-            w.str("parse_error", e);
-        }
+        self.for_each_field(|key, value| match value {
+            FieldValue::Text(v) => w.str(key, v),
+            FieldValue::Opt(v) => w.opt(key, v),
+            FieldValue::Num(v) => w.num(key, v),
+        });
         w.end();
     }
 
@@ -252,42 +229,64 @@ impl Record {
 
     /// The size of [`write_json`](Self::write_json)'s output with `_time`, escaping aside.
     pub fn json_size(&self) -> usize {
-        // `,"key":"value"`.
-        fn field(key: &str, value: &str) -> usize {
-            if value.is_empty() {
-                0
-            } else {
-                key.len() + value.len() + 6
-            }
-        }
         // Braces, newline and `"_time":"2026-01-01T00:00:00.000Z"`.
-        let mut n = 40
-            + field("level", self.level_str())
-            + field("message", &self.message)
-            + field("job", &self.origin.job)
-            + field("ins", &self.origin.ins)
-            + field("ip", &self.origin.ip)
-            + field("cls", &self.origin.cls);
-        if let Some(pg) = &self.pg {
-            n += field("lv", &pg.lv)
-                + field("code", &pg.code)
-                + field("user", &pg.user)
-                + field("db", &pg.db)
-                + field("app", &pg.app)
-                + field("query", &pg.query)
-                + field("pid", &pg.pid)
-                + field("backend_type", &pg.backend_type)
-                + if pg.duration.is_some() { 24 } else { 0 };
-        }
-        if let Some(t) = &self.topic {
-            n += field("topic", t);
-        }
-        n += self.extra.iter().map(|(k, v)| field(k, v)).sum::<usize>();
-        if let Some(e) = &self.parse_error {
-            n += field("parse_error", e);
-        }
+        let mut n = 40;
+        self.for_each_field(|key, value| {
+            n += match value {
+                // `,"key":"value"`.
+                FieldValue::Text(v) | FieldValue::Opt(v) if !v.is_empty() => {
+                    key.len() + v.len() + 6
+                }
+                FieldValue::Text(_) | FieldValue::Opt(_) => 0,
+                FieldValue::Num(_) => 24,
+            };
+        });
         n
     }
+
+    /// The fields after `_time`, in the order [`write_json`](Self::write_json) writes them:
+    /// one list for the JSON and its size.
+    fn for_each_field<'r>(&'r self, mut f: impl FnMut(&'r str, FieldValue<'r>)) {
+        use FieldValue::{Num, Opt, Text};
+        f("job", Opt(&self.origin.job));
+        f("ins", Opt(&self.origin.ins));
+        f("ip", Opt(&self.origin.ip));
+        f("cls", Opt(&self.origin.cls));
+        f("level", Text(self.level_str()));
+        f("message", Text(&self.message));
+        if let Some(pg) = &self.pg {
+            f("lv", Opt(&pg.lv));
+            f("code", Opt(&pg.code));
+            f("user", Opt(&pg.user));
+            f("db", Opt(&pg.db));
+            f("app", Opt(&pg.app));
+            f("query", Opt(&pg.query));
+            if let Some(d) = pg.duration {
+                f("duration", Num(d));
+            }
+            f("pid", Opt(&pg.pid));
+            f("backend_type", Opt(&pg.backend_type));
+        }
+        if let Some(t) = &self.topic {
+            f("topic", Opt(t));
+        }
+        for (k, v) in &self.extra {
+            f(k, Opt(v));
+        }
+        if let Some(e) = &self.parse_error {
+            f("parse_error", Text(e));
+        }
+    }
+}
+
+/// A field's value for [`Record::for_each_field`].
+#[derive(Clone, Copy)]
+enum FieldValue<'a> {
+    /// Written even when empty.
+    Text(&'a str),
+    /// Left out when empty.
+    Opt(&'a str),
+    Num(f64),
 }
 
 struct JsonObject<'a> {

@@ -29,8 +29,8 @@ use test_harness::privileges::service_user;
 use test_harness::{BackupType, PatroniClusterBuilder, PatroniMember};
 
 mod support;
-use support::{series, value};
 use test_harness::Agent;
+use test_harness::agent::{samples, value};
 
 const COLLECT_INTERVAL_S: u64 = 2;
 const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
@@ -57,25 +57,28 @@ fn wait_metrics(exporter: &Agent, what: &str, mut cond: impl FnMut(&str) -> bool
     }
 }
 
-/// The value of label `key` in `line`.
-fn label<'l>(line: &'l str, key: &str) -> Option<&'l str> {
-    let start = line.find(&format!("{key}=\""))? + key.len() + 2;
-    let len = line[start..].find('"')?;
-    Some(&line[start..start + len])
+/// The value of label `key` in a sample's `labels`.
+fn label<'l>(labels: &'l str, key: &str) -> Option<&'l str> {
+    let start = labels.find(&format!("{key}=\""))? + key.len() + 2;
+    let len = labels[start..].find('"')?;
+    Some(&labels[start..start + len])
 }
 
 /// `wal_max` of `pgbackrest_wal_archive_status` (with `--backrest.verbose-wal`), if archiving
 /// reported a range.
 fn wal_max(text: &str) -> Option<String> {
-    let line = series(text, "pgbackrest_wal_archive_status").next()?;
-    label(line, "wal_max")
+    let (labels, _) = *samples(text, "pgbackrest_wal_archive_status").first()?;
+    label(labels, "wal_max")
         .filter(|m| !m.is_empty())
         .map(str::to_owned)
 }
 
-/// `pgbackrest_backup_info` lines.
+/// The labels of every `pgbackrest_backup_info` sample.
 fn backups(text: &str) -> Vec<&str> {
-    series(text, "pgbackrest_backup_info").collect()
+    samples(text, "pgbackrest_backup_info")
+        .into_iter()
+        .map(|(labels, _)| labels)
+        .collect()
 }
 
 fn epoch_s() -> f64 {

@@ -16,8 +16,8 @@ use test_harness::privileges::service_user;
 use test_harness::{BackupType, ClusterBuilder, PgVersion};
 
 mod support;
-use support::value;
 use test_harness::Agent;
+use test_harness::agent::value;
 
 const FAKE: &str = r#"#!/bin/sh
 DIR="$(dirname "$0")"

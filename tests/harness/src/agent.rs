@@ -424,17 +424,24 @@ pub fn samples<'b>(body: &'b str, name: &str) -> Vec<(&'b str, f64)> {
         .collect()
 }
 
-/// The value of the first sample of metric `name` whose labels include every `key="value"`
-/// of `labels` (any sample of `name` when `labels` is empty).
+/// The value of the one sample of metric `name` whose labels include every `key="value"` of
+/// `labels`; panics when several match, as a test reading "the" value would then read any.
 pub fn value(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples(body, name)
+    let found: Vec<f64> = samples(body, name)
         .into_iter()
-        .find(|(l, _)| {
+        .filter(|(l, _)| {
             labels
                 .iter()
                 .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
         })
         .map(|(_, v)| v)
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "{name}{labels:?}: {} samples",
+        found.len()
+    );
+    found.first().copied()
 }
 
 #[cfg(test)]
@@ -450,8 +457,14 @@ mod tests {
         assert_eq!(sample(BODY, "q{a=\"z\"}"), Some(5.0));
         assert_eq!(sample(BODY, "q"), None);
         assert_eq!(value(BODY, "q", &[("b", "y")]), Some(2.0));
-        assert_eq!(value(BODY, "q", &[]), Some(2.0));
+        assert_eq!(value(BODY, "q", &[("a", "z")]), Some(5.0));
         assert_eq!(value(BODY, "up", &[]), Some(1.0));
         assert_eq!(samples(BODY, "q").len(), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "q[]: 2 samples")]
+    fn a_value_that_several_samples_match_is_refused() {
+        value(BODY, "q", &[]);
     }
 }

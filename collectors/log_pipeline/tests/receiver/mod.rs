@@ -68,10 +68,8 @@ pub struct Request {
     pub path: String,
     /// The query string (empty when there is none).
     pub query: String,
-    /// `Content-Type`, if sent.
-    pub content_type: Option<String>,
-    /// `Content-Encoding`, if sent.
-    pub content_encoding: Option<String>,
+    /// Its headers.
+    pub headers: HeaderMap,
     /// The status answered.
     pub status: u16,
     /// Records accepted from it.
@@ -79,6 +77,20 @@ pub struct Request {
 }
 
 impl Request {
+    /// `Content-Type`, if sent.
+    pub fn content_type(&self) -> Option<&str> {
+        self.header("content-type")
+    }
+
+    /// `Content-Encoding`, if sent.
+    pub fn content_encoding(&self) -> Option<&str> {
+        self.header("content-encoding")
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
     /// The query arguments, in order (no percent-decoding: the senders' values are plain).
     pub fn query_args(&self) -> Vec<(&str, &str)> {
         self.query
@@ -100,7 +112,6 @@ struct Inner {
     max_body: Option<usize>,
     too_large: u64,
     /// Headers of every request, by path.
-    headers: Vec<(String, HeaderMap)>,
     /// Every request, in arrival order.
     log: Vec<Request>,
 }
@@ -242,10 +253,10 @@ impl Receiver {
         self.inner
             .lock()
             .unwrap()
-            .headers
+            .log
             .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, h)| h.clone())
+            .filter(|r| r.path == path)
+            .map(|r| r.headers.clone())
             .collect()
     }
 
@@ -340,11 +351,6 @@ fn answer(
     headers: &HeaderMap,
     (status, message, mut records): (StatusCode, String, Vec<Received>),
 ) -> (StatusCode, String) {
-    let header = |k: &str| {
-        headers
-            .get(k)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    };
     let path_and_query = uri
         .path_and_query()
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
@@ -355,8 +361,7 @@ fn answer(
     i.log.push(Request {
         path: uri.path().to_owned(),
         query: uri.query().unwrap_or("").to_owned(),
-        content_type: header("content-type"),
-        content_encoding: header("content-encoding"),
+        headers: headers.clone(),
         status: status.as_u16(),
         records: records.len(),
     });
@@ -370,11 +375,6 @@ async fn jsonline(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    inner
-        .lock()
-        .unwrap()
-        .headers
-        .push(("/insert/jsonline".to_owned(), headers.clone()));
     let outcome = jsonline_records(&inner, &headers, &body);
     answer(&inner, &uri, &headers, outcome)
 }
@@ -446,11 +446,6 @@ async fn loki(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    inner
-        .lock()
-        .unwrap()
-        .headers
-        .push((uri.path().to_owned(), headers.clone()));
     let outcome = loki_records(&inner, &headers, &body);
     answer(&inner, &uri, &headers, outcome)
 }

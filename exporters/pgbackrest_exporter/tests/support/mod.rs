@@ -17,23 +17,3 @@ pub(crate) fn start(args: &[String], wait: Duration) -> Agent {
     .poll_interval(Duration::from_millis(50))
     .start()
 }
-
-/// The samples of metric `name` (exactly that name, with or without labels).
-pub(crate) fn series<'t>(text: &'t str, name: &'t str) -> impl Iterator<Item = &'t str> {
-    text.lines()
-        .filter(move |l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-}
-
-/// The value of the one series `name{...}` containing all `labels`.
-pub(crate) fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let found: Vec<f64> = series(text, name)
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(found.len() <= 1, "{name}{labels:?}: {} series", found.len());
-    found.first().copied()
-}
