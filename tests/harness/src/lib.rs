@@ -43,6 +43,7 @@ pub mod tls;
 mod util;
 pub mod versions;
 pub mod victoria_metrics;
+pub mod vmagent;
 
 pub use agent::{Agent, AgentBuilder};
 pub use cluster::{Cluster, ClusterBuilder, shared_cluster};

@@ -252,28 +252,12 @@ impl VictoriaMetrics {
                 "-search.disableCache",
             ])
             .arg("-memory.allowedPercent=10");
-        let child = ManagedChild::spawn("victoria-metrics", &mut cmd, &self.log)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let health = format!("{}/health", self.url());
-        loop {
-            if let Some(status) = child.exit_status() {
-                bail!(
-                    "VictoriaMetrics exited during start ({status}) on port {}:\n{}",
-                    self.port,
-                    child.log_tail(20)
-                );
-            }
-            if http::get(&health, &[]).is_ok_and(|r| r.status == 200) {
-                return Ok(child);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "VictoriaMetrics did not answer {health} within 20 s:\n{}",
-                    child.log_tail(20)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        spawn_until_healthy(
+            "VictoriaMetrics",
+            &mut cmd,
+            &self.log,
+            &format!("{}/health", self.url()),
+        )
     }
 
     /// Replaces the scrape targets (besides itself) and makes VictoriaMetrics reload its
@@ -308,6 +292,11 @@ impl VictoriaMetrics {
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://{LOCALHOST}:{}", self.port)
+    }
+
+    /// Its Prometheus remote-write endpoint, `http://127.0.0.1:<port>/api/v1/write`.
+    pub fn remote_write_url(&self) -> String {
+        format!("{}/api/v1/write", self.url())
     }
 
     /// The web UI, `http://127.0.0.1:<port>/vmui`.
@@ -435,6 +424,36 @@ impl VictoriaMetrics {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// Spawns `cmd` (a VictoriaMetrics component) and waits up to 20 s until `health` answers 200;
+/// fails with the log's tail if the process exits first (e.g. "address already in use").
+pub(crate) fn spawn_until_healthy(
+    name: &str,
+    cmd: &mut Command,
+    log: &Path,
+    health: &str,
+) -> Result<ManagedChild> {
+    let child = ManagedChild::spawn(name, cmd, log)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.exit_status() {
+            bail!(
+                "{name} exited during start ({status}):\n{}",
+                child.log_tail(20)
+            );
+        }
+        if http::get(health, &[]).is_ok_and(|r| r.status == 200) {
+            return Ok(child);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{name} did not answer {health} within 20 s:\n{}",
+                child.log_tail(20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

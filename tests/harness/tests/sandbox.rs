@@ -1,4 +1,4 @@
-//! The sandbox as a user runs it, plain and with `--patroni`: it comes up, VictoriaMetrics sees
+//! The sandbox as a user runs it, plain, with `--patroni` and with `--vmagent`: it comes up, VictoriaMetrics sees
 //! `up == 1` for every attached target, log_shipper ships every instance's logs, and Ctrl-C
 //! (SIGINT) or the end of `--check` leaves no process and no temporary directory behind.
 
@@ -194,4 +194,37 @@ fn processes_mentioning(dirs: &[String]) -> Vec<String> {
         }
     }
     found
+}
+
+/// `--vmagent --check`: vmagent scrapes every agent from Pigsty-style `file_sd` files and
+/// remote-writes to VictoriaMetrics, where the agents' series arrive with the files' identity
+/// labels (`job="pgsql"`, `cls`, `ins`, `ip`); then everything stops.
+#[test]
+fn sandbox_with_vmagent_delivers_through_remote_write() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox"))
+        .args(["--vmagent", "--check"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let output = read_until_up(&mut child);
+    let text = output.join("\n");
+    let up_line = output.last().unwrap();
+    for job in [
+        "vmagent",
+        "pgsql (pg-sandbox-1)",
+        "pgsql (pg-sandbox-2)",
+        "node (pg-sandbox-node)",
+    ] {
+        assert!(up_line.contains(job), "{job} not up: {up_line}");
+    }
+    for ins in ["pg-sandbox-1", "pg-sandbox-2"] {
+        let line = format!(
+            "vmagent → VictoriaMetrics: pg_up{{job=\"pgsql\",cls=\"pg-sandbox\",ins=\"{ins}\",ip=\"127.0.0.1\"}} == 1"
+        );
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert!(text.contains("vmagent file_sd targets"), "{text}");
+    let dirs = announced_dirs(&text);
+    assert_stops_cleanly(&mut child, &dirs, Duration::from_secs(60));
 }

@@ -5,10 +5,17 @@
 //! until VictoriaMetrics sees `up == 1` for every target, then runs until Ctrl-C / SIGTERM and
 //! removes everything.
 //!
+//! With `--vmagent`, VictoriaMetrics' vmagent scrapes the agents instead, from `file_sd` files
+//! written as Pigsty writes them (job `pgsql`: per instance the labels `{cls, ins, ip}` and its
+//! pg_exporter, Pgbouncer, pgBackRest and Patroni targets; job `node`: log_shipper), and
+//! remote-writes to VictoriaMetrics, which scrapes only itself and vmagent. The agents then get
+//! no `--label`: their identity comes from the target files, as in Pigsty.
+//!
 //! ```text
 //! cargo run -p test-harness --bin sandbox            # run until Ctrl-C
 //! cargo run -p test-harness --bin sandbox -- --check # start, verify every target is up, stop
 //! cargo run -p test-harness --bin sandbox -- --patroni
+//! cargo run -p test-harness --bin sandbox -- --vmagent --check
 //! cargo run -p test-harness --bin sandbox -- --vlogs-url=http://127.0.0.1:9428
 //! cargo run -p test-harness --bin sandbox -- --loki-url=http://127.0.0.1:3100
 //! ```
@@ -25,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use test_harness::privileges::ServiceDir;
 use test_harness::victoria_metrics::SELF_JOB;
+use test_harness::vmagent::{FileSdGroup, VMAGENT_JOB, VmAgent};
 use test_harness::{
     BackupType, Cluster, ClusterBuilder, ManagedChild, PatroniCluster, PatroniClusterBuilder,
     PgBackRest, PgVersion, Pgbouncer, ScrapeTarget, VictoriaMetrics, free_port,
@@ -51,6 +59,8 @@ struct Options {
     check_only: bool,
     /// A Patroni cluster instead of the plain pair.
     patroni: bool,
+    /// vmagent scrapes the agents from file_sd targets and remote-writes to VictoriaMetrics.
+    vmagent: bool,
     logs: LogDestination,
 }
 
@@ -59,6 +69,7 @@ impl Options {
         let mut options = Options {
             check_only: false,
             patroni: false,
+            vmagent: false,
             logs: LogDestination::File,
         };
         for arg in args {
@@ -66,13 +77,15 @@ impl Options {
                 options.check_only = true;
             } else if arg == "--patroni" {
                 options.patroni = true;
+            } else if arg == "--vmagent" {
+                options.vmagent = true;
             } else if let Some(url) = arg.strip_prefix("--vlogs-url=") {
                 options.logs = LogDestination::VictoriaLogs(url.to_owned());
             } else if let Some(url) = arg.strip_prefix("--loki-url=") {
                 options.logs = LogDestination::Loki(url.to_owned());
             } else {
                 anyhow::bail!(
-                    "unknown argument {arg:?}; usage: sandbox [--check] [--patroni] [--vlogs-url=URL | --loki-url=URL]"
+                    "unknown argument {arg:?}; usage: sandbox [--check] [--patroni] [--vmagent] [--vlogs-url=URL | --loki-url=URL]"
                 );
             }
         }
@@ -173,6 +186,8 @@ struct Endpoints<'a> {
     /// Where agents' logs, configs and state go.
     agents_dir: &'a Path,
     logs: &'a LogDestination,
+    /// Identity labels come from vmagent's target files, not from `--label`.
+    vmagent: bool,
 }
 
 impl Endpoints<'_> {
@@ -188,9 +203,43 @@ impl Endpoints<'_> {
         )
     }
 
-    /// `--label` of an agent attached to instance `ins`.
-    fn label(&self, ins: &str) -> String {
-        format!("--label=cls={},ins={ins}", self.topology.cls())
+    /// `--label` of an agent attached to instance `ins`: none when vmagent's target files
+    /// carry the labels (an agent's own `ins` would then be renamed `exported_ins`).
+    fn label(&self, ins: &str) -> Option<String> {
+        (!self.vmagent).then(|| format!("--label=cls={},ins={ins}", self.topology.cls()))
+    }
+
+    /// The `file_sd` groups vmagent scrapes, as Pigsty writes them: job `pgsql` per instance
+    /// (labels `{cls, ins, ip}`; its pg_exporter and Patroni, and on the first instance
+    /// Pgbouncer's and pgBackRest's exporters), job `node` for log_shipper.
+    fn file_sd_groups(&self, agents: &[RunningAgent]) -> Vec<FileSdGroup> {
+        let cls = self.topology.cls();
+        let node = format!("{cls}-node");
+        let mut groups: Vec<FileSdGroup> = Vec::new();
+        let mut add = |job: &str, ins: &str, address: &str| {
+            if let Some(group) = groups.iter_mut().find(|g| g.job == job && g.name == ins) {
+                group.targets.push(address.to_owned());
+            } else {
+                groups.push(
+                    FileSdGroup::new(job, ins)
+                        .label("cls", &cls)
+                        .label("ip", "127.0.0.1")
+                        .target(address),
+                );
+            }
+        };
+        for agent in agents {
+            match &agent.ins {
+                Some(ins) => add("pgsql", ins, &agent.target.address),
+                None => add("node", &node, &agent.target.address),
+            }
+        }
+        for instance in &self.instances {
+            if let Some((_, rest)) = &instance.patroni {
+                add("pgsql", &instance.ins, rest);
+            }
+        }
+        groups
     }
 
     /// Writes log_shipper's config: every instance's csvlog (and Patroni's log), Pgbouncer's log
@@ -293,12 +342,15 @@ impl Endpoints<'_> {
                 binary: "pg_exporter",
                 env_var: "PGSUITE_PG_EXPORTER_BIN",
                 port,
-                args: vec![
+                ins: Some(instance.ins.clone()),
+                args: [
                     format!("--url={}", instance.exporter_url),
                     format!("--web.listen-address=127.0.0.1:{port}"),
                     "--connect-timeout=1000".into(),
-                    self.label(&instance.ins),
-                ],
+                ]
+                .into_iter()
+                .chain(self.label(&instance.ins))
+                .collect(),
             });
         }
         let first = &self.instances[0].ins;
@@ -308,12 +360,15 @@ impl Endpoints<'_> {
             binary: "pgbouncer_exporter",
             env_var: "PGSUITE_PGBOUNCER_EXPORTER_BIN",
             port,
-            args: vec![
+            ins: Some(first.clone()),
+            args: [
                 format!("--url={}", self.pgbouncer_url()),
                 format!("--web.listen-address=127.0.0.1:{port}"),
                 "--connect-timeout=1000".into(),
-                self.label(first),
-            ],
+            ]
+            .into_iter()
+            .chain(self.label(first))
+            .collect(),
         });
         let port = ports()?;
         let mut args = self.pgbackrest_args();
@@ -326,6 +381,7 @@ impl Endpoints<'_> {
             binary: "pgbackrest_exporter",
             env_var: "PGSUITE_PGBACKREST_EXPORTER_BIN",
             port,
+            ins: Some(first.clone()),
             args,
         });
         let port = ports()?;
@@ -334,6 +390,7 @@ impl Endpoints<'_> {
             binary: "log_shipper",
             env_var: "PGSUITE_LOG_SHIPPER_BIN",
             port,
+            ins: None,
             args: vec![
                 format!("--config={}", self.log_shipper_config()?.display()),
                 format!("--web.listen-address=127.0.0.1:{port}"),
@@ -366,6 +423,8 @@ struct AttachedAgent {
     env_var: &'static str,
     /// Port it listens on.
     port: u16,
+    /// The instance it is attached to (its `pgsql` target group), or none for a node agent.
+    ins: Option<String>,
     args: Vec<String>,
 }
 
@@ -379,6 +438,7 @@ fn yaml_path(path: &Path) -> String {
 struct RunningAgent {
     process: ManagedChild,
     target: ScrapeTarget,
+    ins: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -444,26 +504,57 @@ fn run(options: &Options, stop: &mpsc::Receiver<()>) -> Result<()> {
         topology: &topology,
         agents_dir: logs.path(),
         logs: &options.logs,
+        vmagent: options.vmagent,
     };
     let agents = start_agents(&endpoints, &logs)?;
-    let mut targets: Vec<ScrapeTarget> = agents.iter().map(|a| a.target.clone()).collect();
-    let patroni_targets = endpoints.patroni_targets();
-    targets.extend(patroni_targets.iter().cloned());
-    let vm = VictoriaMetrics::start(&targets)?;
+    let (vm, vmagent, groups) = if options.vmagent {
+        let vm = VictoriaMetrics::start(&[])?;
+        let groups = endpoints.file_sd_groups(&agents);
+        let vmagent = VmAgent::start(&vm.remote_write_url(), &groups)?;
+        vm.set_targets(&[vmagent.self_target()])?;
+        (vm, Some(vmagent), groups)
+    } else {
+        let mut targets: Vec<ScrapeTarget> = agents.iter().map(|a| a.target.clone()).collect();
+        targets.extend(endpoints.patroni_targets());
+        (VictoriaMetrics::start(&targets)?, None, Vec::new())
+    };
 
-    print_urls(&endpoints, &vm, &agents);
+    print_urls(&endpoints, &vm, vmagent.as_ref(), &agents);
 
     let mut jobs = vec![SELF_JOB.to_owned()];
-    jobs.extend(targets.iter().map(|t| t.job.clone()));
+    jobs.extend(vm.targets().iter().map(|t| t.job.clone()));
+    let log_tail = |address: &str| {
+        agents
+            .iter()
+            .find(|a| a.target.address == address)
+            .map(|a| format!("; its log ends with:\n{}", a.process.log_tail(20)))
+            .unwrap_or_default()
+    };
     for job in &jobs {
         vm.wait_for_up(job, UP_TIMEOUT).with_context(|| {
-            let log = agents
+            let address = vm
+                .targets()
                 .iter()
-                .find(|a| &a.target.job == job)
-                .map(|a| format!("; its log ends with:\n{}", a.process.log_tail(20)))
-                .unwrap_or_default();
-            format!("VictoriaMetrics does not see job {job} up{log}")
+                .find(|t| &t.job == job)
+                .map(|t| t.address.clone());
+            format!(
+                "VictoriaMetrics does not see job {job} up{}",
+                address.map(|a| log_tail(&a)).unwrap_or_default()
+            )
         })?;
+    }
+    for group in &groups {
+        wait_for_group_up(&vm, group).with_context(|| {
+            let logs: String = group.targets.iter().map(|a| log_tail(a)).collect();
+            format!(
+                "vmagent's samples of job {} instance {} did not reach VictoriaMetrics{logs}",
+                group.job, group.name
+            )
+        })?;
+        jobs.push(format!("{} ({})", group.job, group.name));
+    }
+    if !groups.is_empty() {
+        check_series_through_vmagent(&vm, &endpoints)?;
     }
     if options.logs == LogDestination::File && agents.iter().any(|a| a.target.job == "log_shipper")
     {
@@ -484,12 +575,67 @@ fn run(options: &Options, stop: &mpsc::Receiver<()>) -> Result<()> {
         let _ = stop.recv();
         println!("\nStopping …");
     }
-    // Explicit order: agents first, then the scraper, then the databases.
+    // Explicit order: agents first, then the scrapers, then the databases.
     drop(agents);
+    drop(vmagent);
     drop(vm);
     drop(endpoints);
     drop(topology);
     drop(logs);
+    Ok(())
+}
+
+/// Waits until VictoriaMetrics holds, written by vmagent, `up == 1` for every target of
+/// `group` under its job and `ins` label.
+fn wait_for_group_up(vm: &VictoriaMetrics, group: &FileSdGroup) -> Result<()> {
+    let query = format!(
+        "up{{job={},ins={}}}",
+        serde_json::to_string(&group.job)?,
+        serde_json::to_string(&group.name)?
+    );
+    vm.wait_for(
+        &query,
+        |r| {
+            r.len() == group.targets.len()
+                && r.iter().all(|s| test_harness::sample_value(s) == Some(1.0))
+        },
+        UP_TIMEOUT,
+    )
+    .map(drop)
+}
+
+/// The agents' own series arrived through vmagent with Pigsty's identity labels (`job="pgsql"`
+/// and the `cls`/`ins`/`ip` of the target files), while VictoriaMetrics itself scrapes only
+/// itself and vmagent.
+fn check_series_through_vmagent(vm: &VictoriaMetrics, endpoints: &Endpoints<'_>) -> Result<()> {
+    let own: Vec<String> = vm.targets().iter().map(|t| t.job.clone()).collect();
+    anyhow::ensure!(
+        own == [VMAGENT_JOB],
+        "VictoriaMetrics should scrape only itself and vmagent, not {own:?}"
+    );
+    let cls = endpoints.topology.cls();
+    let first = &endpoints.instances[0].ins;
+    let mut wanted: Vec<(&str, &str)> = endpoints
+        .instances
+        .iter()
+        .map(|i| ("pg_up", i.ins.as_str()))
+        .collect();
+    wanted.push(("pgbouncer_up", first));
+    wanted.push(("pgbackrest_exporter_status", first));
+    for (metric, ins) in wanted {
+        let query = format!(
+            "{metric}{{job=\"pgsql\",cls={},ins={},ip=\"127.0.0.1\"}}",
+            serde_json::to_string(&cls)?,
+            serde_json::to_string(ins)?
+        );
+        vm.wait_for(
+            &query,
+            |r| !r.is_empty() && r.iter().all(|s| test_harness::sample_value(s) == Some(1.0)),
+            UP_TIMEOUT,
+        )
+        .with_context(|| format!("{query} did not arrive through vmagent"))?;
+        println!("vmagent → VictoriaMetrics: {query} == 1");
+    }
     Ok(())
 }
 
@@ -577,12 +723,21 @@ fn start_agents(endpoints: &Endpoints<'_>, logs: &ServiceDir) -> Result<Vec<Runn
         let log = logs.path().join(format!("{}.log", agent.job));
         let process = ManagedChild::spawn(&agent.job, &mut cmd, &log)?;
         let target = ScrapeTarget::local(&agent.job, agent.port);
-        running.push(RunningAgent { process, target });
+        running.push(RunningAgent {
+            process,
+            target,
+            ins: agent.ins,
+        });
     }
     Ok(running)
 }
 
-fn print_urls(endpoints: &Endpoints<'_>, vm: &VictoriaMetrics, agents: &[RunningAgent]) {
+fn print_urls(
+    endpoints: &Endpoints<'_>,
+    vm: &VictoriaMetrics,
+    vmagent: Option<&VmAgent>,
+    agents: &[RunningAgent],
+) {
     let topology = endpoints.topology;
     let bouncer = topology.pgbouncer();
     let backrest = topology.pgbackrest();
@@ -593,6 +748,14 @@ fn print_urls(endpoints: &Endpoints<'_>, vm: &VictoriaMetrics, agents: &[Running
     row("VictoriaMetrics UI", &vm.vmui_url());
     row("VictoriaMetrics targets", &format!("{}/targets", vm.url()));
     row("victoria-metrics /metrics", &vm.self_target().url());
+    if let Some(vmagent) = vmagent {
+        row("vmagent targets", &format!("{}/targets", vmagent.url()));
+        row(
+            "vmagent file_sd targets",
+            &format!("{}/{{pgsql,node}}/*.yml", vmagent.targets_dir().display()),
+        );
+        row("vmagent log", &vmagent.log_path().display().to_string());
+    }
     for agent in agents {
         row(
             &format!("{} /metrics", agent.target.job),
