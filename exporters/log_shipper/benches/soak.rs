@@ -32,7 +32,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use test_harness::bench::cpu_seconds;
+use test_harness::bench::{cpu_seconds, open_fds, rss_mib};
 use test_harness::free_port;
 
 const ROTATE_EVERY: Duration = Duration::from_secs(30);
@@ -274,7 +274,7 @@ impl Minute {
         Minute {
             minute,
             rss_mib: rss_mib(pid),
-            fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count),
+            fds: open_fds(pid),
             lag: metric_sum(metrics_url, "log_shipper_file_lag_bytes").unwrap_or(f64::NAN),
             written: writer.written.load(Ordering::Relaxed),
             delivered: seen.distinct(),
@@ -298,18 +298,6 @@ impl Minute {
             self.events
         );
     }
-}
-
-/// Current resident set size (VmRSS), MiB.
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// The sum of every sample of `name` on the shipper's `/metrics`.
