@@ -26,12 +26,11 @@
 //! - Passes when no scrape failed and, per exporter, RSS and descriptors after minute 5 stay
 //!   within 5 % of their minute-5 values.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use test_harness::bench::{connections_to, open_fds, rss_mib};
+use test_harness::bench::{connections_to, open_fds, release_binary, rss_mib};
 use test_harness::{Agent, BackupType, ClusterBuilder, PgVersion};
 
 /// Growth allowed after minute 5, relative to minute 5.
@@ -40,17 +39,6 @@ const FLAT: f64 = 0.05;
 const TIMEOUTS: [Duration; 2] = [Duration::from_secs(10), Duration::from_secs(2)];
 /// How long a server stays stopped, and the grace after it for `*_up 0`.
 const OUTAGE: Duration = Duration::from_secs(5);
-
-fn binary(name: &str, env: &str) -> PathBuf {
-    std::env::var_os(env).map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/release")
-                .join(name)
-        },
-        PathBuf::from,
-    )
-}
 
 /// One exporter under test and what its scrapers recorded.
 struct Subject {
@@ -102,28 +90,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let bins = [
-        (
-            "pg_exporter",
-            binary("pg_exporter", "PGSUITE_PG_EXPORTER_BIN"),
-        ),
-        (
-            "pgbouncer_exporter",
-            binary("pgbouncer_exporter", "PGSUITE_PGBOUNCER_EXPORTER_BIN"),
-        ),
-        (
-            "pgbackrest_exporter",
-            binary("pgbackrest_exporter", "PGSUITE_PGBACKREST_EXPORTER_BIN"),
-        ),
+        release_binary("pg_exporter", "PGSUITE_PG_EXPORTER_BIN"),
+        release_binary("pgbouncer_exporter", "PGSUITE_PGBOUNCER_EXPORTER_BIN"),
+        release_binary("pgbackrest_exporter", "PGSUITE_PGBACKREST_EXPORTER_BIN"),
     ];
-    for (name, bin) in &bins {
-        if !bin.is_file() {
-            eprintln!(
-                "soak: {} missing: build it with `cargo build --release -p {name}`",
-                bin.display()
-            );
-            std::process::exit(2);
-        }
-    }
     eprintln!("soak: starting PostgreSQL 15, Pgbouncer, pgBackRest (full backup) …");
     let cluster = ClusterBuilder::new(PgVersion::V15)
         .pgbouncer()
@@ -153,7 +123,7 @@ fn main() {
     let subjects: Vec<Arc<Subject>> = vec![
         Arc::new(Subject {
             name: "pg_exporter",
-            agent: Agent::builder("pg_exporter", &bins[0].1)
+            agent: Agent::builder("pg_exporter", &bins[0])
                 .args([
                     format!("--url={}", pg.url("postgres")),
                     "--auto-discovery".to_owned(),
@@ -168,7 +138,7 @@ fn main() {
         }),
         Arc::new(Subject {
             name: "pgbouncer_exporter",
-            agent: Agent::builder("pgbouncer_exporter", &bins[1].1)
+            agent: Agent::builder("pgbouncer_exporter", &bins[1])
                 .args([
                     format!("--url={}", bouncer.admin_url()),
                     "--connect-timeout=1000".to_owned(),
@@ -181,7 +151,7 @@ fn main() {
         }),
         Arc::new(Subject {
             name: "pgbackrest_exporter",
-            agent: Agent::builder("pgbackrest_exporter", &bins[2].1)
+            agent: Agent::builder("pgbackrest_exporter", &bins[2])
                 .args(backrest_args)
                 .start(),
             server_port: None,

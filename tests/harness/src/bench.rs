@@ -186,3 +186,24 @@ pub fn connections_to(pid: u32, port: u16) -> usize {
         })
         .count()
 }
+
+/// An agent binary for a benchmark: `$<env>` if set, else `target/release/<name>` of this
+/// workspace. Exits the benchmark with status 2 and the build command when it is missing.
+pub fn release_binary(name: &str, env: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(env).map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/release")
+                .join(name)
+        },
+        std::path::PathBuf::from,
+    );
+    if !path.is_file() {
+        eprintln!(
+            "bench: {} missing: build it with `cargo build --release -p {name}` (or set {env})",
+            path.display()
+        );
+        std::process::exit(2);
+    }
+    path
+}
