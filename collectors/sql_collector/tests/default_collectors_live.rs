@@ -670,6 +670,12 @@ fn check_outcomes(role: &str, observed: &[(&CollectorConfig, Option<&Outcome>)])
                 outcome.duplicate_rows
             ));
         }
+        if outcome.not_a_number > 0 {
+            problems.push(format!(
+                "{what} emitted {} value(s) that were no number as NaN",
+                outcome.not_a_number
+            ));
+        }
         if let Some(timeout) = config.timeout
             && outcome.duration > timeout
         {
@@ -862,6 +868,7 @@ fn checks_report_failures() {
         error: None,
         predicate_skipped: false,
         duplicate_rows: 0,
+        not_a_number: 0,
         started: Instant::now(),
         duration: Duration::from_millis(5),
     };
@@ -879,14 +886,24 @@ fn checks_report_failures() {
         duplicate_rows: 2,
         ..ok.clone()
     };
+    let not_numbers = Outcome {
+        not_a_number: 1,
+        ..ok.clone()
+    };
     let problems = check_outcomes(
         "t",
-        &[(a, Some(&failed)), (b, Some(&slow)), (c, Some(&duplicates))],
+        &[
+            (a, Some(&failed)),
+            (b, Some(&slow)),
+            (c, Some(&duplicates)),
+            (a, Some(&not_numbers)),
+        ],
     );
-    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert_eq!(problems.len(), 4, "{problems:?}");
     assert!(problems[0].contains("does not exist"), "{problems:?}");
     assert!(problems[1].contains("over its timeout"), "{problems:?}");
     assert!(problems[2].contains("duplicate"), "{problems:?}");
+    assert!(problems[3].contains("no number"), "{problems:?}");
     assert_eq!(check_outcomes("t", &[(a, None)]).len(), 1);
 
     let defined = defined_families(configs.iter());

@@ -601,3 +601,52 @@ fn run_briefly(args: &[&str]) -> (Option<i32>, String) {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     (status, stderr)
 }
+
+#[test]
+fn text_in_a_value_column_is_nan_logged_once_and_counted_as_an_error() {
+    let cluster = shared_cluster();
+    let collectors = "t_text:\n  name: t_text\n  query: \"SELECT 'hello'::text AS word, '1e400'::text AS huge, 1e400::numeric AS huge_numeric, ' 12.5'::text AS fine, 'Infinity'::text AS inf\"\n  metrics:\n    - word: { usage: GAUGE, description: text }\n    - huge: { usage: COUNTER, description: beyond f64 }\n    - huge_numeric: { usage: GAUGE, description: beyond f64 }\n    - fine: { usage: GAUGE, description: a number as text }\n    - inf: { usage: GAUGE, description: an infinity spelled out }\n";
+    let exp = start(&cluster.primary().url("postgres"), collectors, &[]);
+    exp.wait_for("the collector", || {
+        metric(&exp, "t_text_fine") == Some(12.5)
+    });
+    for _ in 0..3 {
+        exp.scrape().unwrap();
+    }
+    let body = exp.scrape().unwrap();
+    // Upstream's value: NaN (Go's ParseFloat refuses `hello` and, out of range, `1e400`).
+    for family in ["t_text_word", "t_text_huge", "t_text_huge_numeric"] {
+        assert!(
+            value(&body, family, &[]).is_some_and(f64::is_nan),
+            "{family}:\n{body}"
+        );
+    }
+    assert_eq!(value(&body, "t_text_inf", &[]), Some(f64::INFINITY));
+    // Counted at every scrape in the collector's error count...
+    let errors = value(
+        &body,
+        "pg_exporter_query_scrape_error_count",
+        &[("datname", "postgres"), ("query", "t_text")],
+    )
+    .unwrap();
+    assert!(errors >= 5.0, "{errors}\n{body}");
+    // ... and logged once per column, whatever the number of scrapes.
+    let logs = exp.logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("holds a value that is no number"))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    for (column, shown) in [
+        ("word", "\\\"hello\\\""),
+        ("huge", "\\\"1e400\\\""),
+        ("huge_numeric", "0.0001e404"),
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("column={column} ")) && w.contains(shown)),
+            "{column}: {warnings:#?}"
+        );
+    }
+}
