@@ -29,6 +29,7 @@
 //! `sslmode` (libpq's default `prefer` applies); the binary decides, see
 //! [`ConnInfo::has_sslmode`].
 
+mod certificate;
 mod connect;
 mod keywords;
 mod parse;
