@@ -47,6 +47,16 @@ pub const DEFAULT_RECORD_MAX_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_LOG_LINE_PREFIX: &str = "%m [%p] ";
 /// Default checkpoint directory.
 pub const DEFAULT_CHECKPOINT_DIR: &str = "/var/lib/log_shipper";
+/// Default `max_files` of a file source: each file read holds a descriptor and its metrics.
+pub const DEFAULT_MAX_FILES: usize = 1000;
+/// Default `max_directories` of a file source.
+pub const DEFAULT_MAX_DIRECTORIES: usize = 1000;
+/// The largest `max_files`, `max_directories`.
+pub const GLOB_LIMIT_MAX: usize = 100_000;
+/// The largest `record_max_bytes` (a record is held whole in memory).
+pub const RECORD_MAX_BYTES_MAX: u64 = 1 << 30;
+/// The largest `buffer.max_chunks` (each holds up to 128 KiB of input in memory).
+pub const MAX_CHUNKS_MAX: usize = 4096;
 
 /// A config error, naming the field it is about.
 #[derive(Debug, thiserror::Error)]
@@ -100,10 +110,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Num(n) if n >= 0.0 && n.is_finite() => {
-                Ok(HumanDuration(Duration::from_secs_f64(n)))
-            }
-            Raw::Num(n) => Err(serde::de::Error::custom(format!("invalid duration {n}"))),
+            Raw::Num(n) => Duration::try_from_secs_f64(n)
+                .map(HumanDuration)
+                .map_err(|_| serde::de::Error::custom(format!("invalid duration {n}"))),
             Raw::Text(s) => parse_duration(&s)
                 .map(HumanDuration)
                 .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?}"))),
@@ -133,8 +142,52 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "d" => 86400.0,
         _ => return None,
     };
-    let secs = n * factor;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(n * factor).ok()
+}
+
+/// The longest duration any option takes: a longer one is a typo (and would overflow the
+/// timers).
+pub const DURATION_MAX: Duration = Duration::from_secs(86_400);
+
+/// `d` written back as the config would (`500ms`, `2s`, `1h`).
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else if ms > 0 {
+        format!("{ms}ms")
+    } else {
+        format!("{}us", d.as_micros())
+    }
+}
+
+/// Refuses a duration that cannot work: under `min` (`why` says what goes wrong then) or
+/// over [`DURATION_MAX`].
+fn check_duration(
+    field: &str,
+    d: Duration,
+    min: Duration,
+    why: &str,
+) -> Result<Duration, ConfigError> {
+    if d < min {
+        return Err(invalid(
+            field,
+            format!(
+                "{} cannot work: must be at least {} ({why})",
+                show_duration(d),
+                show_duration(min)
+            ),
+        ));
+    }
+    if d > DURATION_MAX {
+        return Err(invalid(
+            field,
+            format!("must be at most {}", show_duration(DURATION_MAX)),
+        ));
+    }
+    Ok(d)
 }
 
 /// A size written as `1MiB`, `512KiB`, `10MB`, `1GiB` or a number of bytes.
@@ -272,6 +325,8 @@ struct RawSource {
     message_max_length: Option<usize>,
     rescan_interval: Option<HumanDuration>,
     rotate_wait: Option<HumanDuration>,
+    max_files: Option<usize>,
+    max_directories: Option<usize>,
     units: Option<Vec<String>>,
     identifiers: Option<Vec<String>>,
     directory: Option<PathBuf>,
@@ -311,6 +366,8 @@ fn validate_journald(
         (s.multiline_timeout.is_some(), "multiline_timeout"),
         (s.rescan_interval.is_some(), "rescan_interval"),
         (s.rotate_wait.is_some(), "rotate_wait"),
+        (s.max_files.is_some(), "max_files"),
+        (s.max_directories.is_some(), "max_directories"),
     ] {
         if present {
             return Err(invalid(f(key), "only for file sources, not type journald"));
@@ -387,6 +444,8 @@ fn validate_journald(
         record_max_bytes,
         rescan_interval: Duration::from_secs(1),
         rotate_wait: Duration::from_secs(10),
+        max_files: DEFAULT_MAX_FILES,
+        max_directories: DEFAULT_MAX_DIRECTORIES,
         log_line_prefix: None,
         journald: Some(JournaldSource {
             units,
@@ -672,6 +731,10 @@ pub struct Source {
     pub rescan_interval: Duration,
     /// How long a file that left the globs is still read after its last growth.
     pub rotate_wait: Duration,
+    /// Files the include globs may reach; those past it are not read (warned, counted).
+    pub max_files: usize,
+    /// Directories the include globs may list; those past it are not listed.
+    pub max_directories: usize,
     /// `log_line_prefix` (format `postgres_stderr` only).
     pub log_line_prefix: Option<String>,
     /// Set for a journald source (`type: journald`); the file settings are then unused.
@@ -860,6 +923,12 @@ impl RawConfig {
         if record_max_bytes < 1024 {
             return Err(invalid("record_max_bytes", "must be at least 1KiB"));
         }
+        if record_max_bytes > RECORD_MAX_BYTES_MAX {
+            return Err(invalid(
+                "record_max_bytes",
+                "must be at most 1GiB (a record is held whole in memory)",
+            ));
+        }
         if self.sources.is_empty() {
             return Err(invalid("sources", "at least one source is required"));
         }
@@ -933,6 +1002,38 @@ impl RawConfig {
             if message_max_length == 0 {
                 return Err(invalid(f("message_max_length"), "must be positive"));
             }
+            let ms = Duration::from_millis;
+            let multiline_timeout = check_duration(
+                &f("multiline_timeout"),
+                s.multiline_timeout.map_or(Duration::from_secs(1), |d| d.0),
+                ms(10),
+                "a record written in several writes would be cut in pieces",
+            )?;
+            let rescan_interval = check_duration(
+                &f("rescan_interval"),
+                s.rescan_interval.map_or(Duration::from_secs(1), |d| d.0),
+                ms(10),
+                "the globs would be expanded without pause",
+            )?;
+            let rotate_wait = check_duration(
+                &f("rotate_wait"),
+                s.rotate_wait.map_or(Duration::from_secs(10), |d| d.0),
+                ms(1000),
+                "what the writer adds to a file just renamed would be lost",
+            )?;
+            let limit = |key: &str, v: Option<usize>, default: usize| match v.unwrap_or(default) {
+                0 => Err(invalid(f(key), "must be positive")),
+                n if n > GLOB_LIMIT_MAX => {
+                    Err(invalid(f(key), format!("must be at most {GLOB_LIMIT_MAX}")))
+                }
+                n => Ok(n),
+            };
+            let max_files = limit("max_files", s.max_files, DEFAULT_MAX_FILES)?;
+            let max_directories = limit(
+                "max_directories",
+                s.max_directories,
+                DEFAULT_MAX_DIRECTORIES,
+            )?;
             sources.push(Source {
                 name: name.clone(),
                 include: s.include.clone(),
@@ -946,18 +1047,16 @@ impl RawConfig {
                 ip: fields.ip.unwrap_or_default(),
                 cls: fields.cls.unwrap_or_default(),
                 min_level: s.min_level,
-                multiline_timeout: s.multiline_timeout.map_or(Duration::from_secs(1), |d| d.0),
+                multiline_timeout,
                 message_max_length,
                 record_max_bytes,
-                rescan_interval: s.rescan_interval.map_or(Duration::from_secs(1), |d| d.0),
-                rotate_wait: s.rotate_wait.map_or(Duration::from_secs(10), |d| d.0),
+                rescan_interval,
+                rotate_wait,
+                max_files,
+                max_directories,
                 log_line_prefix,
                 journald: None,
             });
-            let last = sources.last().expect("just pushed");
-            if last.rescan_interval < Duration::from_millis(10) {
-                return Err(invalid(f("rescan_interval"), "must be at least 10ms"));
-            }
         }
 
         let mut sinks = Vec::new();
@@ -1009,6 +1108,14 @@ fn validate_buffer(
     let buffer_chunks = b.max_chunks.unwrap_or(16);
     if buffer_chunks == 0 {
         return Err(invalid(f("max_chunks"), "must be positive"));
+    }
+    if buffer_chunks > MAX_CHUNKS_MAX {
+        return Err(invalid(
+            f("max_chunks"),
+            format!(
+                "must be at most {MAX_CHUNKS_MAX} (each chunk holds up to 128KiB of input in memory)"
+            ),
+        ));
     }
     if b.kind == RawBufferKind::Memory {
         for (present, key) in [
@@ -1144,10 +1251,16 @@ fn validate_sink(
     };
 
     let defaults = Batch::default();
+    let ms = Duration::from_millis;
     let batch = Batch {
         max_bytes: s.batch.max_bytes.map_or(defaults.max_bytes, |b| b.0),
         max_events: s.batch.max_events.unwrap_or(defaults.max_events),
-        timeout: s.batch.timeout.map_or(defaults.timeout, |d| d.0),
+        timeout: check_duration(
+            &f("batch.timeout"),
+            s.batch.timeout.map_or(defaults.timeout, |d| d.0),
+            ms(10),
+            "every read would go out as its own request",
+        )?,
     };
     if batch.max_bytes == 0 {
         return Err(invalid(f("batch.max_bytes"), "must be positive"));
@@ -1157,13 +1270,23 @@ fn validate_sink(
     }
     let rd = Retry::default();
     let retry = Retry {
-        initial_backoff: s.retry.initial_backoff.map_or(rd.initial_backoff, |d| d.0),
-        max_backoff: s.retry.max_backoff.map_or(rd.max_backoff, |d| d.0),
+        initial_backoff: check_duration(
+            &f("retry.initial_backoff"),
+            s.retry.initial_backoff.map_or(rd.initial_backoff, |d| d.0),
+            ms(10),
+            "a failing destination would be hammered",
+        )?,
+        max_backoff: check_duration(
+            &f("retry.max_backoff"),
+            s.retry.max_backoff.map_or(rd.max_backoff, |d| d.0),
+            ms(10),
+            "a failing destination would be hammered",
+        )?,
     };
-    if retry.initial_backoff.is_zero() || retry.max_backoff < retry.initial_backoff {
+    if retry.max_backoff < retry.initial_backoff {
         return Err(invalid(
-            f("retry"),
-            "initial_backoff must be positive and at most max_backoff",
+            f("retry.max_backoff"),
+            "must be at least initial_backoff",
         ));
     }
 
@@ -1261,7 +1384,12 @@ fn validate_sink(
             headers,
             auth,
             tls,
-            request_timeout: s.request_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            request_timeout: check_duration(
+                &f("request_timeout"),
+                s.request_timeout.map_or(Duration::from_secs(30), |d| d.0),
+                Duration::from_secs(1),
+                "requests the store accepts would time out and be sent again, forever",
+            )?,
         })
     };
 

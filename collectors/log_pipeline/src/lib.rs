@@ -5,6 +5,8 @@
 //! - [`config`]: the YAML config, validated with errors that name the field;
 //! - [`record`]: the output schema Pigsty's log dashboards query;
 //! - [`parse`]: record framing (multi-line records) and the parsers of each format;
+//! - [`expand`]: glob expansion bounded under any tree (loops, links, limits, only regular
+//!   files, cancellable);
 //! - [`tailer`]: file discovery, identity (device + inode + head checksum), rotation and
 //!   truncation handling;
 //! - [`journald`]: the systemd journal through `journalctl --output=json`, its cursor kept
@@ -21,6 +23,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod expand;
 pub mod journald;
 pub mod parse;
 pub mod pipeline;

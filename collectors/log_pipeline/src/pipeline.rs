@@ -19,6 +19,9 @@ use crate::sink::{SinkError, SinkSetup, SinkTask};
 use crate::stats::Stats;
 use crate::tailer::{self, TailerHandle, TailerSetup};
 
+/// How long tailers get to end once the sinks were aborted.
+const TAILER_ABORT_WAIT: Duration = Duration::from_secs(1);
+
 /// Why a pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -210,18 +213,25 @@ impl Pipeline {
         }
         if !readers_done(&self) {
             let _ = self.abort.send(true);
+            // Aborted sinks close their channels: a tailer waiting on one ends at once.
+            let aborted_at = Instant::now();
+            while !readers_done(&self) && aborted_at.elapsed() < TAILER_ABORT_WAIT {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         let mut journals = std::mem::take(&mut self.journals);
         for j in &mut journals {
             j.join_reader().await;
         }
-        let mut tailers = std::mem::take(&mut self.tailers);
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in &mut tailers {
+        // Never joined blindly: a tailer stuck in a system call (a hung network file system)
+        // is left behind, told to stop, rather than holding the process past its grace.
+        for mut t in std::mem::take(&mut self.tailers) {
+            if t.is_finished() {
                 t.join();
+            } else {
+                warn!("A file reader did not stop in time (a system call hangs?); left behind.");
             }
-        })
-        .await;
+        }
         // The senders are gone: sinks flush and end.
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut sinks = std::mem::take(&mut self.sinks);
