@@ -51,8 +51,10 @@ pub const DEFAULT_CHECKPOINT_DIR: &str = "/var/lib/log_shipper";
 pub const DEFAULT_MAX_FILES: usize = 1000;
 /// Default `max_directories` of a file source.
 pub const DEFAULT_MAX_DIRECTORIES: usize = 1000;
-/// The largest `max_files`, `max_directories`.
-pub const GLOB_LIMIT_MAX: usize = 100_000;
+/// The largest `max_files`: each file read holds a descriptor.
+pub const MAX_FILES_MAX: usize = 10_000;
+/// The largest `max_directories`.
+pub const MAX_DIRECTORIES_MAX: usize = 100_000;
 /// The largest `record_max_bytes` (a record is held whole in memory).
 pub const RECORD_MAX_BYTES_MAX: u64 = 1 << 30;
 /// The largest `buffer.max_chunks` (each holds up to 128 KiB of input in memory).
@@ -1021,18 +1023,19 @@ impl RawConfig {
                 ms(1000),
                 "what the writer adds to a file just renamed would be lost",
             )?;
-            let limit = |key: &str, v: Option<usize>, default: usize| match v.unwrap_or(default) {
+            let limit = |key: &str, v: Option<usize>, default: usize, max: usize| match v
+                .unwrap_or(default)
+            {
                 0 => Err(invalid(f(key), "must be positive")),
-                n if n > GLOB_LIMIT_MAX => {
-                    Err(invalid(f(key), format!("must be at most {GLOB_LIMIT_MAX}")))
-                }
+                n if n > max => Err(invalid(f(key), format!("must be at most {max}"))),
                 n => Ok(n),
             };
-            let max_files = limit("max_files", s.max_files, DEFAULT_MAX_FILES)?;
+            let max_files = limit("max_files", s.max_files, DEFAULT_MAX_FILES, MAX_FILES_MAX)?;
             let max_directories = limit(
                 "max_directories",
                 s.max_directories,
                 DEFAULT_MAX_DIRECTORIES,
+                MAX_DIRECTORIES_MAX,
             )?;
             sources.push(Source {
                 name: name.clone(),

@@ -453,6 +453,9 @@ impl Tailer {
         let expansion = self.expand()?;
         let mut present = HashSet::new();
         for Found { path, meta } in expansion.files {
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
+            }
             let key = (meta.dev(), meta.ino());
             present.insert(key);
             if let Some(s) = self
