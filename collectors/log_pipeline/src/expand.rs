@@ -4,9 +4,10 @@
 //! - Loops: a directory is listed once per pattern step, whatever path leads to it (device +
 //!   inode), so symlink loops (`ln -s . s1`) and links between branches cost one listing.
 //! - One file, one path: a regular file reached by several paths (symlinks, hard links,
-//!   symlinked directories) is reported once, under its path without symlinks when the
-//!   patterns reach it so, else the first in walk order (names sorted, so the choice is
-//!   stable from one expansion to the next).
+//!   symlinked directories) is reported once, under the first path in walk order whose last
+//!   component is not a symlink (names sorted, so the choice is stable from one expansion to
+//!   the next; directories keep the path they were first reached by, so `/pg/log`, a
+//!   symlink to `/data/...`, stays as the config writes it).
 //! - Limits: at most [`Limits::max_directories`] distinct directories listed and
 //!   [`Limits::max_files`] files reported; what is past them is left out and
 //!   [`Expansion::limit`] says which was reached. The work queue and the entries kept per
@@ -347,9 +348,10 @@ impl Walk<'_> {
         let id = (meta.dev(), meta.ino());
         if let Some(&i) = self.file_ids.get(&id) {
             self.out.repeats += 1;
-            // Prefer the path without symlinks: the one the writer renames.
+            // Prefer a name that is not a symlink (`current.csv`): the one the writer
+            // renames.
             let known = &mut self.out.files[i];
-            if !is_canonical(&known.path) && is_canonical(&path) {
+            if is_symlink(&known.path) && !is_symlink(&path) {
                 known.path = path;
             }
             return;
@@ -367,8 +369,8 @@ fn may_be_dir(ft: &std::fs::FileType) -> bool {
     ft.is_dir() || ft.is_symlink()
 }
 
-fn is_canonical(path: &Path) -> bool {
-    std::fs::canonicalize(path).is_ok_and(|c| c == path)
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Opens `path` for reading if it is a regular file: `O_NONBLOCK` so that a FIFO or a device
@@ -523,7 +525,8 @@ mod tests {
         let root = dir.path();
         touch(&root.join("real/pg.csv"));
         symlink(root.join("real"), root.join("alias")).unwrap();
-        // "current.csv" sorts first but is a symlink: the real name is reported.
+        // "current.csv" sorts first but is a symlink: the file's own name is reported, in the
+        // directory as first reached ("alias" sorts before "real").
         symlink("pg.csv", root.join("real/current.csv")).unwrap();
         std::fs::hard_link(root.join("real/pg.csv"), root.join("real/zz.csv")).unwrap();
         let e = expand(
@@ -533,7 +536,7 @@ mod tests {
             ],
             LIMITS,
         );
-        assert_eq!(names(&e, root), ["real/pg.csv"]);
+        assert_eq!(names(&e, root), ["alias/pg.csv"]);
         assert_eq!(e.dirs_listed, 2, "root and real, listed once through alias");
     }
 

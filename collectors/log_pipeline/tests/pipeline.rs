@@ -8,7 +8,7 @@ mod receiver;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -875,6 +875,92 @@ async fn excluded_files_are_never_read() {
         ckpt.iter().all(|(p, _, _)| *p != skip && *p != late_skip),
         "{ckpt:?}"
     );
+}
+
+/// The files whose per-file series `/metrics` shows for `source`.
+fn file_series(stats: &Stats, source: &str) -> Vec<String> {
+    let prefix = format!("log_shipper_file_read_bytes_total{{source=\"{source}\",file=\"");
+    stats
+        .render()
+        .lines()
+        .filter_map(|l| Some(l.strip_prefix(&prefix)?.split('"').next()?.to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_reached_by_several_paths_is_read_once_under_one_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let app = real.join("app.log");
+    append(&app, 0..100);
+    // Four more paths to the same file: a symlinked directory, a symlink that sorts first, a
+    // hard link.
+    std::os::unix::fs::symlink(&real, dir.path().join("via-link")).unwrap();
+    std::os::unix::fs::symlink("app.log", real.join("0-current.log")).unwrap();
+    std::os::unix::fs::symlink("app.log", real.join("current.log")).unwrap();
+    std::fs::hard_link(&app, real.join("hard.log")).unwrap();
+    let rx = Receiver::start().await;
+    let src = plain_source("app", &format!("{}/*/*.log", dir.path().display()));
+    let cfg = config(dir.path(), &src, &vl_sink("vl", &rx.url(), ""));
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    wait_distinct(&rx, "jsonline", 100, 30).await;
+    // Several rescans (200 ms) of the same five paths, then more lines.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    append(&app, 100..200);
+    wait_distinct(&rx, "jsonline", 200, 30).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // One stream, one series, under the file's own name and not a link's (per-file stats go
+    // when the pipeline stops: checked before).
+    assert_eq!(stats.source("app").files_opened.load(Ordering::Relaxed), 1);
+    assert_eq!(file_series(&stats, "app"), [app.display().to_string()]);
+    p.stop(GRACE).await;
+    assert_exactly_once(&rx, "jsonline", 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_sockets_and_devices_in_the_globs_are_never_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let fifo = logs.join("fifo.log");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::os::unix::fs::symlink(&fifo, logs.join("fifo-link.log")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(logs.join("sock.log")).unwrap();
+    std::os::unix::fs::symlink("/dev/null", logs.join("null.log")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", logs.join("zero.log")).unwrap();
+    let app = logs.join("app.log");
+    append(&app, 0..100);
+    let rx = Receiver::start().await;
+    let src = plain_source("app", &format!("{}/*.log", logs.display()));
+    let cfg = config(dir.path(), &src, &vl_sink("vl", &rx.url(), ""));
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    wait_distinct(&rx, "jsonline", 100, 30).await;
+    append(&app, 100..200);
+    wait_distinct(&rx, "jsonline", 200, 30).await;
+    assert_eq!(stats.source("app").files_opened.load(Ordering::Relaxed), 1);
+    // Nobody holds the FIFO open for reading: a writer that does not wait finds no reader.
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo);
+    assert_eq!(
+        writer.map(drop).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ENXIO)),
+        "no reader"
+    );
+    let t = Instant::now();
+    p.stop(GRACE).await;
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_exactly_once(&rx, "jsonline", 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
