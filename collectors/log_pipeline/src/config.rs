@@ -38,6 +38,7 @@ use serde::Deserialize;
 
 use crate::parse::prefix::LinePrefix;
 use crate::record::Level;
+use crate::secrets::{Secrets, is_secret_key, mask_url};
 
 /// Default cut of the `message` field, in characters (Pigsty's value).
 pub const DEFAULT_MESSAGE_MAX_LENGTH: usize = 8192;
@@ -771,10 +772,14 @@ pub enum SinkKind {
 }
 
 /// HTTP settings of the VictoriaLogs and Loki sinks.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Http {
-    /// Base URL (`http://host:9428`); the API path is appended.
-    pub endpoint: String,
+    /// Base URL (`http://host:9428`, maybe with a path prefix and a query): the API path is
+    /// joined to its path, its query kept. May hold credentials: show it with
+    /// [`mask_url`](crate::secrets::mask_url).
+    pub endpoint: url::Url,
+    /// The secret values of the endpoint, auth and headers, scrubbed from every message.
+    pub secrets: Secrets,
     /// JSON body compression.
     pub compression: Compression,
     /// Extra headers, tenant headers included.
@@ -785,6 +790,31 @@ pub struct Http {
     pub tls: Tls,
     /// Per-request timeout.
     pub request_timeout: Duration,
+}
+
+impl fmt::Debug for Http {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_key(k) {
+                    agent_kit::redact::MASK
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("Http")
+            .field("endpoint", &mask_url(&self.endpoint))
+            .field("compression", &self.compression)
+            .field("headers", &headers)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A validated sink.
@@ -819,6 +849,21 @@ pub struct Config {
     pub sources: Vec<Source>,
     /// The sinks, sorted by name.
     pub sinks: Vec<Sink>,
+    /// Every directory (and file) the shipper writes to, with the option naming it: checked
+    /// at start and by `--dry-run` ([`crate::pipeline::Pipeline::check`]).
+    pub writable: Vec<Writable>,
+}
+
+/// A directory the shipper writes to, and the file in it it appends to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writable {
+    /// The option that names it: `checkpoint_dir`, `dead_letter_dir`,
+    /// `sinks.<name>.dead_letter_path`, `sinks.<name>.path`, `sinks.<name>.buffer.path`.
+    pub field: String,
+    /// The directory (created when missing).
+    pub dir: PathBuf,
+    /// The file appended to, if any.
+    pub file: Option<PathBuf>,
 }
 
 impl Config {
@@ -910,8 +955,16 @@ impl RawConfig {
         if !checkpoint_dir.is_absolute() {
             return Err(invalid("checkpoint_dir", "must be an absolute path"));
         }
+        if self
+            .dead_letter_dir
+            .as_ref()
+            .is_some_and(|d| !d.is_absolute())
+        {
+            return Err(invalid("dead_letter_dir", "must be an absolute path"));
+        }
         let dead_letter_dir = self
             .dead_letter_dir
+            .clone()
             .unwrap_or_else(|| checkpoint_dir.join("dead_letter"));
         let message_max_length = self
             .message_max_length
@@ -1073,10 +1126,41 @@ impl RawConfig {
             )?);
         }
         check_disk_buffer_paths(&sinks)?;
+        let mut writable = vec![Writable {
+            field: "checkpoint_dir".to_owned(),
+            dir: checkpoint_dir.clone(),
+            file: None,
+        }];
+        for sink in &sinks {
+            let raw = &self.sinks[&sink.name];
+            let f = |k: &str| format!("sinks.{}.{k}", sink.name);
+            let dead_letters = if raw.dead_letter_path.is_some() {
+                f("dead_letter_path")
+            } else {
+                "dead_letter_dir".to_owned()
+            };
+            let mut add = |field: String, file: &Path, is_dir: bool| {
+                let (dir, file) = if is_dir {
+                    (file.to_owned(), None)
+                } else {
+                    let dir = file.parent().unwrap_or(Path::new("/")).to_owned();
+                    (dir, Some(file.to_owned()))
+                };
+                writable.push(Writable { field, dir, file });
+            };
+            add(dead_letters, &sink.dead_letter_path, false);
+            if let SinkKind::File { path } = &sink.kind {
+                add(f("path"), path, false);
+            }
+            if let Some(d) = &sink.disk_buffer {
+                add(f("buffer.path"), &d.path, true);
+            }
+        }
         Ok(Config {
             checkpoint_dir,
             sources,
             sinks,
+            writable,
         })
     }
 }
@@ -1232,6 +1316,12 @@ fn validate_sink(
     )?;
 
     let (buffer_chunks, disk_buffer) = validate_buffer(name, &s.buffer, checkpoint_dir)?;
+    if s.dead_letter_path
+        .as_ref()
+        .is_some_and(|p| !p.is_absolute())
+    {
+        return Err(invalid(f("dead_letter_path"), "must be an absolute path"));
+    }
 
     let inputs = match &s.inputs {
         None => (0..sources.len()).collect(),
@@ -1295,10 +1385,13 @@ fn validate_sink(
 
     let kind = match s.kind {
         RawSinkKind::File => SinkKind::File {
-            path: s
-                .path
-                .clone()
-                .ok_or_else(|| invalid(f("path"), "is required"))?,
+            path: match &s.path {
+                None => return Err(invalid(f("path"), "is required")),
+                Some(p) if !p.is_absolute() => {
+                    return Err(invalid(f("path"), "must be an absolute path"));
+                }
+                Some(p) => p.clone(),
+            },
         },
         RawSinkKind::Victorialogs => {
             let stream_fields = s
@@ -1339,10 +1432,22 @@ fn validate_sink(
             .endpoint
             .clone()
             .ok_or_else(|| invalid(f("endpoint"), "is required"))?;
-        let url =
-            reqwest::Url::parse(&endpoint).map_err(|e| invalid(f("endpoint"), format!("{e}")))?;
+        let url = url::Url::parse(&endpoint).map_err(|e| invalid(f("endpoint"), format!("{e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid(f("endpoint"), "must be an http:// or https:// URL"));
+        }
+        if url.fragment().is_some() {
+            return Err(invalid(
+                f("endpoint"),
+                "must not have a #fragment (it is never sent)",
+            ));
+        }
+        let userinfo = !url.username().is_empty() || url.password().is_some();
+        if userinfo && s.auth.is_some() {
+            return Err(invalid(
+                f("auth"),
+                "the endpoint has a user:password@ already: one or the other",
+            ));
         }
         let protobuf = match &kind {
             SinkKind::Loki { encoding, .. } => *encoding == LokiEncoding::Protobuf,
@@ -1381,8 +1486,20 @@ fn validate_sink(
         if tls.cert_file.is_some() != tls.key_file.is_some() {
             return Err(invalid(f("tls"), "cert_file and key_file go together"));
         }
+        let mut secrets = Secrets::of_url(&url);
+        match &auth {
+            Some(Auth::Basic { password, .. }) => secrets.add(password),
+            Some(Auth::Bearer(token)) => secrets.add(token),
+            None => {}
+        }
+        for (k, v) in &headers {
+            if is_secret_key(k) {
+                secrets.add(v);
+            }
+        }
         Some(Http {
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            endpoint: url,
+            secrets,
             compression: s.compression.unwrap_or_default(),
             headers,
             auth,
@@ -1537,7 +1654,7 @@ sinks:
         assert_eq!(vl.batch.max_bytes, 2 * 1024 * 1024);
         assert_eq!(vl.batch.timeout, Duration::from_millis(250));
         let http = vl.http.as_ref().unwrap();
-        assert_eq!(http.endpoint, "http://10.10.10.10:9428");
+        assert_eq!(http.endpoint.as_str(), "http://10.10.10.10:9428/");
         assert!(http.headers.contains(&("AccountID".into(), "0".into())));
         let loki = c.sinks.iter().find(|s| s.name == "loki").unwrap();
         assert_eq!(loki.inputs, vec![0]);
@@ -1764,6 +1881,164 @@ sinks:
         assert_eq!(
             err(&two),
             "sinks.b.buffer.path: /b is already the disk buffer of sink a"
+        );
+    }
+
+    #[test]
+    fn durations_and_sizes_that_cannot_work_are_refused() {
+        let src = "sources: {pg: {include: [/x], format: plain}}\n";
+        let sink = |extra: &str| {
+            format!("{src}sinks: {{v: {{type: loki, endpoint: 'http://x', {extra}}}}}")
+        };
+        let source = |extra: &str| {
+            format!(
+                "sources: {{pg: {{include: [/x], format: plain, {extra}}}}}\nsinks: {{f: {{type: file, path: /tmp/x}}}}\n"
+            )
+        };
+        for (yaml, message) in [
+            (
+                sink("request_timeout: 0s"),
+                "sinks.v.request_timeout: 0s cannot work: must be at least 1s (requests the store accepts would time out and be sent again, forever)",
+            ),
+            (
+                sink("request_timeout: 200ms"),
+                "sinks.v.request_timeout: 200ms cannot work: must be at least 1s (requests the store accepts would time out and be sent again, forever)",
+            ),
+            (
+                sink("request_timeout: 2d"),
+                "sinks.v.request_timeout: must be at most 24h",
+            ),
+            (
+                sink("batch: {timeout: 0}"),
+                "sinks.v.batch.timeout: 0s cannot work: must be at least 10ms (every read would go out as its own request)",
+            ),
+            (
+                sink("retry: {initial_backoff: 0s}"),
+                "sinks.v.retry.initial_backoff: 0s cannot work: must be at least 10ms (a failing destination would be hammered)",
+            ),
+            (
+                sink("retry: {initial_backoff: 2s, max_backoff: 1s}"),
+                "sinks.v.retry.max_backoff: must be at least initial_backoff",
+            ),
+            (
+                sink("buffer: {max_chunks: 100000}"),
+                "sinks.v.buffer.max_chunks: must be at most 4096 (each chunk holds up to 128KiB of input in memory)",
+            ),
+            (
+                sink("batch: {max_events: 0}"),
+                "sinks.v.batch.max_events: must be positive",
+            ),
+            (
+                sink("batch: {max_bytes: 0}"),
+                "sinks.v.batch.max_bytes: must be positive",
+            ),
+            (
+                source("multiline_timeout: 0s"),
+                "sources.pg.multiline_timeout: 0s cannot work: must be at least 10ms (a record written in several writes would be cut in pieces)",
+            ),
+            (
+                source("rescan_interval: 1ms"),
+                "sources.pg.rescan_interval: 1ms cannot work: must be at least 10ms (the globs would be expanded without pause)",
+            ),
+            (
+                source("rotate_wait: 0s"),
+                "sources.pg.rotate_wait: 0s cannot work: must be at least 1s (what the writer adds to a file just renamed would be lost)",
+            ),
+            (
+                source("rotate_wait: 100000h"),
+                "sources.pg.rotate_wait: must be at most 24h",
+            ),
+            (
+                source("max_files: 0"),
+                "sources.pg.max_files: must be positive",
+            ),
+            (
+                source("max_files: 20000"),
+                "sources.pg.max_files: must be at most 10000",
+            ),
+            (
+                source("max_directories: 0"),
+                "sources.pg.max_directories: must be positive",
+            ),
+            (
+                source("message_max_length: 0"),
+                "sources.pg.message_max_length: must be positive",
+            ),
+            (
+                format!("record_max_bytes: 2GiB\n{}", source("min_level: info")),
+                "record_max_bytes: must be at most 1GiB (a record is held whole in memory)",
+            ),
+            (
+                format!("{src}sinks: {{j: {{type: file, path: /tmp/x}}}}\n")
+                    .replace("format: plain", "type: journald, max_files: 3")
+                    .replace("include: [/x], ", ""),
+                "sources.pg.max_files: only for file sources, not type journald",
+            ),
+        ] {
+            assert_eq!(err(&yaml), message, "{yaml}");
+        }
+        // Numbers too large for a duration are refused, not a panic.
+        for yaml in [
+            sink("request_timeout: 1e300"),
+            sink("request_timeout: 1e300s"),
+        ] {
+            assert!(err(&yaml).contains("invalid duration"), "{yaml}");
+        }
+        let c = Config::parse(&source("max_files: 10, max_directories: 20")).unwrap();
+        assert_eq!(
+            (c.sources[0].max_files, c.sources[0].max_directories),
+            (10, 20)
+        );
+        let c = Config::parse(&source("rotate_wait: 1s")).unwrap();
+        assert_eq!(
+            (c.sources[0].max_files, c.sources[0].max_directories),
+            (DEFAULT_MAX_FILES, DEFAULT_MAX_DIRECTORIES)
+        );
+    }
+
+    #[test]
+    fn endpoints_keep_their_query_and_never_show_their_credentials() {
+        let src = "sources: {pg: {include: [/x], format: plain}}\n";
+        let sink = |extra: &str| format!("{src}sinks: {{v: {{type: loki, {extra}}}}}");
+        let c = Config::parse(&sink(
+            "endpoint: 'http://u:S3CRET-pw@h:3100/p/?tenant=x&token=S3CRET-tk', headers: {X-Api-Key: S3CRET-hd, X-Other: shown}",
+        ))
+        .unwrap();
+        let http = c.sinks[0].http.as_ref().unwrap();
+        assert_eq!(http.endpoint.query(), Some("tenant=x&token=S3CRET-tk"));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("S3CRET"), "{debug}");
+        assert!(
+            debug.contains("http://u:xxxxx@h:3100/p/?tenant=x&token=xxxxx"),
+            "{debug}"
+        );
+        assert!(debug.contains("shown"), "{debug}");
+        assert_eq!(
+            http.secrets.scrub("S3CRET-pw S3CRET-tk S3CRET-hd"),
+            "xxxxx xxxxx xxxxx"
+        );
+        let c = Config::parse(&sink(
+            "endpoint: 'http://h', auth: {bearer_token: S3CRET-bearer}",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.sinks[0]
+                .http
+                .as_ref()
+                .unwrap()
+                .secrets
+                .scrub("S3CRET-bearer"),
+            "xxxxx"
+        );
+        assert_eq!(
+            err(&sink("endpoint: 'http://h/#frag'")),
+            "sinks.v.endpoint: must not have a #fragment (it is never sent)"
+        );
+        assert_eq!(
+            err(&sink(
+                "endpoint: 'http://u:p@h/', auth: {username: u, password: p}"
+            )),
+            "sinks.v.auth: the endpoint has a user:password@ already: one or the other"
         );
     }
 

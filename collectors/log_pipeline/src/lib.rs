@@ -12,6 +12,8 @@
 //! - [`journald`]: the systemd journal through `journalctl --output=json`, its cursor kept
 //!   like a checkpoint;
 //! - [`checkpoint`]: positions acknowledged by every sink, written atomically;
+//! - [`secrets`]: endpoints shown with their credentials masked, secret values scrubbed from
+//!   messages;
 //! - [`sink`]: batching, delivery with retries, dead letters;
 //! - [`pipeline`]: wiring sources to sinks with bounded buffers (backpressure);
 //! - [`stats`]: the shipper's own metrics, and metrics derived from PostgreSQL logs (events by
@@ -28,6 +30,7 @@ pub mod journald;
 pub mod parse;
 pub mod pipeline;
 pub mod record;
+pub mod secrets;
 pub mod sink;
 pub mod stats;
 pub mod tailer;
