@@ -263,6 +263,71 @@ async fn every_api_gets_every_record_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_a_path_and_a_query_gets_the_api_path_joined_and_the_query_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let file = logs.join("app.log");
+    append(&file, 0..100);
+    // The receiver's routes, also under a path prefix (a reverse proxy's).
+    let rx = Receiver::detached();
+    let app = rx.app().merge(rx.app_at("/proxy/logs"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let sink = |name: &str, kind: &str, endpoint: &str| {
+        format!(
+            "  {name}:\n    type: {kind}\n    endpoint: '{url}{endpoint}'\n    batch: {{timeout: 100ms}}\n    retry: {{initial_backoff: 100ms, max_backoff: 500ms}}\n"
+        )
+    };
+    let sinks = [
+        sink("vl", "victorialogs", "/?tenant=x"),
+        sink("loki", "loki", "/?tenant=x&x=1"),
+        format!(
+            "{}    api: loki\n",
+            sink("vl_loki", "victorialogs", "/proxy/logs/?tenant=y")
+        ),
+        sink("loki_prefix", "loki", "/proxy/logs?tenant=z"),
+    ]
+    .concat();
+    let streams = [
+        ("vl", "jsonline", "/insert/jsonline?tenant=x"),
+        ("loki", "loki_proto", "/loki/api/v1/push?tenant=x&x=1"),
+        (
+            "vl_loki",
+            "loki_proto",
+            "/proxy/logs/insert/loki/api/v1/push?tenant=y&_msg_field=message",
+        ),
+        (
+            "loki_prefix",
+            "loki_proto",
+            "/proxy/logs/loki/api/v1/push?tenant=z",
+        ),
+    ];
+    let cfg = config(
+        dir.path(),
+        &plain_source("app", &format!("{}/*.log", logs.display())),
+        &sinks,
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    for (sink, api, path) in streams {
+        wait_distinct_where(&rx, &format!("for {sink} at {path}"), 100, 20, |r| {
+            r.api == api && r.path_and_query == path
+        })
+        .await;
+    }
+    p.stop(GRACE).await;
+    server.abort();
+    for (sink, api, path) in streams {
+        assert_exactly_once_where(&rx, sink, 100, |r| r.api == api && r.path_and_query == path);
+    }
+    for req in rx.requests() {
+        assert!(matches!(req.status, 200 | 204), "{req:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_while_the_receiver_is_down_or_failing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("app.log");
