@@ -12,13 +12,20 @@
 //!                                           # log_line_prefix), patroni, pgbouncer, pgbackrest, plain
 //!     read_from: beginning                  # or end, for files present at the very first start
 //!     min_level: info                       # drop records less severe than this
+//!     max_files: 1000                       # files the globs may reach (at most 10000)
+//!     max_directories: 1000                 # directories they may list (at most 100000)
 //! sinks:
 //!   vlogs:
 //!     type: victorialogs                    # or loki, file
-//!     endpoint: http://10.10.10.10:9428
+//!     endpoint: http://10.10.10.10:9428     # a path prefix and a query are kept
 //! ```
 //!
-//! Every error names the field it is about (`sources.postgres.include: ...`).
+//! Every error names the field it is about (`sources.postgres.include: ...`). Values that
+//! cannot work are refused: durations under what they need (`request_timeout` under 1s,
+//! `rotate_wait` under 1s, `multiline_timeout`, `rescan_interval`, `batch.timeout` and the
+//! backoffs under 10ms) or over a day, zero sizes and counts, `record_max_bytes` over 1GiB,
+//! `buffer.max_chunks` over 4096. Every directory the shipper writes to is listed in
+//! [`Config::writable`], checked by [`crate::pipeline::Pipeline::check`].
 //!
 //! A source of `type: journald` reads the systemd journal through `journalctl` (see
 //! [`crate::journald`]): `units: [pgbouncer.service]` and `identifiers: [...]` select entries

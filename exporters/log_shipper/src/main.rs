@@ -5,9 +5,10 @@
 //! log_shipper --config /etc/log_shipper.yml [--web.listen-address :9598] [--dry-run]
 //! ```
 //!
-//! SIGHUP re-reads the config: an invalid one is rejected and the running pipeline stays; a
-//! valid one replaces it after the old one delivered what it holds, resuming from the
-//! checkpoints, so no position is lost. SIGTERM/SIGINT stop gracefully.
+//! SIGHUP re-reads the config: an invalid one, or one that cannot start (a directory it names
+//! cannot be written), is rejected and the running pipeline stays; a valid one replaces it
+//! after the old one delivered what it holds, resuming from the checkpoints, so no position
+//! is lost. SIGTERM/SIGINT stop gracefully, within the stop grace.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,7 +53,8 @@ struct Cli {
     #[arg(short = 'c', long, env = "LOG_SHIPPER_CONFIG")]
     config: PathBuf,
 
-    /// Validate the config, print a summary and exit.
+    /// Validate the config, check that every directory it names can be created and written
+    /// and its TLS files read, print a summary (endpoints with credentials masked) and exit.
     #[arg(long)]
     dry_run: bool,
 
