@@ -256,6 +256,22 @@ impl SourceProgress {
         self.changed.notify_one();
     }
 
+    /// Tracks a live file of the last checkpoint that the tailer has not found yet: written
+    /// back as it was (offset and read) until the tailer finds it, under the same `stream`,
+    /// or concludes it is gone, so that a stop before then loses no position.
+    pub fn register_known(&self, stream: StreamId, entry: &Entry) {
+        self.lock().insert(
+            stream,
+            StreamEntry {
+                id: entry.id,
+                path: entry.path.clone(),
+                acked: vec![entry.offset; self.sinks.len()],
+                sent: entry.read.max(entry.offset),
+                dead_since: None,
+            },
+        );
+    }
+
     /// Tracks an ended file known from the last checkpoint (kept for copy detection).
     pub fn register_dead(&self, stream: StreamId, entry: &Entry) {
         self.lock().insert(

@@ -171,20 +171,6 @@ impl Pipeline {
             .collect();
 
         let (checkpoint_stop, stop_rx) = watch::channel(false);
-        let mut checkpointers = Vec::new();
-        for (source, p) in config.sources.iter().zip(&progress) {
-            if source.journald.is_some() {
-                // Its reader writes its cursor file itself.
-                continue;
-            }
-            checkpointers.push(tokio::spawn(checkpoint::run_checkpointer(
-                checkpoint::path_for(&config.checkpoint_dir, &source.name),
-                p.clone(),
-                stats.source(&source.name),
-                stop_rx.clone(),
-            )));
-        }
-
         let mut tailers = Vec::new();
         let mut journals = Vec::new();
         for (i, ((source, outputs), checkpoint)) in config
@@ -218,10 +204,28 @@ impl Pipeline {
             match handle {
                 Ok(h) => tailers.push(h),
                 Err(e) => {
+                    for t in &tailers {
+                        t.request_stop();
+                    }
                     let _ = abort.send(true);
                     return Err(PipelineError::Spawn(e));
                 }
             }
+        }
+        // After the tailers: they registered the entries of the last checkpoints, so that the
+        // first checkpoint written holds them.
+        let mut checkpointers = Vec::new();
+        for (source, p) in config.sources.iter().zip(&progress) {
+            if source.journald.is_some() {
+                // Its reader writes its cursor file itself.
+                continue;
+            }
+            checkpointers.push(tokio::spawn(checkpoint::run_checkpointer(
+                checkpoint::path_for(&config.checkpoint_dir, &source.name),
+                p.clone(),
+                stats.source(&source.name),
+                stop_rx.clone(),
+            )));
         }
         info!(
             sources = config.sources.len(),

@@ -180,7 +180,7 @@ struct Tailer {
     counters: Arc<SourceCounters>,
     streams: Vec<Stream>,
     /// Checkpoint entries of live files not found yet.
-    known: Vec<Entry>,
+    known: Vec<(StreamId, Entry)>,
     dead: Vec<DeadFile>,
     /// Streams that ended (truncated or dropped) → their committed offset.
     ended: HashMap<StreamId, u64>,
@@ -263,7 +263,11 @@ impl Tailer {
                     offset: e.offset,
                 });
             } else {
-                known.push(e);
+                // Kept in the checkpoints as it was until the file is found (or found
+                // gone): a stop in the middle of the first expansion keeps its position.
+                let id = next_stream_id();
+                setup.progress.register_known(id, &e);
+                known.push((id, e));
             }
         }
         let prefix = setup
@@ -516,19 +520,19 @@ impl Tailer {
         if let Some(i) = self
             .known
             .iter()
-            .position(|e| (e.id.dev, e.id.ino) == (fid.dev, fid.ino))
+            .position(|(_, e)| (e.id.dev, e.id.ino) == (fid.dev, fid.ino))
         {
-            let e = self.known.swap_remove(i);
+            let (id, e) = self.known.swap_remove(i);
             if e.id.head_matches(&head) && e.offset <= size {
                 if e.read > e.offset {
                     self.counters
                         .replayed_bytes
                         .fetch_add(e.read.min(size) - e.offset, Ordering::Relaxed);
                 }
-                self.add_stream(file, path, fid, size, e.offset, "checkpoint");
+                self.add_stream_as(id, file, path, fid, size, e.offset, "checkpoint");
             } else {
                 self.count_lost(&e, "its inode now holds other content");
-                self.add_stream(file, path, fid, size, 0, "inode reused or truncated");
+                self.add_stream_as(id, file, path, fid, size, 0, "inode reused or truncated");
             }
             return;
         }
@@ -597,7 +601,22 @@ impl Tailer {
         start: u64,
         why: &str,
     ) {
-        let id = next_stream_id();
+        self.add_stream_as(next_stream_id(), file, path, fid, size, start, why);
+    }
+
+    /// [`add_stream`](Self::add_stream) under the stream id `id` (a checkpointed file's,
+    /// registered when the tailer started).
+    #[allow(clippy::too_many_arguments)]
+    fn add_stream_as(
+        &mut self,
+        id: StreamId,
+        file: File,
+        path: &Path,
+        fid: FileId,
+        size: u64,
+        start: u64,
+        why: &str,
+    ) {
         info!(source = %self.source.name, path = %path.display(), offset = start, reason = why, "Reading file.");
         self.progress.register(id, fid, path, start);
         self.counters.files_opened.fetch_add(1, Ordering::Relaxed);
@@ -631,19 +650,26 @@ impl Tailer {
     /// Checkpointed files that no glob finds any more may have been renamed while we were
     /// down (rotation): look for their inode in their directory and drain them.
     fn find_renamed_known_files(&mut self) {
-        let known = std::mem::take(&mut self.known);
-        for e in known {
+        let mut known = std::mem::take(&mut self.known).into_iter();
+        while let Some((id, e)) = known.next() {
             let stop = &self.stop;
             let found = e.path.parent().and_then(|dir| {
-                std::fs::read_dir(dir).ok()?.flatten().find_map(|d| {
-                    if stop.load(Ordering::Relaxed) {
-                        return None;
-                    }
-                    let meta = d.metadata().ok()?;
-                    (meta.is_file() && meta.dev() == e.id.dev && meta.ino() == e.id.ino)
-                        .then(|| d.path())
-                })
+                std::fs::read_dir(dir)
+                    .ok()?
+                    .flatten()
+                    .take_while(|_| !stop.load(Ordering::Relaxed))
+                    .find_map(|d| {
+                        let meta = d.metadata().ok()?;
+                        (meta.is_file() && meta.dev() == e.id.dev && meta.ino() == e.id.ino)
+                            .then(|| d.path())
+                    })
             });
+            if self.stop.load(Ordering::Relaxed) {
+                // Nothing concluded: their checkpoint entries stay as they were.
+                self.known.push((id, e));
+                self.known.extend(known);
+                return;
+            }
             let opened = found.and_then(|p| {
                 let (file, meta) = open_regular(&p).ok()?;
                 let head = read_head(&file).ok()?;
@@ -652,14 +678,13 @@ impl Tailer {
             });
             match opened {
                 Some((p, file, fid, size)) => {
-                    self.add_stream(file, &p, fid, size, e.offset, "renamed while stopped");
+                    self.add_stream_as(id, file, &p, fid, size, e.offset, "renamed while stopped");
                     if let Some(s) = self.streams.last_mut() {
                         s.gone_since = Some(Instant::now());
                     }
                 }
                 None => {
                     self.count_lost(&e, "it no longer exists");
-                    let id = next_stream_id();
                     self.progress.register_dead(
                         id,
                         &Entry {

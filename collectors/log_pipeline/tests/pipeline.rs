@@ -942,6 +942,65 @@ async fn excluded_files_are_never_read() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_keeps_every_position_through_a_long_first_expansion_and_a_stop_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, 0..100);
+    let end = std::fs::metadata(&app).unwrap().len();
+    let rx = Receiver::start().await;
+    let sink = vl_sink("vl", &rx.url(), "");
+    let first = config(
+        dir.path(),
+        &plain_source("app", &format!("{}/*.log", logs.display())),
+        &sink,
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&first, &stats).unwrap();
+    wait_checkpoint(dir.path(), "app", &app, end).await;
+    p.stop(GRACE).await;
+
+    // The same source also globs a tree of 5000 directories: its first expansion takes a
+    // while, and app.log is opened only after it.
+    let shm = Path::new("/dev/shm");
+    let tree = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    for a in 0..50 {
+        for b in 0..100 {
+            std::fs::create_dir_all(tree.path().join(format!("{a}/{b}"))).unwrap();
+        }
+    }
+    let src = format!(
+        "  app:\n    include: ['{}/*.log', '{}/**/*.none']\n    format: plain\n    max_directories: 100000\n",
+        logs.display(),
+        tree.path().display()
+    );
+    let second = config(dir.path(), &src, &sink);
+    let positions = || {
+        checkpoint_offsets(dir.path(), "app")
+            .into_iter()
+            .filter(|(p, _, dead)| *p == app && !dead)
+            .map(|(_, o, _)| o)
+            .collect::<Vec<_>>()
+    };
+    let p = Pipeline::start(&second, &stats).unwrap();
+    // The checkpoint written at start (and every one after) still holds app.log's position.
+    let watch_until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < watch_until {
+        assert_eq!(positions(), [end], "app.log's position was dropped");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Stopped, most likely in the middle of the expansion: the last checkpoint too.
+    p.stop(GRACE).await;
+    assert_eq!(positions(), [end], "app.log's position was dropped");
+    assert_exactly_once(&rx, "jsonline", 100);
+}
+
 /// The files whose per-file series `/metrics` shows for `source`.
 fn file_series(stats: &Stats, source: &str) -> Vec<String> {
     let prefix = format!("log_shipper_file_read_bytes_total{{source=\"{source}\",file=\"");
