@@ -408,7 +408,8 @@ impl Tailer {
         }
         self.watched.retain(|d| wanted.contains(d));
         for dir in wanted {
-            if self.watched.contains(&dir) {
+            // A literal file's directory may not exist yet: the rescans cover it.
+            if self.watched.contains(&dir) || !dir.is_dir() {
                 continue;
             }
             match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
@@ -432,6 +433,13 @@ impl Tailer {
             return None;
         }
         let c = &self.counters;
+        let before = (
+            c.glob_files.load(Ordering::Relaxed),
+            c.glob_directories.load(Ordering::Relaxed),
+        );
+        if before != (e.files.len() as u64, e.dirs_listed as u64) {
+            debug!(source = %self.source.name, files = e.files.len(), directories = e.dirs_listed, repeats = e.repeats, "Globs expanded.");
+        }
         c.glob_files.store(e.files.len() as u64, Ordering::Relaxed);
         c.glob_directories
             .store(e.dirs_listed as u64, Ordering::Relaxed);
@@ -442,7 +450,8 @@ impl Tailer {
                     Limit::Files => self.source.max_files,
                     Limit::Directories => self.source.max_directories,
                 };
-                warn!(source = %self.source.name, limit = limit.option(), value, files = e.files.len(), directories = e.dirs_listed, "The include globs reach more than the limit: what is past it is not read. Narrow the globs or raise sources.<name>.{}.", limit.option());
+                let option = limit.option();
+                warn!(source = %self.source.name, limit = option, value, files = e.files.len(), directories = e.dirs_listed, "The include globs reach more than {option}: what is past it is not read. Narrow the globs or raise sources.{}.{option}.", self.source.name);
             }
         } else if self.glob_limit.is_some() {
             info!(source = %self.source.name, files = e.files.len(), directories = e.dirs_listed, "The include globs are within their limits again.");
@@ -529,10 +538,10 @@ impl Tailer {
                         .replayed_bytes
                         .fetch_add(e.read.min(size) - e.offset, Ordering::Relaxed);
                 }
-                self.add_stream_as(id, file, path, fid, size, e.offset, "checkpoint");
+                self.add_stream(id, file, path, fid, size, e.offset, "checkpoint");
             } else {
                 self.count_lost(&e, "its inode now holds other content");
-                self.add_stream_as(id, file, path, fid, size, 0, "inode reused or truncated");
+                self.add_stream(id, file, path, fid, size, 0, "inode reused or truncated");
             }
             return;
         }
@@ -571,6 +580,7 @@ impl Tailer {
             let d = self.dead.swap_remove(i);
             self.young.remove(&key);
             self.add_stream(
+                next_stream_id(),
                 file,
                 path,
                 fid,
@@ -586,28 +596,24 @@ impl Tailer {
         self.young.remove(&key);
         // 4. read_from: end applies to files present at the very first start.
         if self.first_start && !self.scanned_once && self.source.read_from == ReadFrom::End {
-            self.add_stream(file, path, fid, size, size, "read_from end");
+            self.add_stream(
+                next_stream_id(),
+                file,
+                path,
+                fid,
+                size,
+                size,
+                "read_from end",
+            );
             return;
         }
-        self.add_stream(file, path, fid, size, 0, "new file");
+        self.add_stream(next_stream_id(), file, path, fid, size, 0, "new file");
     }
 
-    fn add_stream(
-        &mut self,
-        file: File,
-        path: &Path,
-        fid: FileId,
-        size: u64,
-        start: u64,
-        why: &str,
-    ) {
-        self.add_stream_as(next_stream_id(), file, path, fid, size, start, why);
-    }
-
-    /// [`add_stream`](Self::add_stream) under the stream id `id` (a checkpointed file's,
+    /// Starts reading `file` at `start` as stream `id` (a new one, or a checkpointed file's,
     /// registered when the tailer started).
     #[allow(clippy::too_many_arguments)]
-    fn add_stream_as(
+    fn add_stream(
         &mut self,
         id: StreamId,
         file: File,
@@ -678,7 +684,7 @@ impl Tailer {
             });
             match opened {
                 Some((p, file, fid, size)) => {
-                    self.add_stream_as(id, file, &p, fid, size, e.offset, "renamed while stopped");
+                    self.add_stream(id, file, &p, fid, size, e.offset, "renamed while stopped");
                     if let Some(s) = self.streams.last_mut() {
                         s.gone_since = Some(Instant::now());
                     }
@@ -723,6 +729,7 @@ impl Tailer {
             let size = c.file.metadata().map(|m| m.len()).unwrap_or(0);
             if let Some(end) = self.ended.get(&c.original).copied() {
                 self.add_stream(
+                    next_stream_id(),
                     c.file,
                     &c.path,
                     c.fid,
@@ -732,6 +739,7 @@ impl Tailer {
                 );
             } else if !live {
                 self.add_stream(
+                    next_stream_id(),
                     c.file,
                     &c.path,
                     c.fid,
@@ -741,7 +749,15 @@ impl Tailer {
                 );
             } else if c.since.elapsed() > COPY_WAIT {
                 // The original was not truncated: a plain copy; only new appends are new.
-                self.add_stream(c.file, &c.path, c.fid, size, size, "copy of a live file");
+                self.add_stream(
+                    next_stream_id(),
+                    c.file,
+                    &c.path,
+                    c.fid,
+                    size,
+                    size,
+                    "copy of a live file",
+                );
             } else {
                 self.pending_copies.push(c);
             }
