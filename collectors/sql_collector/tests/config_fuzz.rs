@@ -404,3 +404,21 @@ fn a_second_document_is_pointed_at() {
         assert!(e.to_string().starts_with(&format!("{FILE}:{line}")), "{e}");
     }
 }
+
+/// A control character was reported at line 1, column 1 wherever it was (the parser gives
+/// its byte position in the message instead).
+#[test]
+fn a_control_character_is_pointed_at() {
+    for (text, line, column) in [
+        ("a:\n  query: \u{1}x\n", 2, 10),
+        ("\u{e}", 1, 1),
+        ("# é\nb:\n  desc: \"x\u{7}\"\n", 3, 11),
+    ] {
+        let e = parse_str(text, FILE).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{FILE}:{line}:{column}: ")),
+            "{text:?}: {e}"
+        );
+    }
+}

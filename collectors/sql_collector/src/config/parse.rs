@@ -184,6 +184,21 @@ fn syntax_error(
     {
         (line, column) = (l, c);
     }
+    // For a character it refuses, the parser gives a byte position in the message instead.
+    const AT_POSITION: &str = " at position ";
+    if let Some(i) = message.rfind(AT_POSITION)
+        && let Ok(offset) = message[i + AT_POSITION.len()..].parse::<usize>()
+    {
+        let offset = (0..=offset.min(text.len()))
+            .rev()
+            .find(|&k| text.is_char_boundary(k))
+            .unwrap_or(0);
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+        line = before.matches('\n').count() + 1;
+        column = before[line_start..].chars().count() + 1;
+        message.truncate(i);
+    }
     // The parser gives no position for a second document; point at its start.
     if line == 0 && message.contains("more than one document") {
         line = second_document_line(text);
