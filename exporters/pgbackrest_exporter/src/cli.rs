@@ -6,8 +6,8 @@ use std::time::Duration;
 use agent_kit::cli::{LogArgs, WebArgs};
 use anyhow::Context as _;
 use clap::{ArgAction, CommandFactory as _, FromArgMatches as _, Parser};
-use pgbackrest_collector::collector::Settings;
 use pgbackrest_collector::command::RunAs;
+use pgbackrest_collector::settings::Settings;
 use tracing::{info, warn};
 
 /// Prometheus exporter for pgBackRest.
@@ -201,8 +201,8 @@ impl Cli {
 }
 
 /// The local zone (`TZ`, else `/etc/localtime`), as Go's `time.Local`.
-fn jiff_system_zone() -> pgbackrest_collector::collector::TimeZone {
-    pgbackrest_collector::collector::TimeZone::system()
+fn jiff_system_zone() -> pgbackrest_collector::settings::TimeZone {
+    pgbackrest_collector::settings::TimeZone::system()
 }
 
 /// Logs the configuration as upstream does at start-up.
