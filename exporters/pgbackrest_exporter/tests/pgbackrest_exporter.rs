@@ -302,6 +302,29 @@ fn bad_flags_exit_1_and_help_exits_0() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such user"));
+
+    // Enumerations and formats are refused at start, naming what is allowed (it started and
+    // failed every collection before).
+    for (arg, want) in [
+        (
+            "--backrest.backup-type=weird",
+            "[possible values: full, incr, diff]",
+        ),
+        ("--backrest.stanza-include=a/b", "stanza name"),
+        ("--collect.timeout=0", "at least 1"),
+        (
+            "--backrest.config=/nonexistent/pgbackrest.conf",
+            "No such file",
+        ),
+    ] {
+        let out = Command::new(bin)
+            .args([arg, "--web.listen-address=127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{arg}: {stderr}");
+        assert!(stderr.contains(want), "{arg}: {stderr}");
+    }
 }
 
 /// Files under `dir` not owned by the repository's owner (pgbackrest run as root would leave
