@@ -7,7 +7,8 @@
 //!   reload hook);
 //! - [`web_config`]: the exporter-toolkit `--web.config.file`;
 //! - [`exposition`]: Prometheus text format 0.0.4 with names kept byte-identical;
-//! - [`process_metrics`]: Go-compatible `process_*` self-metrics;
+//! - [`process_metrics`]: the self-metrics every agent exposes: Go-compatible `process_*` and
+//!   the web-config reload health;
 //! - [`logging`]: logfmt or JSON logs with tracing;
 //! - [`redact`]: masking of passwords in connection strings.
 
