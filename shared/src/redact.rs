@@ -26,10 +26,23 @@ pub const MASK: &str = "xxxxx";
 /// );
 /// ```
 pub fn mask_password(conn: &str) -> String {
-    match conn.find("://") {
-        Some(scheme_end) => mask_url(conn, scheme_end + 3),
+    match url_authority_start(conn) {
+        Some(authority_start) => mask_url(conn, authority_start),
         None => mask_key_values(conn),
     }
+}
+
+/// Where the authority of `conn` starts when `conn` is a URL: it begins, after blanks, with a
+/// scheme (`[A-Za-z][A-Za-z0-9+.-]*`) and `://`, as libpq decides between its two forms by the
+/// prefix alone. A `://` further on (inside a quoted `key=value`) does not make a URL.
+fn url_authority_start(conn: &str) -> Option<usize> {
+    let start = conn.len() - conn.trim_start().len();
+    let scheme_len = conn[start..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')))
+        .unwrap_or(conn.len() - start);
+    let first = conn[start..].chars().next()?;
+    (scheme_len > 0 && first.is_ascii_alphabetic() && conn[start + scheme_len..].starts_with("://"))
+        .then_some(start + scheme_len + 3)
 }
 
 fn mask_url(url: &str, authority_start: usize) -> String {

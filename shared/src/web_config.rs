@@ -162,14 +162,14 @@ impl WebConfig {
             path: path.to_owned(),
             source,
         })?;
-        let parse_error = |e: serde_norway::Error| WebConfigError::Parse {
+        let parse_error = |e: crate::yaml::YamlError| WebConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         };
         // A first look at the document's shape: what a truncation leaves behind (nothing, or a
         // section key without its content) must not read as "no TLS, no authentication".
         let document: serde_norway::Value = if has_yaml_content(&text) {
-            serde_norway::from_str(&text).map_err(parse_error)?
+            crate::yaml::from_str(&text).map_err(parse_error)?
         } else {
             serde_norway::Value::Null
         };
@@ -196,7 +196,7 @@ impl WebConfig {
             }
         }
         // Parsed again as the typed file, for errors with their line and column.
-        let file: WebConfigFile = serde_norway::from_str(&text).map_err(parse_error)?;
+        let file: WebConfigFile = crate::yaml::from_str(&text).map_err(parse_error)?;
         Self::from_file(path, file)
     }
 

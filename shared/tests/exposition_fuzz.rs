@@ -60,12 +60,15 @@ fn promtool_parses(body: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Label pairs of one sample, in order.
+type Labels = Vec<(String, String)>;
+
 #[derive(Debug, Clone)]
 struct Family {
     name: String,
     help: String,
     kind: MetricType,
-    samples: Vec<(Vec<(String, String)>, f64)>,
+    samples: Vec<(Labels, f64)>,
 }
 
 /// Label values: any text, text with what must be escaped, and bytes that are not UTF-8
@@ -146,7 +149,7 @@ fn families() -> impl Strategy<Value = Vec<Family>> {
 
 /// One sample line read back: name, label pairs, value text. Follows the text format's
 /// grammar: `name{label="value",...} value`, values escaping `\\`, `\"` and `\n`.
-fn read_sample(line: &str) -> Result<(String, Vec<(String, String)>, String), String> {
+fn read_sample(line: &str) -> Result<(String, Labels, String), String> {
     let name_end = line.find(['{', ' ']).ok_or("no value")?;
     let name = line[..name_end].to_owned();
     let mut rest = &line[name_end..];
@@ -237,7 +240,7 @@ proptest! {
             prop_assert_eq!(read_help(&line[prefix.len()..]).map_err(TestCaseError::fail)?, f.help.clone());
         }
         let samples: Vec<&str> = body.lines().filter(|l| !l.starts_with('#')).collect();
-        let want: Vec<(&Family, &(Vec<(String, String)>, f64))> = fams.iter().flat_map(|f| f.samples.iter().map(move |s| (f, s))).collect();
+        let want: Vec<(&Family, &(Labels, f64))> = fams.iter().flat_map(|f| f.samples.iter().map(move |s| (f, s))).collect();
         prop_assert_eq!(samples.len(), want.len(), "one line per sample");
         for (line, (f, (labels, v))) in samples.iter().zip(want) {
             let (name, got_labels, got_value) = read_sample(line).map_err(|e| TestCaseError::fail(format!("{line:?}: {e}")))?;

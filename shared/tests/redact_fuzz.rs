@@ -119,8 +119,7 @@ proptest! {
 }
 
 /// Found by `key_value_passwords_never_survive`: a `://` anywhere in a `key=value` string made
-/// it a URL for the masking, which then left the password as written. (Needs a fix in
-/// `redact.rs`, which this test does not touch.)
+/// it a URL for the masking, which then left the password as written.
 #[test]
 fn a_scheme_separator_in_a_value_does_not_unmask() {
     for conn in [

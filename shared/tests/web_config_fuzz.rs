@@ -72,6 +72,17 @@ fn load_and_check(bytes: &[u8]) -> Result<(), TestCaseError> {
                 WebConfigError::Invalid { field, .. } => {
                     prop_assert!(!field.is_empty());
                 }
+                WebConfigError::Empty { .. } => {
+                    // Only a text without a YAML document is empty.
+                    let text = String::from_utf8_lossy(bytes);
+                    prop_assert!(
+                        serde_norway::from_str::<serde_norway::Value>(&text)
+                            .is_ok_and(|v| v.is_null())
+                            || text.trim().is_empty(),
+                        "{}",
+                        shown
+                    );
+                }
             }
         }
     }

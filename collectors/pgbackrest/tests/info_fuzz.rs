@@ -10,9 +10,10 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use pgbackrest_collector::collector::{Settings, State, collected};
 use pgbackrest_collector::info::{InfoError, parse};
 use pgbackrest_collector::metrics::render_pgbackrest;
+use pgbackrest_collector::settings::Settings;
+use pgbackrest_collector::state::{State, collected};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::Value;

@@ -84,7 +84,7 @@ fn check_error(e: &ConfigError, text: &str) -> Result<(), TestCaseError> {
             );
         }
         ConfigError::Document { .. } => {}
-        ConfigError::Io { .. } | ConfigError::NoValidBranch { .. } => {
+        ConfigError::Io { .. } | ConfigError::NoValidBranch { .. } | ConfigError::Empty { .. } => {
             return Err(TestCaseError::fail(format!("not a parse error: {shown}")));
         }
     }

@@ -50,7 +50,12 @@ const USAGE_LIST: &str = "DISCARD, LABEL, GAUGE, COUNTER or HISTOGRAM";
 /// `source` is the file name used in errors and stored in [`CollectorConfig::source`].
 /// Empty and comment-only texts yield no branch. Priorities are left as written (0 if absent).
 pub fn parse_str(text: &str, source: &str) -> Result<Vec<CollectorConfig>, ConfigError> {
-    check_flow_depth(text, source)?;
+    agent_kit::yaml::check_flow_depth(text).map_err(|e| ConfigError::Syntax {
+        file: source.to_owned(),
+        line: e.line,
+        column: e.column,
+        message: e.message,
+    })?;
     let locator = Locator::new(text);
     let mut doc: Value =
         serde_norway::from_str(text).map_err(|e| syntax_error(source, text, &e, &locator))?;
@@ -98,81 +103,17 @@ pub fn parse_str(text: &str, source: &str) -> Result<Vec<CollectorConfig>, Confi
     Ok(out)
 }
 
-/// How deep `[` and `{` may nest, counted naively (in scalars and comments too): the YAML
-/// parser's time grows with the square of the depth (a 200 KB line of brackets takes a
-/// minute), while it refuses anything nested deeper than 128 levels anyway. No real config
-/// comes close (the built-in files reach 1).
-const MAX_FLOW_DEPTH: usize = 1000;
-
-/// Refuses a text whose brackets nest deeper than [`MAX_FLOW_DEPTH`] before the YAML parser
-/// spends its quadratic time on it.
-fn check_flow_depth(text: &str, file: &str) -> Result<(), ConfigError> {
-    let mut depth = 0usize;
-    for (i, line) in text.lines().enumerate() {
-        for (column, c) in line.chars().enumerate() {
-            match c {
-                '[' | '{' => depth += 1,
-                ']' | '}' => depth = depth.saturating_sub(1),
-                _ => continue,
-            }
-            if depth > MAX_FLOW_DEPTH {
-                return Err(ConfigError::Syntax {
-                    file: file.to_owned(),
-                    line: i + 1,
-                    column: column + 1,
-                    message: format!(
-                        "flow collections ([ and {{) nested deeper than {MAX_FLOW_DEPTH} levels"
-                    ),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether the parser finds more than one document in `text`.
-fn is_multi_document(text: &str) -> bool {
-    serde_norway::from_str::<Value>(text)
-        .is_err_and(|e| e.to_string().contains("more than one document"))
-}
-
-/// 1-based line where the second YAML document of `text` starts, which the parser does not
-/// say: the first line such that the text up to it holds two documents (found by bisection;
-/// only on this error path). 0 if not found.
-fn second_document_line(text: &str) -> usize {
-    let ends: Vec<usize> = text
-        .match_indices('\n')
-        .map(|(i, _)| i + 1)
-        .chain((!text.ends_with('\n')).then_some(text.len()))
-        .collect();
-    // Invariant: the first `lo` lines hold one document, the first `hi` lines two.
-    let (mut lo, mut hi) = (0, ends.len());
-    if hi == 0 || !is_multi_document(text) {
-        return 0;
-    }
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if is_multi_document(&text[..ends[mid - 1]]) {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    hi
-}
-
 fn syntax_error(
     file: &str,
     text: &str,
     e: &serde_norway::Error,
     locator: &Locator<'_>,
 ) -> ConfigError {
-    let (mut line, mut column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-    let mut message = e.to_string();
-    let suffix = format!(" at line {line} column {column}");
-    if let Some(stripped) = message.strip_suffix(&suffix) {
-        message = stripped.to_owned();
-    }
+    let agent_kit::yaml::YamlError {
+        mut line,
+        mut column,
+        message,
+    } = agent_kit::yaml::locate(text, e);
     // The parser reports a duplicate key at the start of its mapping: point at the repeat.
     // The message may be prefixed with the mapping's path (`pg_a: duplicate entry ...`).
     const DUPLICATE: &str = "duplicate entry with key \"";
@@ -183,25 +124,6 @@ fn syntax_error(
         && let Some((l, c)) = locator.duplicate_key(line, column, key)
     {
         (line, column) = (l, c);
-    }
-    // For a character it refuses, the parser gives a byte position in the message instead.
-    const AT_POSITION: &str = " at position ";
-    if let Some(i) = message.rfind(AT_POSITION)
-        && let Ok(offset) = message[i + AT_POSITION.len()..].parse::<usize>()
-    {
-        let offset = (0..=offset.min(text.len()))
-            .rev()
-            .find(|&k| text.is_char_boundary(k))
-            .unwrap_or(0);
-        let before = &text[..offset];
-        let line_start = before.rfind('\n').map_or(0, |n| n + 1);
-        line = before.matches('\n').count() + 1;
-        column = before[line_start..].chars().count() + 1;
-        message.truncate(i);
-    }
-    // The parser gives no position for a second document; point at its start.
-    if line == 0 && message.contains("more than one document") {
-        line = second_document_line(text);
     }
     ConfigError::Syntax {
         file: file.to_owned(),
