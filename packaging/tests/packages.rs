@@ -6,7 +6,8 @@
 //! `--version` and in `--dry-run` mode (pgbackrest_exporter, which has no check mode, is started
 //! and scraped on loopback), runs `systemd-analyze verify` on each unit, upgrades keeping local
 //! edits of the conffiles, purges everything, and finally replaces a stand-in of upstream's
-//! pg-exporter package.
+//! pg-exporter package. Meanwhile lintian checks the packages: an error or a warning fails the
+//! test.
 //!
 //! Packages of ours left installed by an aborted run are purged first; a package of the same
 //! name from anywhere else makes the test fail without touching it.
@@ -238,6 +239,12 @@ fn promised_files(agent: &Agent) -> Vec<Promised> {
             None,
         ),
         file(format!("/usr/share/doc/{pkg}/copyright"), 0o644, None),
+        file(format!("/usr/share/doc/{pkg}/changelog.gz"), 0o644, None),
+        file(
+            format!("/usr/share/lintian/overrides/{pkg}"),
+            0o644,
+            Some(ws.join(format!("packaging/{pkg}/lintian-overrides"))),
+        ),
     ];
     let collectors = ws.join("collectors/sql_collector/config");
     match bin {
@@ -312,11 +319,13 @@ fn promised_dashboards() -> Vec<Promised> {
             Some(src.join("README.md")),
         ));
     }
-    files.push(file(
-        format!("/usr/share/doc/{DASHBOARDS_PKG}/copyright"),
-        0o644,
-        None,
-    ));
+    for doc in ["copyright", "changelog.gz"] {
+        files.push(file(
+            format!("/usr/share/doc/{DASHBOARDS_PKG}/{doc}"),
+            0o644,
+            None,
+        ));
+    }
     files.sort();
     files
 }
@@ -854,6 +863,78 @@ fn stand_in_upstream(dir: &Path) -> PathBuf {
     deb
 }
 
+/// lintian running on the packages, killed if the test ends before [`check_lintian`].
+struct Lintian(Option<Child>);
+
+impl Drop for Lintian {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts lintian on the packages (it takes about 20 s, so it runs while the packages are
+/// installed, upgraded and purged); [`check_lintian`] waits for it.
+fn start_lintian(packages: &[PathBuf]) -> Lintian {
+    let child = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--no-tag-display-limit"])
+        .args(packages)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lintian (Debian package lintian; scripts/setup installs it)");
+    Lintian(Some(child))
+}
+
+/// Lintian's verdict: no error and no warning. What does not apply to these packages is
+/// overridden with its reason in `packaging/<package>/lintian-overrides`; every other tag is
+/// fixed in the packaging.
+fn check_lintian(mut lintian: Lintian) {
+    let out = lintian.0.take().unwrap().wait_with_output().unwrap();
+    let report = text(&out.stdout);
+    for line in report.lines() {
+        eprintln!("lintian: {line}");
+    }
+    let failing: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("E: ") || l.starts_with("W: "))
+        .collect();
+    assert!(
+        out.status.success() && failing.is_empty(),
+        "lintian ({}) reports errors or warnings:\n{report}\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+}
+
+/// What deb-systemd-helper keeps about `unit`: its state files and the mask or enable links.
+fn systemd_traces(unit: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![
+        PathBuf::from("/var/lib/systemd/deb-systemd-helper-enabled"),
+        PathBuf::from("/var/lib/systemd/deb-systemd-helper-masked"),
+        PathBuf::from("/etc/systemd/system"),
+    ];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(path);
+            } else if entry.file_name().to_string_lossy().starts_with(unit) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 fn append(path: &str, line: &str) {
     let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
     writeln!(f, "{line}").unwrap();
@@ -900,6 +981,7 @@ fn packages_build_install_run_upgrade_and_purge() {
         .env("CARGO_TARGET_DIR", &target));
     let package_time = t.elapsed();
     let packages: Vec<PathBuf> = all_packages().iter().map(|p| deb_path(&debs, p)).collect();
+    let lintian = start_lintian(&packages);
     let version_of = |pkg: &str, suffix: &str| {
         if pkg == "pg-exporter" {
             format!("1:{VERSION}{suffix}")
@@ -914,6 +996,18 @@ fn packages_build_install_run_upgrade_and_purge() {
     install.extend(packages.iter().map(|p| p.to_str().unwrap()));
     dpkg(&install);
     check_installed(|pkg| version_of(pkg, ""));
+    // The maintainer scripts record each unit with deb-systemd-helper, as debhelper's do, so
+    // that the purge removes whatever links `systemctl enable` made.
+    for agent in &AGENTS {
+        let unit = format!("{}.service", agent.bin);
+        assert!(
+            Path::new("/var/lib/systemd/deb-systemd-helper-enabled")
+                .join(format!("{unit}.dsh-also"))
+                .exists(),
+            "{unit} not recorded by deb-systemd-helper: {:?}",
+            systemd_traces(&unit)
+        );
+    }
     let install_time = t.elapsed();
 
     // 2. Upgrade: local edits of conffiles stay (no prompt: stdin is closed), and so do the log
@@ -977,6 +1071,10 @@ fn packages_build_install_run_upgrade_and_purge() {
     ] {
         assert!(!Path::new(dir).exists(), "{dir} survived the purge");
     }
+    for agent in &AGENTS {
+        let traces = systemd_traces(&format!("{}.service", agent.bin));
+        assert!(traces.is_empty(), "survived the purge: {traces:?}");
+    }
     let purge_time = t.elapsed();
 
     // 4. Over upstream's package: ours installs as an upgrade (epoch), replaces its files and
@@ -1002,10 +1100,15 @@ fn packages_build_install_run_upgrade_and_purge() {
     assert!(!Path::new("/usr/bin/pg_exporter").exists());
     let upstream_time = t.elapsed();
 
+    let t = Instant::now();
+    check_lintian(lintian);
+    let lintian_wait = t.elapsed();
+
     eprintln!(
         "packaging test: cargo {cargo_time:.1?}, scripts/package {package_time:.1?}, \
          install+checks {install_time:.1?}, upgrade {upgrade_time:.1?}, purge {purge_time:.1?}, \
-         over upstream {upstream_time:.1?}, total {:.1?}",
+         over upstream {upstream_time:.1?}, lintian (waited for at the end) {lintian_wait:.1?}, \
+         total {:.1?}",
         started.elapsed()
     );
 }

@@ -7,9 +7,12 @@
 //!   reload hook);
 //! - [`web_config`]: the exporter-toolkit `--web.config.file`;
 //! - [`exposition`]: Prometheus text format 0.0.4 with names kept byte-identical;
-//! - [`process_metrics`]: Go-compatible `process_*` self-metrics;
+//! - [`process_metrics`]: the self-metrics every agent exposes: Go-compatible `process_*` and
+//!   the web-config reload health;
 //! - [`logging`]: logfmt or JSON logs with tracing;
-//! - [`redact`]: masking of passwords in connection strings.
+//! - [`redact`]: masking of passwords in connection strings and in free text;
+//! - [`yaml`]: YAML config files parsed with a guard against pathological nesting and errors
+//!   placed at a line and column.
 
 pub mod cli;
 pub mod entry;
@@ -19,3 +22,4 @@ pub mod process_metrics;
 pub mod redact;
 pub mod server;
 pub mod web_config;
+pub mod yaml;

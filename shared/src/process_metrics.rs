@@ -99,9 +99,37 @@ impl ProcessStats {
     }
 }
 
-/// Writes the `process_*` families of Go's process collector. Does nothing if `/proc` cannot
-/// be read (the rest of the exposition must not fail because of it).
+/// Go's `GOARCH` name of the architecture this binary was built for (`amd64`, `arm64`, `386`,
+/// `ppc64le`, …): the `goarch` label of every agent's `*_build_info`, as the Go exporters
+/// report it.
+pub fn goarch() -> &'static str {
+    let little_endian = cfg!(target_endian = "little");
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "loongarch64" => "loong64",
+        "powerpc64" if little_endian => "ppc64le",
+        "powerpc64" => "ppc64",
+        "powerpc" => "ppc",
+        "mips" if little_endian => "mipsle",
+        "mips64" if little_endian => "mips64le",
+        // arm, riscv64, s390x, mips, mips64, sparc64, wasm32 …: the same word in Go.
+        other => other,
+    }
+}
+
+/// Writes the self-metrics every agent exposes: the `process_*` families of Go's process
+/// collector, then the serving kit's `web_config_*` reload health
+/// ([`encode_web_config_metrics`](crate::server::encode_web_config_metrics)). The `process_*`
+/// families are left out if `/proc` cannot be read (the rest of the exposition must not fail
+/// because of it).
 pub fn encode(enc: &mut TextEncoder<'_>) {
+    encode_process(enc);
+    crate::server::encode_web_config_metrics(enc);
+}
+
+fn encode_process(enc: &mut TextEncoder<'_>) {
     let Ok(s) = ProcessStats::read() else {
         return;
     };
@@ -183,6 +211,16 @@ mod tests {
     }
 
     #[test]
+    fn goarch_is_gos_name() {
+        let want = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        assert_eq!(goarch(), want);
+    }
+
+    #[test]
     fn encodes_go_names() {
         let mut body = String::new();
         encode(&mut TextEncoder::new(&mut body));
@@ -192,6 +230,8 @@ mod tests {
             "\nprocess_start_time_seconds ",
             "\nprocess_open_fds ",
             "\nprocess_max_fds ",
+            "# TYPE web_config_reload_failures_total counter\nweb_config_reload_failures_total 0\n",
+            "# TYPE web_config_last_reload_successful gauge\nweb_config_last_reload_successful 1\n",
         ] {
             assert!(body.contains(name), "{name} missing in {body}");
         }

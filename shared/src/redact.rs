@@ -1,14 +1,13 @@
-//! Masking of passwords in connection strings before they are printed anywhere: logs, metrics
-//! labels, HTTP bodies.
+//! Masking of secrets before they are printed anywhere: logs, metrics labels, HTTP bodies.
 //!
-//! [`mask_password`] understands both libpq forms, URLs and `key=value` strings, as a user
-//! would write them.
+//! [`mask_password`] masks a connection string, in both libpq forms (URLs and `key=value`
+//! strings) as a user would write them; [`mask_secrets`] masks every secret inside free text,
+//! such as what a child process (pgBackRest) prints on its standard error.
+
+use std::borrow::Cow;
 
 /// What a password is replaced with, as the Go pg_exporter prints it.
 pub const MASK: &str = "xxxxx";
-
-/// Keys whose values are secrets in libpq connection strings and URL query parameters.
-const SECRET_KEYS: [&str; 2] = ["password", "sslpassword"];
 
 /// Returns `conn` with every password replaced by [`MASK`].
 ///
@@ -27,10 +26,23 @@ const SECRET_KEYS: [&str; 2] = ["password", "sslpassword"];
 /// );
 /// ```
 pub fn mask_password(conn: &str) -> String {
-    match conn.find("://") {
-        Some(scheme_end) => mask_url(conn, scheme_end + 3),
+    match url_authority_start(conn) {
+        Some(authority_start) => mask_url(conn, authority_start),
         None => mask_key_values(conn),
     }
+}
+
+/// Where the authority of `conn` starts when `conn` is a URL: it begins, after blanks, with a
+/// scheme (`[A-Za-z][A-Za-z0-9+.-]*`) and `://`, as libpq decides between its two forms by the
+/// prefix alone. A `://` further on (inside a quoted `key=value`) does not make a URL.
+fn url_authority_start(conn: &str) -> Option<usize> {
+    let start = conn.len() - conn.trim_start().len();
+    let scheme_len = conn[start..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')))
+        .unwrap_or(conn.len() - start);
+    let first = conn[start..].chars().next()?;
+    (scheme_len > 0 && first.is_ascii_alphabetic() && conn[start + scheme_len..].starts_with("://"))
+        .then_some(start + scheme_len + 3)
 }
 
 fn mask_url(url: &str, authority_start: usize) -> String {
@@ -70,9 +82,182 @@ fn mask_url(url: &str, authority_start: usize) -> String {
 }
 
 fn is_secret_key(key: &str) -> bool {
-    SECRET_KEYS
-        .iter()
-        .any(|k| k.eq_ignore_ascii_case(key.trim()))
+    is_secret_name(key.trim())
+}
+
+/// Returns `text` with every secret in it masked: free text such as a child process's standard
+/// error, an error message or a log line. Borrowed when there is nothing to mask.
+///
+/// Masks what [`mask_password`] masks wherever it appears in the text (the password of
+/// `scheme://user:password@…` URLs, secret query parameters), plus:
+/// - `name=value` (also `--name=value`, `NAME = 'quoted value'`) for every secret-looking name
+///   (see [`is_secret_name`]): libpq's `password=…`, pgBackRest's `repo1-cipher-pass=…`,
+///   `repo1-s3-key-secret=…`, environment text such as `PGPASSWORD=…` or
+///   `PGBACKREST_REPO1_CIPHER_PASS=…`, `token=…`;
+/// - `name value` for a hyphenated secret option name (pgBackRest's
+///   `missing '=' in key/value at line 3: repo1-cipher-pass S3cret`);
+/// - SQL's `PASSWORD 'literal'` (`CREATE ROLE … PASSWORD '…'`, also `E'…'`).
+///
+/// ```
+/// use agent_kit::redact::mask_secrets;
+/// assert_eq!(
+///     mask_secrets("ERROR: [032]: 'postgresql://backup:S3cret@db1/postgres' is not valid"),
+///     "ERROR: [032]: 'postgresql://backup:xxxxx@db1/postgres' is not valid"
+/// );
+/// assert_eq!(
+///     mask_secrets("key/value found outside of section at line 1: repo1-cipher-pass=S3cret"),
+///     "key/value found outside of section at line 1: repo1-cipher-pass=xxxxx"
+/// );
+/// assert_eq!(mask_secrets("password authentication failed"), "password authentication failed");
+/// ```
+pub fn mask_secrets(text: &str) -> Cow<'_, str> {
+    let b = text.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b':' && b[i..].starts_with(b"://") {
+            // The URL around this "://": back to a blank, quote, '(' or '=', on to a blank or
+            // quote (a password may hold any other character).
+            let start = text[copied..i]
+                .rfind(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`' | '(' | '='))
+                .map_or(copied, |p| copied + p + 1);
+            let end = i + 3 + b[i + 3..].iter().take_while(|c| !ends_url(**c)).count();
+            let url = &text[start..end];
+            let masked = mask_password(url);
+            if masked != url {
+                out.push_str(&text[copied..start]);
+                out.push_str(&masked);
+                copied = end;
+            }
+            i = end;
+            continue;
+        }
+        let at_word_start = is_name_byte(b[i]) && (i == 0 || !is_name_byte(b[i - 1]));
+        if !at_word_start {
+            i += 1;
+            continue;
+        }
+        let name_end = i + b[i..].iter().take_while(|c| is_name_byte(**c)).count();
+        let name = &text[i..name_end];
+        let after_blanks = skip_blanks(b, name_end);
+        let masked_range =
+            if after_blanks < b.len() && b[after_blanks] == b'=' && is_secret_name(name) {
+                // name=value, name = 'value'
+                let value = skip_blanks(b, after_blanks + 1);
+                Some((value, value_end(b, value)))
+            } else if after_blanks > name_end && name.eq_ignore_ascii_case("password") {
+                // SQL: PASSWORD 'literal', PASSWORD E'literal'; the quotes stay.
+                let quote = match b.get(after_blanks..after_blanks + 2) {
+                    Some([b'E' | b'e', b'\'']) => Some(after_blanks + 1),
+                    _ => (b.get(after_blanks) == Some(&b'\'')).then_some(after_blanks),
+                };
+                quote.map(|q| (q + 1, sql_literal_close(b, q + 1)))
+            } else if after_blanks > name_end
+                && after_blanks < b.len()
+                && !matches!(b[after_blanks], b'\n' | b'\r' | b'=')
+                && name.trim_start_matches('-').contains('-')
+                && is_secret_name(name)
+            {
+                // A secret option and its value without '=' (pgBackRest's "missing '='" message).
+                let end = after_blanks
+                    + b[after_blanks..]
+                        .iter()
+                        .take_while(|c| !c.is_ascii_whitespace())
+                        .count();
+                Some((after_blanks, end))
+            } else {
+                None
+            };
+        match masked_range {
+            Some((from, to)) if to > from => {
+                out.push_str(&text[copied..from]);
+                out.push_str(MASK);
+                copied = to;
+                i = to;
+            }
+            _ => i = name_end,
+        }
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// Whether `name` names a secret, whatever its spelling: `password`, `--repo1-cipher-pass`,
+/// `PGBACKREST_REPO1_S3_KEY_SECRET`, `PGPASSWORD`, `api_key`, `token`. Case, a leading `--`
+/// and `_` for `-` do not matter; the name ends in `password` or `passwd`, or its last
+/// `-`/`_`-separated part is `pass`, `passphrase`, `secret`, `token` or `key` (not `sslkey`, a
+/// file name).
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.trim_start_matches('-');
+    let ends_with = |suffix: &str| {
+        name.len() >= suffix.len()
+            && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    let last = name.rsplit(['-', '_', '.']).next().unwrap_or_default();
+    ends_with("password")
+        || ends_with("passwd")
+        || ["pass", "passphrase", "secret", "token", "key"]
+            .iter()
+            .any(|k| last.eq_ignore_ascii_case(k))
+}
+
+fn is_name_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')
+}
+
+fn ends_url(c: u8) -> bool {
+    c.is_ascii_whitespace() || matches!(c, b'\'' | b'"' | b'`' | b'<' | b'>')
+}
+
+/// The index of the first byte at or after `i` that is not a space or tab.
+fn skip_blanks(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t') {
+        i += 1;
+    }
+    i
+}
+
+/// The end of a value starting at `from`: after its closing quote when quoted (libpq's `\'`
+/// escapes), else at a blank, a quote or `&` (the next query parameter).
+fn value_end(b: &[u8], from: usize) -> usize {
+    match b.get(from) {
+        Some(&quote @ (b'\'' | b'"')) => {
+            let mut i = from + 1;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' => i += 2,
+                    c if c == quote => return i + 1,
+                    _ => i += 1,
+                }
+            }
+            b.len()
+        }
+        _ => {
+            from + b[from..]
+                .iter()
+                .take_while(|c| !c.is_ascii_whitespace() && !matches!(c, b'\'' | b'"' | b'&'))
+                .count()
+        }
+    }
+}
+
+/// The index of the closing quote of a SQL literal whose content starts at `from` (`''` and
+/// `\'` are escaped quotes), or the end of the text when it is not closed.
+fn sql_literal_close(b: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while i < b.len() {
+        match b[i] {
+            b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => return i,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    b.len()
 }
 
 fn mask_key_values(conn: &str) -> String {
@@ -180,6 +365,118 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(mask_password(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn secrets_in_free_text() {
+        let cases = [
+            // pgBackRest's messages (2.45) about a config file.
+            (
+                "ERROR: [029]: missing '=' in key/value at line 3: repo1-cipher-pass S3cret",
+                "ERROR: [029]: missing '=' in key/value at line 3: repo1-cipher-pass xxxxx",
+            ),
+            (
+                "ERROR: [029]: key/value found outside of section at line 1: repo1-cipher-pass=S3cret",
+                "ERROR: [029]: key/value found outside of section at line 1: repo1-cipher-pass=xxxxx",
+            ),
+            (
+                "ERROR: [032]: 'postgresql://backup:S3cret@127.0.0.1:5432/postgres' is not valid for 'io-timeout' option",
+                "ERROR: [032]: 'postgresql://backup:xxxxx@127.0.0.1:5432/postgres' is not valid for 'io-timeout' option",
+            ),
+            (
+                "ERROR: [031]: option 'repo1-cipher-pass' is not allowed on the command-line",
+                "ERROR: [031]: option 'repo1-cipher-pass' is not allowed on the command-line",
+            ),
+            (
+                "--repo1-s3-key=AKIA1 --repo1-s3-key-secret=\"a b\" --repo1-s3-token=t --repo1-sftp-private-key-passphrase=p --repo1-path=/r",
+                "--repo1-s3-key=xxxxx --repo1-s3-key-secret=xxxxx --repo1-s3-token=xxxxx --repo1-sftp-private-key-passphrase=xxxxx --repo1-path=/r",
+            ),
+            // Environment text.
+            (
+                "PGPASSWORD=S3cret PGBACKREST_REPO1_CIPHER_PASS=S3cret PGUSER=backup",
+                "PGPASSWORD=xxxxx PGBACKREST_REPO1_CIPHER_PASS=xxxxx PGUSER=backup",
+            ),
+            ("PGPASSWORD=\nnext", "PGPASSWORD=\nnext"),
+            // URLs anywhere, with secret query parameters.
+            (
+                "GET https://h/api?user=u&access_token=T0k&x=1 failed",
+                "GET https://h/api?user=u&access_token=xxxxx&x=1 failed",
+            ),
+            (
+                "url=postgres://u:p@ss@h/db?sslpassword=k",
+                "url=postgres://u:xxxxx@h/db?sslpassword=xxxxx",
+            ),
+            // The statements log_shipper masks.
+            (
+                "statement: CREATE ROLE app LOGIN PASSWORD 'S3cr''et' VALID UNTIL 'infinity'",
+                "statement: CREATE ROLE app LOGIN PASSWORD 'xxxxx' VALID UNTIL 'infinity'",
+            ),
+            (
+                "ALTER USER x WITH ENCRYPTED password E'a\\'b';",
+                "ALTER USER x WITH ENCRYPTED password E'xxxxx';",
+            ),
+            (
+                "CREATE SUBSCRIPTION s CONNECTION 'host=h password=secret dbname=d' PUBLICATION p",
+                "CREATE SUBSCRIPTION s CONNECTION 'host=h password=xxxxx dbname=d' PUBLICATION p",
+            ),
+            (
+                "options (password = 'p w', user 'u')",
+                "options (password = xxxxx, user 'u')",
+            ),
+            (
+                "connect to postgres://u:pw@h:5432/db now",
+                "connect to postgres://u:xxxxx@h:5432/db now",
+            ),
+            (
+                "CREATE ROLE r PASSWORD 'unterminated",
+                "CREATE ROLE r PASSWORD 'xxxxx",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(mask_secrets(input), want, "{input}");
+        }
+        // Nothing to mask: the text itself, not a copy.
+        for text in [
+            "password authentication failed for user \"x\"",
+            "duplicate key value violates unique constraint; Key (id)=(1) already exists.",
+            "sslkey=/etc/k.pem passfile=/root/.pgpass PWD=/root",
+            "postgres://u@h/db",
+            "",
+            "é://ü password",
+        ] {
+            assert!(
+                matches!(mask_secrets(text), Cow::Borrowed(t) if t == text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_names() {
+        for name in [
+            "password",
+            "sslpassword",
+            "PGPASSWORD",
+            "--repo1-cipher-pass",
+            "repo2-s3-key-secret",
+            "PGBACKREST_REPO1_S3_KEY",
+            "api_key",
+            "token",
+            "db.passwd",
+        ] {
+            assert!(is_secret_name(name), "{name}");
+        }
+        for name in [
+            "sslkey",
+            "passfile",
+            "pwd",
+            "user",
+            "repo1-path",
+            "bypass",
+            "monkey",
+        ] {
+            assert!(!is_secret_name(name), "{name}");
         }
     }
 

@@ -18,7 +18,8 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -32,9 +33,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
+use tower::ServiceExt as _;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::{ListenAddress, WebArgs};
+use crate::exposition::{MetricType, TextEncoder};
 use crate::web_config::{WebConfig, WebConfigError};
 
 /// How long a client may take to send its request headers.
@@ -242,8 +245,9 @@ impl BoundServer {
     }
 
     /// Serves `app` (plus the landing page and basic auth) until `lifecycle` shuts down, then
-    /// lets open requests finish for a few seconds. Reload requests re-read the web config;
-    /// an invalid one is logged and the current one kept.
+    /// lets open requests finish for a few seconds. Reload requests re-read the web config,
+    /// failing closed: a missing, empty or invalid file keeps the running one, TLS and basic
+    /// authentication included, and counts in `web_config_reload_failures_total`.
     pub async fn serve(self, app: Router, lifecycle: &Lifecycle) -> Result<(), ServeError> {
         let BoundServer {
             server,
@@ -266,15 +270,7 @@ impl BoundServer {
             let web_config = web_config.clone();
             tokio::spawn(async move {
                 while reloads.recv().await.is_ok() {
-                    match WebConfig::load(&path) {
-                        Ok(new) => {
-                            *web_config.write().expect("web config lock") = new;
-                            info!(file = %path.display(), "Web config reloaded.");
-                        }
-                        Err(e) => {
-                            error!(error = %e, "Web config reload failed; keeping the running one.");
-                        }
-                    }
+                    reload_web_config(&path, &web_config);
                 }
             });
         }
@@ -301,7 +297,13 @@ impl BoundServer {
                         _ = lifecycle.shutdown_requested() => break,
                     };
                     let tls = web_config.read().expect("web config lock").tls.clone();
-                    let service = TowerToHyperService::new(app.clone());
+                    let transport = Transport { tls: tls.is_some() };
+                    let service = TowerToHyperService::new(app.clone().map_request(
+                        move |mut request: Request<hyper::body::Incoming>| {
+                            request.extensions_mut().insert(transport);
+                            request
+                        },
+                    ));
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
                         let http = {
@@ -364,16 +366,123 @@ impl BoundServer {
     }
 }
 
-/// Applies basic auth and the configured response headers to every request.
+/// Web-config reloads refused since start.
+static RELOAD_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// Whether the last web-config reload was refused.
+static LAST_RELOAD_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Re-reads `path` on a reload request, failing closed: a file that does not load (missing,
+/// empty, invalid YAML, a bad bcrypt hash, an unreadable certificate; see [`WebConfig::load`])
+/// keeps the running config, TLS and authentication included, and is logged with the file and
+/// the reason and counted in `web_config_reload_failures_total`. A file that loads replaces the
+/// running config, even one that turns TLS or authentication off: a valid file saying so is the
+/// operator's decision (a restart would read it the same way), logged as a warning.
+fn reload_web_config(path: &Path, running: &RwLock<WebConfig>) {
+    match WebConfig::load(path) {
+        Ok(new) => {
+            let mut config = running.write().expect("web config lock");
+            let turned_off: Vec<&str> = [
+                (config.tls.is_some() && new.tls.is_none(), "TLS"),
+                (
+                    config.basic_auth.is_some() && new.basic_auth.is_none(),
+                    "basic authentication",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(off, what)| off.then_some(what))
+            .collect();
+            let (tls, basic_auth) = (new.tls.is_some(), new.basic_auth.is_some());
+            *config = new;
+            drop(config);
+            LAST_RELOAD_FAILED.store(false, Ordering::Relaxed);
+            if turned_off.is_empty() {
+                info!(file = %path.display(), tls, basic_auth, "Web config reloaded.");
+            } else {
+                warn!(
+                    file = %path.display(),
+                    turned_off = %turned_off.join(" and "),
+                    "Web config reloaded: the file turns {} off.",
+                    turned_off.join(" and ")
+                );
+            }
+        }
+        Err(e) => {
+            RELOAD_FAILURES.fetch_add(1, Ordering::Relaxed);
+            LAST_RELOAD_FAILED.store(true, Ordering::Relaxed);
+            let config = running.read().expect("web config lock");
+            error!(
+                file = %path.display(),
+                error = %e,
+                tls = config.tls.is_some(),
+                basic_auth = config.basic_auth.is_some(),
+                "Web config reload refused; the running web config stays."
+            );
+        }
+    }
+}
+
+/// Writes the reload health of `--web.config.file`, the same in every agent (it is the
+/// serving kit's, like the flag): `web_config_last_reload_successful` (0 while the file on
+/// disk is refused) and `web_config_reload_failures_total`. Called by
+/// [`process_metrics::encode`](crate::process_metrics::encode), which every agent's metrics
+/// endpoint runs.
+pub fn encode_web_config_metrics(enc: &mut TextEncoder<'_>) {
+    let none: &[(&str, &str)] = &[];
+    enc.family(
+        "web_config_last_reload_successful",
+        "Whether the last reload of --web.config.file was applied (0: refused, the running web config stays).",
+        MetricType::Gauge,
+    )
+    .sample(
+        none,
+        if LAST_RELOAD_FAILED.load(Ordering::Relaxed) {
+            0.0
+        } else {
+            1.0
+        },
+    );
+    enc.family(
+        "web_config_reload_failures_total",
+        "Reloads of --web.config.file refused (missing, empty or invalid file); the running web config stayed.",
+        MetricType::Counter,
+    )
+    .sample(none, RELOAD_FAILURES.load(Ordering::Relaxed) as f64);
+}
+
+/// How the connection a request came on was made, for [`web_config_layer`].
+#[derive(Debug, Clone, Copy)]
+struct Transport {
+    tls: bool,
+}
+
+/// Applies basic auth and the configured response headers to every request. A request on a
+/// plain-HTTP connection kept alive from before a reload turned TLS on is refused and its
+/// connection closed, so the client comes back over TLS.
 async fn web_config_layer(
     State(web_config): State<Arc<RwLock<WebConfig>>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let (auth, headers) = {
+    let (auth, headers, tls_required) = {
         let config = web_config.read().expect("web config lock");
-        (config.basic_auth.clone(), config.headers.clone())
+        (
+            config.basic_auth.clone(),
+            config.headers.clone(),
+            config.tls.is_some(),
+        )
     };
+    let plain = request
+        .extensions()
+        .get::<Transport>()
+        .is_some_and(|t| !t.tls);
+    if tls_required && plain {
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONNECTION, HeaderValue::from_static("close"))],
+            "Client sent an HTTP request to an HTTPS server.\n",
+        )
+            .into_response();
+    }
     if let Some(auth) = auth {
         let authorization = request
             .headers()

@@ -4,6 +4,13 @@
 //! Existing files written for the Go exporters load unchanged; [`WebConfig::load`] names the
 //! file, line and field of any error.
 //!
+//! Fail closed: what a truncated or half-written file looks like is an error, never "no TLS, no
+//! authentication". A file without a YAML document (zero bytes, only blanks or comments), a
+//! `basic_auth_users` key without users, a `tls_server_config` without a server certificate and
+//! a password that is not a whole bcrypt hash are refused, at start as on reload. Plain HTTP
+//! without authentication is said explicitly, with a file holding `{}` (or without
+//! `--web.config.file`).
+//!
 //! ```yaml
 //! tls_server_config:
 //!   cert_file: /etc/pki/server.crt
@@ -44,6 +51,15 @@ pub enum WebConfigError {
         path: PathBuf,
         /// The parser's message, with line and column.
         message: String,
+    },
+    /// The file holds no YAML document (zero bytes, only blanks or comments): a truncated file,
+    /// refused so that it never turns TLS and authentication off.
+    #[error(
+        "web config {path}: the file is empty (no YAML document); an empty file would turn TLS and basic authentication off, so it is refused: write `{{}}` for plain HTTP without authentication"
+    )]
+    Empty {
+        /// The web config file.
+        path: PathBuf,
     },
     /// A field has a value that cannot be honoured.
     #[error("web config {path}: field {field}: {message}")]
@@ -146,15 +162,47 @@ impl WebConfig {
             path: path.to_owned(),
             source,
         })?;
-        let file: WebConfigFile = if text.trim().is_empty() {
-            WebConfigFile::default()
-        } else {
-            serde_norway::from_str(&text).map_err(|e| WebConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?
+        let parse_error = |e: crate::yaml::YamlError| WebConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
         };
+        // A first look at the document's shape: what a truncation leaves behind (nothing, or a
+        // section key without its content) must not read as "no TLS, no authentication".
+        let document: serde_norway::Value = if has_yaml_content(&text) {
+            crate::yaml::from_str(&text).map_err(parse_error)?
+        } else {
+            serde_norway::Value::Null
+        };
+        if document.is_null() {
+            return Err(WebConfigError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        for (key, what) in [
+            ("basic_auth_users", "lists no user"),
+            ("tls_server_config", "has no settings"),
+        ] {
+            let empty = document.get(key).is_some_and(|v| {
+                v.is_null() || v.as_mapping().is_some_and(serde_norway::Mapping::is_empty)
+            });
+            if empty {
+                return Err(WebConfigError::Invalid {
+                    path: path.to_owned(),
+                    field: key,
+                    message: format!(
+                        "{what} (a truncated file?); remove the key to turn it off on purpose"
+                    ),
+                });
+            }
+        }
+        // Parsed again as the typed file, for errors with their line and column.
+        let file: WebConfigFile = crate::yaml::from_str(&text).map_err(parse_error)?;
         Self::from_file(path, file)
+    }
+
+    /// Whether TLS or basic authentication is on: what a reload must not drop by accident.
+    pub fn is_protected(&self) -> bool {
+        self.tls.is_some() || self.basic_auth.is_some()
     }
 
     fn from_file(path: &Path, file: WebConfigFile) -> Result<WebConfig, WebConfigError> {
@@ -188,15 +236,24 @@ impl WebConfig {
                     "client authentication is configured but no server certificate is".into(),
                 ));
             }
-            _ => None,
+            Some(_) => {
+                return Err(invalid(
+                    "tls_server_config.cert_file",
+                    "no server certificate (cert_file and key_file, or cert and key); remove tls_server_config to serve plain HTTP".into(),
+                ));
+            }
+            None => None,
         };
 
         let mut users = HashMap::new();
         for (user, hash) in file.basic_auth_users {
-            if !hash.starts_with("$2") {
+            // The hash is never quoted: it may be a clear-text password pasted by mistake.
+            if !is_bcrypt_hash(&hash) {
                 return Err(invalid(
                     "basic_auth_users",
-                    format!("the password of user {user:?} is not a bcrypt hash"),
+                    format!(
+                        "the password of user {user:?} is not a whole bcrypt hash ($2y$, a cost from 04 to 31, $ and 53 characters; e.g. from `htpasswd -nbBC 10 {user} PASSWORD`)"
+                    ),
                 ));
             }
             users.insert(user, hash);
@@ -221,6 +278,31 @@ impl WebConfig {
             headers,
         })
     }
+}
+
+/// Whether `text` holds anything but blanks and comments.
+fn has_yaml_content(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim();
+        !l.is_empty() && !l.starts_with('#')
+    })
+}
+
+/// `$2a$`, `$2b$`, `$2x$` or `$2y$`, a two-digit cost from 04 to 31, `$`, then 22 characters of
+/// salt and 31 of hash in bcrypt's base64 alphabet: what `htpasswd -B` and Go's bcrypt write.
+/// Anything shorter is a truncated hash that no password would match.
+fn is_bcrypt_hash(hash: &str) -> bool {
+    let b = hash.as_bytes();
+    let alphabet = |c: &u8| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/';
+    b.len() == 60
+        && b.starts_with(b"$2")
+        && matches!(b[2], b'a' | b'b' | b'x' | b'y')
+        && b[3] == b'$'
+        && b[6] == b'$'
+        && hash[4..6]
+            .parse::<u32>()
+            .is_ok_and(|c| (4..=31).contains(&c))
+        && b[7..].iter().all(alphabet)
 }
 
 fn build_tls(
@@ -495,11 +577,69 @@ mod tests {
     }
 
     #[test]
-    fn empty_file_means_plain_http() {
+    fn what_a_truncation_leaves_is_refused_and_plain_http_is_said_explicitly() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "web.yml", "");
+        for (text, want) in [
+            ("", "is empty"),
+            ("\n  \n", "is empty"),
+            ("# basic_auth_users:\n#   prom: x\n", "is empty"),
+            ("---\n", "is empty"),
+            (
+                "basic_auth_users:\n",
+                "field basic_auth_users: lists no user",
+            ),
+            (
+                "basic_auth_users: {}\n",
+                "field basic_auth_users: lists no user",
+            ),
+            (
+                "tls_server_config:\n",
+                "field tls_server_config: has no settings",
+            ),
+            (
+                "tls_server_config:\n  min_version: TLS12\n",
+                "field tls_server_config.cert_file: no server certificate",
+            ),
+            (
+                "basic_auth_users:\n  prom: $2y$10$abcdefghijklmnopqrstuv\n",
+                "field basic_auth_users: the password of user \"prom\" is not a whole bcrypt hash",
+            ),
+        ] {
+            let p = write(dir.path(), "web.yml", text);
+            let e = WebConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains("web.yml") && e.contains(want), "{text:?}: {e}");
+            assert!(!e.contains("abcdefghijklmnopqrstuv"), "hash quoted: {e}");
+        }
+        // `{}` is the explicit "no TLS, no authentication".
+        let p = write(dir.path(), "web.yml", "{}\n");
         let c = WebConfig::load(&p).unwrap();
-        assert!(c.tls.is_none() && c.basic_auth.is_none());
+        assert!(!c.is_protected());
+        let p = write(
+            dir.path(),
+            "web.yml",
+            "http_server_config:\n  headers:\n    X-A: b\n",
+        );
+        assert!(!WebConfig::load(&p).unwrap().is_protected());
+    }
+
+    #[test]
+    fn bcrypt_hashes_are_checked_whole() {
+        let good = bcrypt::hash("pw", 4).unwrap();
+        assert!(is_bcrypt_hash(&good), "{good}");
+        assert!(is_bcrypt_hash(&good.replacen("$2b$", "$2y$", 1)));
+        for bad in [
+            &good[..59],
+            &format!("{good}x"),
+            &good.replacen("$04$", "$03$", 1),
+            &good.replacen("$04$", "$32$", 1),
+            &good.replacen("$2b$", "$3b$", 1),
+            &good.replacen("$2b$", "$2c$", 1),
+            &format!("{}-{}", &good[..30], &good[31..]),
+            "plaintext",
+            "",
+        ] {
+            assert!(!is_bcrypt_hash(bad), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -256,16 +256,27 @@ impl SourceProgress {
         self.changed.notify_one();
     }
 
+    /// Tracks a live file of the last checkpoint that the tailer has not found yet: written
+    /// back as it was (offset and read) until the tailer finds it, under the same `stream`,
+    /// or concludes it is gone, so that a stop before then loses no position.
+    pub fn register_known(&self, stream: StreamId, entry: &Entry) {
+        self.insert_entry(stream, entry, entry.read.max(entry.offset), None);
+    }
+
     /// Tracks an ended file known from the last checkpoint (kept for copy detection).
     pub fn register_dead(&self, stream: StreamId, entry: &Entry) {
+        self.insert_entry(stream, entry, entry.offset, Some(Instant::now()));
+    }
+
+    fn insert_entry(&self, stream: StreamId, e: &Entry, sent: u64, dead: Option<Instant>) {
         self.lock().insert(
             stream,
             StreamEntry {
-                id: entry.id,
-                path: entry.path.clone(),
-                acked: vec![entry.offset; self.sinks.len()],
-                sent: entry.offset,
-                dead_since: Some(Instant::now()),
+                id: e.id,
+                path: e.path.clone(),
+                acked: vec![e.offset; self.sinks.len()],
+                sent,
+                dead_since: dead,
             },
         );
     }

@@ -12,13 +12,20 @@
 //!                                           # log_line_prefix), patroni, pgbouncer, pgbackrest, plain
 //!     read_from: beginning                  # or end, for files present at the very first start
 //!     min_level: info                       # drop records less severe than this
+//!     max_files: 1000                       # files the globs may reach (at most 10000)
+//!     max_directories: 1000                 # directories they may list (at most 100000)
 //! sinks:
 //!   vlogs:
 //!     type: victorialogs                    # or loki, file
-//!     endpoint: http://10.10.10.10:9428
+//!     endpoint: http://10.10.10.10:9428     # a path prefix and a query are kept
 //! ```
 //!
-//! Every error names the field it is about (`sources.postgres.include: ...`).
+//! Every error names the field it is about (`sources.postgres.include: ...`). Values that
+//! cannot work are refused: durations under what they need (`request_timeout` under 1s,
+//! `rotate_wait` under 1s, `multiline_timeout`, `rescan_interval`, `batch.timeout` and the
+//! backoffs under 10ms) or over a day, zero sizes and counts, `record_max_bytes` over 1GiB,
+//! `buffer.max_chunks` over 4096. Every directory the shipper writes to is listed in
+//! [`Config::writable`], checked by [`crate::pipeline::Pipeline::check`].
 //!
 //! A source of `type: journald` reads the systemd journal through `journalctl` (see
 //! [`crate::journald`]): `units: [pgbouncer.service]` and `identifiers: [...]` select entries
@@ -38,6 +45,7 @@ use serde::Deserialize;
 
 use crate::parse::prefix::LinePrefix;
 use crate::record::Level;
+use crate::secrets::{Secrets, is_secret_key, mask_url};
 
 /// Default cut of the `message` field, in characters (Pigsty's value).
 pub const DEFAULT_MESSAGE_MAX_LENGTH: usize = 8192;
@@ -47,6 +55,18 @@ pub const DEFAULT_RECORD_MAX_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_LOG_LINE_PREFIX: &str = "%m [%p] ";
 /// Default checkpoint directory.
 pub const DEFAULT_CHECKPOINT_DIR: &str = "/var/lib/log_shipper";
+/// Default `max_files` of a file source: each file read holds a descriptor and its metrics.
+pub const DEFAULT_MAX_FILES: usize = 1000;
+/// Default `max_directories` of a file source.
+pub const DEFAULT_MAX_DIRECTORIES: usize = 1000;
+/// The largest `max_files`: each file read holds a descriptor.
+pub const MAX_FILES_MAX: usize = 10_000;
+/// The largest `max_directories`.
+pub const MAX_DIRECTORIES_MAX: usize = 100_000;
+/// The largest `record_max_bytes` (a record is held whole in memory).
+pub const RECORD_MAX_BYTES_MAX: u64 = 1 << 30;
+/// The largest `buffer.max_chunks` (each holds up to 128 KiB of input in memory).
+pub const MAX_CHUNKS_MAX: usize = 4096;
 
 /// A config error, naming the field it is about.
 #[derive(Debug, thiserror::Error)]
@@ -100,10 +120,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Num(n) if n >= 0.0 && n.is_finite() => {
-                Ok(HumanDuration(Duration::from_secs_f64(n)))
-            }
-            Raw::Num(n) => Err(serde::de::Error::custom(format!("invalid duration {n}"))),
+            Raw::Num(n) => Duration::try_from_secs_f64(n)
+                .map(HumanDuration)
+                .map_err(|_| serde::de::Error::custom(format!("invalid duration {n}"))),
             Raw::Text(s) => parse_duration(&s)
                 .map(HumanDuration)
                 .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?}"))),
@@ -133,8 +152,52 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "d" => 86400.0,
         _ => return None,
     };
-    let secs = n * factor;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(n * factor).ok()
+}
+
+/// The longest duration any option takes: a longer one is a typo (and would overflow the
+/// timers).
+pub const DURATION_MAX: Duration = Duration::from_secs(86_400);
+
+/// `d` written back as the config would (`500ms`, `2s`, `1h`).
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else if ms > 0 {
+        format!("{ms}ms")
+    } else {
+        format!("{}us", d.as_micros())
+    }
+}
+
+/// Refuses a duration that cannot work: under `min` (`why` says what goes wrong then) or
+/// over [`DURATION_MAX`].
+fn check_duration(
+    field: &str,
+    d: Duration,
+    min: Duration,
+    why: &str,
+) -> Result<Duration, ConfigError> {
+    if d < min {
+        return Err(invalid(
+            field,
+            format!(
+                "{} cannot work: must be at least {} ({why})",
+                show_duration(d),
+                show_duration(min)
+            ),
+        ));
+    }
+    if d > DURATION_MAX {
+        return Err(invalid(
+            field,
+            format!("must be at most {}", show_duration(DURATION_MAX)),
+        ));
+    }
+    Ok(d)
 }
 
 /// A size written as `1MiB`, `512KiB`, `10MB`, `1GiB` or a number of bytes.
@@ -272,6 +335,8 @@ struct RawSource {
     message_max_length: Option<usize>,
     rescan_interval: Option<HumanDuration>,
     rotate_wait: Option<HumanDuration>,
+    max_files: Option<usize>,
+    max_directories: Option<usize>,
     units: Option<Vec<String>>,
     identifiers: Option<Vec<String>>,
     directory: Option<PathBuf>,
@@ -311,6 +376,8 @@ fn validate_journald(
         (s.multiline_timeout.is_some(), "multiline_timeout"),
         (s.rescan_interval.is_some(), "rescan_interval"),
         (s.rotate_wait.is_some(), "rotate_wait"),
+        (s.max_files.is_some(), "max_files"),
+        (s.max_directories.is_some(), "max_directories"),
     ] {
         if present {
             return Err(invalid(f(key), "only for file sources, not type journald"));
@@ -387,6 +454,8 @@ fn validate_journald(
         record_max_bytes,
         rescan_interval: Duration::from_secs(1),
         rotate_wait: Duration::from_secs(10),
+        max_files: DEFAULT_MAX_FILES,
+        max_directories: DEFAULT_MAX_DIRECTORIES,
         log_line_prefix: None,
         journald: Some(JournaldSource {
             units,
@@ -672,6 +741,10 @@ pub struct Source {
     pub rescan_interval: Duration,
     /// How long a file that left the globs is still read after its last growth.
     pub rotate_wait: Duration,
+    /// Files the include globs may reach; those past it are not read (warned, counted).
+    pub max_files: usize,
+    /// Directories the include globs may list; those past it are not listed.
+    pub max_directories: usize,
     /// `log_line_prefix` (format `postgres_stderr` only).
     pub log_line_prefix: Option<String>,
     /// Set for a journald source (`type: journald`); the file settings are then unused.
@@ -706,10 +779,14 @@ pub enum SinkKind {
 }
 
 /// HTTP settings of the VictoriaLogs and Loki sinks.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Http {
-    /// Base URL (`http://host:9428`); the API path is appended.
-    pub endpoint: String,
+    /// Base URL (`http://host:9428`, maybe with a path prefix and a query): the API path is
+    /// joined to its path, its query kept. May hold credentials: show it with
+    /// [`mask_url`](crate::secrets::mask_url).
+    pub endpoint: url::Url,
+    /// The secret values of the endpoint, auth and headers, scrubbed from every message.
+    pub secrets: Secrets,
     /// JSON body compression.
     pub compression: Compression,
     /// Extra headers, tenant headers included.
@@ -720,6 +797,31 @@ pub struct Http {
     pub tls: Tls,
     /// Per-request timeout.
     pub request_timeout: Duration,
+}
+
+impl fmt::Debug for Http {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_key(k) {
+                    agent_kit::redact::MASK
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("Http")
+            .field("endpoint", &mask_url(&self.endpoint))
+            .field("compression", &self.compression)
+            .field("headers", &headers)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A validated sink.
@@ -754,6 +856,21 @@ pub struct Config {
     pub sources: Vec<Source>,
     /// The sinks, sorted by name.
     pub sinks: Vec<Sink>,
+    /// Every directory (and file) the shipper writes to, with the option naming it: checked
+    /// at start and by `--dry-run` ([`crate::pipeline::Pipeline::check`]).
+    pub writable: Vec<Writable>,
+}
+
+/// A directory the shipper writes to, and the file in it it appends to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writable {
+    /// The option that names it: `checkpoint_dir`, `dead_letter_dir`,
+    /// `sinks.<name>.dead_letter_path`, `sinks.<name>.path`, `sinks.<name>.buffer.path`.
+    pub field: String,
+    /// The directory (created when missing).
+    pub dir: PathBuf,
+    /// The file appended to, if any.
+    pub file: Option<PathBuf>,
 }
 
 impl Config {
@@ -845,8 +962,16 @@ impl RawConfig {
         if !checkpoint_dir.is_absolute() {
             return Err(invalid("checkpoint_dir", "must be an absolute path"));
         }
+        if self
+            .dead_letter_dir
+            .as_ref()
+            .is_some_and(|d| !d.is_absolute())
+        {
+            return Err(invalid("dead_letter_dir", "must be an absolute path"));
+        }
         let dead_letter_dir = self
             .dead_letter_dir
+            .clone()
             .unwrap_or_else(|| checkpoint_dir.join("dead_letter"));
         let message_max_length = self
             .message_max_length
@@ -859,6 +984,12 @@ impl RawConfig {
             .map_or(DEFAULT_RECORD_MAX_BYTES, |b| b.0);
         if record_max_bytes < 1024 {
             return Err(invalid("record_max_bytes", "must be at least 1KiB"));
+        }
+        if record_max_bytes > RECORD_MAX_BYTES_MAX {
+            return Err(invalid(
+                "record_max_bytes",
+                "must be at most 1GiB (a record is held whole in memory)",
+            ));
         }
         if self.sources.is_empty() {
             return Err(invalid("sources", "at least one source is required"));
@@ -933,6 +1064,39 @@ impl RawConfig {
             if message_max_length == 0 {
                 return Err(invalid(f("message_max_length"), "must be positive"));
             }
+            let ms = Duration::from_millis;
+            let multiline_timeout = check_duration(
+                &f("multiline_timeout"),
+                s.multiline_timeout.map_or(Duration::from_secs(1), |d| d.0),
+                ms(10),
+                "a record written in several writes would be cut in pieces",
+            )?;
+            let rescan_interval = check_duration(
+                &f("rescan_interval"),
+                s.rescan_interval.map_or(Duration::from_secs(1), |d| d.0),
+                ms(10),
+                "the globs would be expanded without pause",
+            )?;
+            let rotate_wait = check_duration(
+                &f("rotate_wait"),
+                s.rotate_wait.map_or(Duration::from_secs(10), |d| d.0),
+                ms(1000),
+                "what the writer adds to a file just renamed would be lost",
+            )?;
+            let limit = |key: &str, v: Option<usize>, default: usize, max: usize| match v
+                .unwrap_or(default)
+            {
+                0 => Err(invalid(f(key), "must be positive")),
+                n if n > max => Err(invalid(f(key), format!("must be at most {max}"))),
+                n => Ok(n),
+            };
+            let max_files = limit("max_files", s.max_files, DEFAULT_MAX_FILES, MAX_FILES_MAX)?;
+            let max_directories = limit(
+                "max_directories",
+                s.max_directories,
+                DEFAULT_MAX_DIRECTORIES,
+                MAX_DIRECTORIES_MAX,
+            )?;
             sources.push(Source {
                 name: name.clone(),
                 include: s.include.clone(),
@@ -946,18 +1110,16 @@ impl RawConfig {
                 ip: fields.ip.unwrap_or_default(),
                 cls: fields.cls.unwrap_or_default(),
                 min_level: s.min_level,
-                multiline_timeout: s.multiline_timeout.map_or(Duration::from_secs(1), |d| d.0),
+                multiline_timeout,
                 message_max_length,
                 record_max_bytes,
-                rescan_interval: s.rescan_interval.map_or(Duration::from_secs(1), |d| d.0),
-                rotate_wait: s.rotate_wait.map_or(Duration::from_secs(10), |d| d.0),
+                rescan_interval,
+                rotate_wait,
+                max_files,
+                max_directories,
                 log_line_prefix,
                 journald: None,
             });
-            let last = sources.last().expect("just pushed");
-            if last.rescan_interval < Duration::from_millis(10) {
-                return Err(invalid(f("rescan_interval"), "must be at least 10ms"));
-            }
         }
 
         let mut sinks = Vec::new();
@@ -971,10 +1133,41 @@ impl RawConfig {
             )?);
         }
         check_disk_buffer_paths(&sinks)?;
+        let mut writable = vec![Writable {
+            field: "checkpoint_dir".to_owned(),
+            dir: checkpoint_dir.clone(),
+            file: None,
+        }];
+        for sink in &sinks {
+            let raw = &self.sinks[&sink.name];
+            let f = |k: &str| format!("sinks.{}.{k}", sink.name);
+            let dead_letters = if raw.dead_letter_path.is_some() {
+                f("dead_letter_path")
+            } else {
+                "dead_letter_dir".to_owned()
+            };
+            let mut add = |field: String, file: &Path, is_dir: bool| {
+                let (dir, file) = if is_dir {
+                    (file.to_owned(), None)
+                } else {
+                    let dir = file.parent().unwrap_or(Path::new("/")).to_owned();
+                    (dir, Some(file.to_owned()))
+                };
+                writable.push(Writable { field, dir, file });
+            };
+            add(dead_letters, &sink.dead_letter_path, false);
+            if let SinkKind::File { path } = &sink.kind {
+                add(f("path"), path, false);
+            }
+            if let Some(d) = &sink.disk_buffer {
+                add(f("buffer.path"), &d.path, true);
+            }
+        }
         Ok(Config {
             checkpoint_dir,
             sources,
             sinks,
+            writable,
         })
     }
 }
@@ -1009,6 +1202,14 @@ fn validate_buffer(
     let buffer_chunks = b.max_chunks.unwrap_or(16);
     if buffer_chunks == 0 {
         return Err(invalid(f("max_chunks"), "must be positive"));
+    }
+    if buffer_chunks > MAX_CHUNKS_MAX {
+        return Err(invalid(
+            f("max_chunks"),
+            format!(
+                "must be at most {MAX_CHUNKS_MAX} (each chunk holds up to 128KiB of input in memory)"
+            ),
+        ));
     }
     if b.kind == RawBufferKind::Memory {
         for (present, key) in [
@@ -1122,6 +1323,12 @@ fn validate_sink(
     )?;
 
     let (buffer_chunks, disk_buffer) = validate_buffer(name, &s.buffer, checkpoint_dir)?;
+    if s.dead_letter_path
+        .as_ref()
+        .is_some_and(|p| !p.is_absolute())
+    {
+        return Err(invalid(f("dead_letter_path"), "must be an absolute path"));
+    }
 
     let inputs = match &s.inputs {
         None => (0..sources.len()).collect(),
@@ -1144,10 +1351,16 @@ fn validate_sink(
     };
 
     let defaults = Batch::default();
+    let ms = Duration::from_millis;
     let batch = Batch {
         max_bytes: s.batch.max_bytes.map_or(defaults.max_bytes, |b| b.0),
         max_events: s.batch.max_events.unwrap_or(defaults.max_events),
-        timeout: s.batch.timeout.map_or(defaults.timeout, |d| d.0),
+        timeout: check_duration(
+            &f("batch.timeout"),
+            s.batch.timeout.map_or(defaults.timeout, |d| d.0),
+            ms(10),
+            "every read would go out as its own request",
+        )?,
     };
     if batch.max_bytes == 0 {
         return Err(invalid(f("batch.max_bytes"), "must be positive"));
@@ -1157,22 +1370,35 @@ fn validate_sink(
     }
     let rd = Retry::default();
     let retry = Retry {
-        initial_backoff: s.retry.initial_backoff.map_or(rd.initial_backoff, |d| d.0),
-        max_backoff: s.retry.max_backoff.map_or(rd.max_backoff, |d| d.0),
+        initial_backoff: check_duration(
+            &f("retry.initial_backoff"),
+            s.retry.initial_backoff.map_or(rd.initial_backoff, |d| d.0),
+            ms(10),
+            "a failing destination would be hammered",
+        )?,
+        max_backoff: check_duration(
+            &f("retry.max_backoff"),
+            s.retry.max_backoff.map_or(rd.max_backoff, |d| d.0),
+            ms(10),
+            "a failing destination would be hammered",
+        )?,
     };
-    if retry.initial_backoff.is_zero() || retry.max_backoff < retry.initial_backoff {
+    if retry.max_backoff < retry.initial_backoff {
         return Err(invalid(
-            f("retry"),
-            "initial_backoff must be positive and at most max_backoff",
+            f("retry.max_backoff"),
+            "must be at least initial_backoff",
         ));
     }
 
     let kind = match s.kind {
         RawSinkKind::File => SinkKind::File {
-            path: s
-                .path
-                .clone()
-                .ok_or_else(|| invalid(f("path"), "is required"))?,
+            path: match &s.path {
+                None => return Err(invalid(f("path"), "is required")),
+                Some(p) if !p.is_absolute() => {
+                    return Err(invalid(f("path"), "must be an absolute path"));
+                }
+                Some(p) => p.clone(),
+            },
         },
         RawSinkKind::Victorialogs => {
             let stream_fields = s
@@ -1213,10 +1439,22 @@ fn validate_sink(
             .endpoint
             .clone()
             .ok_or_else(|| invalid(f("endpoint"), "is required"))?;
-        let url =
-            reqwest::Url::parse(&endpoint).map_err(|e| invalid(f("endpoint"), format!("{e}")))?;
+        let url = url::Url::parse(&endpoint).map_err(|e| invalid(f("endpoint"), format!("{e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid(f("endpoint"), "must be an http:// or https:// URL"));
+        }
+        if url.fragment().is_some() {
+            return Err(invalid(
+                f("endpoint"),
+                "must not have a #fragment (it is never sent)",
+            ));
+        }
+        let userinfo = !url.username().is_empty() || url.password().is_some();
+        if userinfo && s.auth.is_some() {
+            return Err(invalid(
+                f("auth"),
+                "the endpoint has a user:password@ already: one or the other",
+            ));
         }
         let protobuf = match &kind {
             SinkKind::Loki { encoding, .. } => *encoding == LokiEncoding::Protobuf,
@@ -1255,13 +1493,30 @@ fn validate_sink(
         if tls.cert_file.is_some() != tls.key_file.is_some() {
             return Err(invalid(f("tls"), "cert_file and key_file go together"));
         }
+        let mut secrets = Secrets::of_url(&url);
+        match &auth {
+            Some(Auth::Basic { password, .. }) => secrets.add(password),
+            Some(Auth::Bearer(token)) => secrets.add(token),
+            None => {}
+        }
+        for (k, v) in &headers {
+            if is_secret_key(k) {
+                secrets.add(v);
+            }
+        }
         Some(Http {
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            endpoint: url,
+            secrets,
             compression: s.compression.unwrap_or_default(),
             headers,
             auth,
             tls,
-            request_timeout: s.request_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            request_timeout: check_duration(
+                &f("request_timeout"),
+                s.request_timeout.map_or(Duration::from_secs(30), |d| d.0),
+                Duration::from_secs(1),
+                "requests the store accepts would time out and be sent again, forever",
+            )?,
         })
     };
 
@@ -1406,7 +1661,7 @@ sinks:
         assert_eq!(vl.batch.max_bytes, 2 * 1024 * 1024);
         assert_eq!(vl.batch.timeout, Duration::from_millis(250));
         let http = vl.http.as_ref().unwrap();
-        assert_eq!(http.endpoint, "http://10.10.10.10:9428");
+        assert_eq!(http.endpoint.as_str(), "http://10.10.10.10:9428/");
         assert!(http.headers.contains(&("AccountID".into(), "0".into())));
         let loki = c.sinks.iter().find(|s| s.name == "loki").unwrap();
         assert_eq!(loki.inputs, vec![0]);
@@ -1633,6 +1888,164 @@ sinks:
         assert_eq!(
             err(&two),
             "sinks.b.buffer.path: /b is already the disk buffer of sink a"
+        );
+    }
+
+    #[test]
+    fn durations_and_sizes_that_cannot_work_are_refused() {
+        let src = "sources: {pg: {include: [/x], format: plain}}\n";
+        let sink = |extra: &str| {
+            format!("{src}sinks: {{v: {{type: loki, endpoint: 'http://x', {extra}}}}}")
+        };
+        let source = |extra: &str| {
+            format!(
+                "sources: {{pg: {{include: [/x], format: plain, {extra}}}}}\nsinks: {{f: {{type: file, path: /tmp/x}}}}\n"
+            )
+        };
+        for (yaml, message) in [
+            (
+                sink("request_timeout: 0s"),
+                "sinks.v.request_timeout: 0s cannot work: must be at least 1s (requests the store accepts would time out and be sent again, forever)",
+            ),
+            (
+                sink("request_timeout: 200ms"),
+                "sinks.v.request_timeout: 200ms cannot work: must be at least 1s (requests the store accepts would time out and be sent again, forever)",
+            ),
+            (
+                sink("request_timeout: 2d"),
+                "sinks.v.request_timeout: must be at most 24h",
+            ),
+            (
+                sink("batch: {timeout: 0}"),
+                "sinks.v.batch.timeout: 0s cannot work: must be at least 10ms (every read would go out as its own request)",
+            ),
+            (
+                sink("retry: {initial_backoff: 0s}"),
+                "sinks.v.retry.initial_backoff: 0s cannot work: must be at least 10ms (a failing destination would be hammered)",
+            ),
+            (
+                sink("retry: {initial_backoff: 2s, max_backoff: 1s}"),
+                "sinks.v.retry.max_backoff: must be at least initial_backoff",
+            ),
+            (
+                sink("buffer: {max_chunks: 100000}"),
+                "sinks.v.buffer.max_chunks: must be at most 4096 (each chunk holds up to 128KiB of input in memory)",
+            ),
+            (
+                sink("batch: {max_events: 0}"),
+                "sinks.v.batch.max_events: must be positive",
+            ),
+            (
+                sink("batch: {max_bytes: 0}"),
+                "sinks.v.batch.max_bytes: must be positive",
+            ),
+            (
+                source("multiline_timeout: 0s"),
+                "sources.pg.multiline_timeout: 0s cannot work: must be at least 10ms (a record written in several writes would be cut in pieces)",
+            ),
+            (
+                source("rescan_interval: 1ms"),
+                "sources.pg.rescan_interval: 1ms cannot work: must be at least 10ms (the globs would be expanded without pause)",
+            ),
+            (
+                source("rotate_wait: 0s"),
+                "sources.pg.rotate_wait: 0s cannot work: must be at least 1s (what the writer adds to a file just renamed would be lost)",
+            ),
+            (
+                source("rotate_wait: 100000h"),
+                "sources.pg.rotate_wait: must be at most 24h",
+            ),
+            (
+                source("max_files: 0"),
+                "sources.pg.max_files: must be positive",
+            ),
+            (
+                source("max_files: 20000"),
+                "sources.pg.max_files: must be at most 10000",
+            ),
+            (
+                source("max_directories: 0"),
+                "sources.pg.max_directories: must be positive",
+            ),
+            (
+                source("message_max_length: 0"),
+                "sources.pg.message_max_length: must be positive",
+            ),
+            (
+                format!("record_max_bytes: 2GiB\n{}", source("min_level: info")),
+                "record_max_bytes: must be at most 1GiB (a record is held whole in memory)",
+            ),
+            (
+                format!("{src}sinks: {{j: {{type: file, path: /tmp/x}}}}\n")
+                    .replace("format: plain", "type: journald, max_files: 3")
+                    .replace("include: [/x], ", ""),
+                "sources.pg.max_files: only for file sources, not type journald",
+            ),
+        ] {
+            assert_eq!(err(&yaml), message, "{yaml}");
+        }
+        // Numbers too large for a duration are refused, not a panic.
+        for yaml in [
+            sink("request_timeout: 1e300"),
+            sink("request_timeout: 1e300s"),
+        ] {
+            assert!(err(&yaml).contains("invalid duration"), "{yaml}");
+        }
+        let c = Config::parse(&source("max_files: 10, max_directories: 20")).unwrap();
+        assert_eq!(
+            (c.sources[0].max_files, c.sources[0].max_directories),
+            (10, 20)
+        );
+        let c = Config::parse(&source("rotate_wait: 1s")).unwrap();
+        assert_eq!(
+            (c.sources[0].max_files, c.sources[0].max_directories),
+            (DEFAULT_MAX_FILES, DEFAULT_MAX_DIRECTORIES)
+        );
+    }
+
+    #[test]
+    fn endpoints_keep_their_query_and_never_show_their_credentials() {
+        let src = "sources: {pg: {include: [/x], format: plain}}\n";
+        let sink = |extra: &str| format!("{src}sinks: {{v: {{type: loki, {extra}}}}}");
+        let c = Config::parse(&sink(
+            "endpoint: 'http://u:S3CRET-pw@h:3100/p/?tenant=x&token=S3CRET-tk', headers: {X-Api-Key: S3CRET-hd, X-Other: shown}",
+        ))
+        .unwrap();
+        let http = c.sinks[0].http.as_ref().unwrap();
+        assert_eq!(http.endpoint.query(), Some("tenant=x&token=S3CRET-tk"));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("S3CRET"), "{debug}");
+        assert!(
+            debug.contains("http://u:xxxxx@h:3100/p/?tenant=x&token=xxxxx"),
+            "{debug}"
+        );
+        assert!(debug.contains("shown"), "{debug}");
+        assert_eq!(
+            http.secrets.scrub("S3CRET-pw S3CRET-tk S3CRET-hd"),
+            "xxxxx xxxxx xxxxx"
+        );
+        let c = Config::parse(&sink(
+            "endpoint: 'http://h', auth: {bearer_token: S3CRET-bearer}",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.sinks[0]
+                .http
+                .as_ref()
+                .unwrap()
+                .secrets
+                .scrub("S3CRET-bearer"),
+            "xxxxx"
+        );
+        assert_eq!(
+            err(&sink("endpoint: 'http://h/#frag'")),
+            "sinks.v.endpoint: must not have a #fragment (it is never sent)"
+        );
+        assert_eq!(
+            err(&sink(
+                "endpoint: 'http://u:p@h/', auth: {username: u, password: p}"
+            )),
+            "sinks.v.auth: the endpoint has a user:password@ already: one or the other"
         );
     }
 

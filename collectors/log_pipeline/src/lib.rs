@@ -5,11 +5,15 @@
 //! - [`config`]: the YAML config, validated with errors that name the field;
 //! - [`record`]: the output schema Pigsty's log dashboards query;
 //! - [`parse`]: record framing (multi-line records) and the parsers of each format;
+//! - [`expand`]: glob expansion bounded under any tree (loops, links, limits, only regular
+//!   files, cancellable);
 //! - [`tailer`]: file discovery, identity (device + inode + head checksum), rotation and
 //!   truncation handling;
 //! - [`journald`]: the systemd journal through `journalctl --output=json`, its cursor kept
 //!   like a checkpoint;
 //! - [`checkpoint`]: positions acknowledged by every sink, written atomically;
+//! - [`secrets`]: endpoints shown with their credentials masked, secret values scrubbed from
+//!   messages;
 //! - [`sink`]: batching, delivery with retries, dead letters;
 //! - [`pipeline`]: wiring sources to sinks with bounded buffers (backpressure);
 //! - [`stats`]: the shipper's own metrics, and metrics derived from PostgreSQL logs (events by
@@ -21,10 +25,12 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod expand;
 pub mod journald;
 pub mod parse;
 pub mod pipeline;
 pub mod record;
+pub mod secrets;
 pub mod sink;
 pub mod stats;
 pub mod tailer;

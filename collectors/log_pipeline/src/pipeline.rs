@@ -13,22 +13,25 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, CheckpointError, SourceProgress};
-use crate::config::Config;
+use crate::config::{Config, Writable};
 use crate::journald::{self, JournaldHandle, JournaldSetup};
 use crate::sink::{SinkError, SinkSetup, SinkTask};
 use crate::stats::Stats;
 use crate::tailer::{self, TailerHandle, TailerSetup};
 
+/// How long tailers get to end once the sinks were aborted.
+const TAILER_ABORT_WAIT: Duration = Duration::from_secs(1);
+
 /// Why a pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// The checkpoint directory cannot be created.
-    #[error("checkpoint_dir {path}: {source}")]
-    CheckpointDir {
-        /// The directory.
-        path: std::path::PathBuf,
-        /// The error.
-        source: std::io::Error,
+    /// A directory or file the config names cannot be created or written.
+    #[error("{field}: {message}")]
+    NotWritable {
+        /// The option naming it (`checkpoint_dir`, `sinks.vl.buffer.path`, ...).
+        field: String,
+        /// What failed, naming the path.
+        message: String,
     },
     /// A checkpoint file cannot be read.
     #[error(transparent)]
@@ -52,15 +55,60 @@ pub struct Pipeline {
     checkpoint_stop: watch::Sender<bool>,
 }
 
+/// Creates `w.dir` if needed and checks that a file can be written in it (a probe file,
+/// removed at once), and that `w.file`, if it exists, can be appended to.
+fn check_writable(w: &Writable) -> Result<(), PipelineError> {
+    let fail = |message: String| PipelineError::NotWritable {
+        field: w.field.clone(),
+        message,
+    };
+    let dir = &w.dir;
+    if dir.exists() && !dir.is_dir() {
+        return Err(fail(format!("{} is not a directory", dir.display())));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    let probe = dir.join(format!(".log_shipper-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"probe\n"))
+        .map_err(|e| fail(format!("cannot write in {}: {e}", dir.display())))?;
+    std::fs::remove_file(&probe)
+        .map_err(|e| fail(format!("cannot remove {}: {e}", probe.display())))?;
+    if let Some(file) = &w.file
+        && file.exists()
+    {
+        if file.is_dir() {
+            return Err(fail(format!("{} is a directory", file.display())));
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(file)
+            .map_err(|e| fail(format!("cannot append to {}: {e}", file.display())))?;
+    }
+    Ok(())
+}
+
 impl Pipeline {
+    /// What a start would refuse, without starting anything (`--dry-run`, and a reload
+    /// before it stops the running pipeline): every directory the config names created and
+    /// written to, every HTTP client built (TLS files read).
+    pub fn check(config: &Config) -> Result<(), PipelineError> {
+        for w in &config.writable {
+            check_writable(w)?;
+        }
+        for sink in &config.sinks {
+            crate::sink::check(sink)?;
+        }
+        Ok(())
+    }
+
     /// Starts everything `config` describes. Must be called inside a tokio runtime.
     pub fn start(config: &Config, stats: &Arc<Stats>) -> Result<Pipeline, PipelineError> {
-        std::fs::create_dir_all(&config.checkpoint_dir).map_err(|source| {
-            PipelineError::CheckpointDir {
-                path: config.checkpoint_dir.clone(),
-                source,
-            }
-        })?;
+        Pipeline::check(config)?;
         let mut checkpoints = Vec::new();
         let mut journal_starts = Vec::new();
         let mut progress = Vec::new();
@@ -123,20 +171,6 @@ impl Pipeline {
             .collect();
 
         let (checkpoint_stop, stop_rx) = watch::channel(false);
-        let mut checkpointers = Vec::new();
-        for (source, p) in config.sources.iter().zip(&progress) {
-            if source.journald.is_some() {
-                // Its reader writes its cursor file itself.
-                continue;
-            }
-            checkpointers.push(tokio::spawn(checkpoint::run_checkpointer(
-                checkpoint::path_for(&config.checkpoint_dir, &source.name),
-                p.clone(),
-                stats.source(&source.name),
-                stop_rx.clone(),
-            )));
-        }
-
         let mut tailers = Vec::new();
         let mut journals = Vec::new();
         for (i, ((source, outputs), checkpoint)) in config
@@ -170,10 +204,28 @@ impl Pipeline {
             match handle {
                 Ok(h) => tailers.push(h),
                 Err(e) => {
+                    for t in &tailers {
+                        t.request_stop();
+                    }
                     let _ = abort.send(true);
                     return Err(PipelineError::Spawn(e));
                 }
             }
+        }
+        // After the tailers: they registered the entries of the last checkpoints, so that the
+        // first checkpoint written holds them.
+        let mut checkpointers = Vec::new();
+        for (source, p) in config.sources.iter().zip(&progress) {
+            if source.journald.is_some() {
+                // Its reader writes its cursor file itself.
+                continue;
+            }
+            checkpointers.push(tokio::spawn(checkpoint::run_checkpointer(
+                checkpoint::path_for(&config.checkpoint_dir, &source.name),
+                p.clone(),
+                stats.source(&source.name),
+                stop_rx.clone(),
+            )));
         }
         info!(
             sources = config.sources.len(),
@@ -210,18 +262,25 @@ impl Pipeline {
         }
         if !readers_done(&self) {
             let _ = self.abort.send(true);
+            // Aborted sinks close their channels: a tailer waiting on one ends at once.
+            let aborted_at = Instant::now();
+            while !readers_done(&self) && aborted_at.elapsed() < TAILER_ABORT_WAIT {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         let mut journals = std::mem::take(&mut self.journals);
         for j in &mut journals {
             j.join_reader().await;
         }
-        let mut tailers = std::mem::take(&mut self.tailers);
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in &mut tailers {
+        // Never joined blindly: a tailer stuck in a system call (a hung network file system)
+        // is left behind, told to stop, rather than holding the process past its grace.
+        for mut t in std::mem::take(&mut self.tailers) {
+            if t.is_finished() {
                 t.join();
+            } else {
+                warn!("A file reader did not stop in time (a system call hangs?); left behind.");
             }
-        })
-        .await;
+        }
         // The senders are gone: sinks flush and end.
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut sinks = std::mem::take(&mut self.sinks);

@@ -199,6 +199,12 @@ pub struct SourceCounters {
     /// Bytes known lost because a file disappeared before it was read and acknowledged
     /// completely (at least these many).
     pub lost_bytes: AtomicU64,
+    /// Files the include globs reached at the last expansion (at most `max_files`).
+    pub glob_files: AtomicU64,
+    /// Directories listed at the last expansion (at most `max_directories`).
+    pub glob_directories: AtomicU64,
+    /// Expansions cut short at `max_files` or `max_directories`.
+    pub glob_limit_hits: AtomicU64,
 }
 
 /// Counters of one sink.
@@ -582,6 +588,27 @@ impl Stats {
             "Bytes lost because a file disappeared before it was read and acknowledged completely (at least).",
             MetricType::Counter,
             &|c| ld(&c.lost_bytes),
+        );
+        source_family(
+            enc,
+            "log_shipper_source_glob_files",
+            "Files the include globs reached at the last expansion (at most max_files).",
+            MetricType::Gauge,
+            &|c| ld(&c.glob_files),
+        );
+        source_family(
+            enc,
+            "log_shipper_source_glob_directories",
+            "Directories the include globs listed at the last expansion (at most max_directories).",
+            MetricType::Gauge,
+            &|c| ld(&c.glob_directories),
+        );
+        source_family(
+            enc,
+            "log_shipper_source_glob_limit_hits_total",
+            "Glob expansions cut short at max_files or max_directories: the files past the limit are not read.",
+            MetricType::Counter,
+            &|c| ld(&c.glob_limit_hits),
         );
         source_family(
             enc,

@@ -1,7 +1,9 @@
 //! File tailing for one source, on its own thread.
 //!
-//! - Discovery: the include globs are expanded (and excludes applied) at start, whenever
-//!   notify reports a change in a watched directory, and every `rescan_interval` as a
+//! - Discovery: the include globs are expanded (and excludes applied; see [`crate::expand`]:
+//!   loops listed once, one path per file, `max_files` and `max_directories`, only regular
+//!   files, cancelled by a stop) at start, whenever notify reports a change in a watched
+//!   directory (the directories of the last expansion), and every `rescan_interval` as a
 //!   fallback; open files are checked at every wake-up.
 //! - Identity: device + inode + a hash of the first bytes ([`FileId`]): a reused inode is a new
 //!   file; a file whose head changed or that shrank was truncated and is read again from 0.
@@ -28,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint::{Entry, FileId, HEAD_MAX, SourceProgress, StreamId, head_hash};
 use crate::config::{ReadFrom, Source};
+use crate::expand::{Expansion, Found, Globs, Limit, Limits, open_regular};
 use crate::parse::prefix::LinePrefix;
 use crate::parse::{Framer, Parser, RawRecord};
 use crate::record::{Origin, Record};
@@ -177,7 +180,7 @@ struct Tailer {
     counters: Arc<SourceCounters>,
     streams: Vec<Stream>,
     /// Checkpoint entries of live files not found yet.
-    known: Vec<Entry>,
+    known: Vec<(StreamId, Entry)>,
     dead: Vec<DeadFile>,
     /// Streams that ended (truncated or dropped) → their committed offset.
     ended: HashMap<StreamId, u64>,
@@ -192,6 +195,12 @@ struct Tailer {
     rescan: Arc<AtomicBool>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: HashSet<PathBuf>,
+    /// The include and exclude patterns, compiled.
+    globs: Globs,
+    /// The limit the last expansion reached (warned about once until it clears).
+    glob_limit: Option<Limit>,
+    /// No expansion before this (see [`Tailer::run`]).
+    scan_gap_until: Instant,
     closed: bool,
     /// The read buffer, reused.
     read_buf: Vec<u8>,
@@ -229,23 +238,6 @@ fn file_id(meta: &std::fs::Metadata, head: &[u8]) -> FileId {
     }
 }
 
-/// The directory to watch for a glob pattern, and whether recursively.
-fn watch_root(pattern: &str) -> (PathBuf, bool) {
-    let mut root = PathBuf::from("/");
-    let comps: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
-    for (i, c) in comps.iter().enumerate() {
-        let is_last = i + 1 == comps.len();
-        if c.contains(['*', '?', '[']) {
-            return (root, !is_last);
-        }
-        if is_last {
-            return (root, false);
-        }
-        root.push(c);
-    }
-    (root, false)
-}
-
 impl Tailer {
     fn new(
         setup: TailerSetup,
@@ -271,7 +263,11 @@ impl Tailer {
                     offset: e.offset,
                 });
             } else {
-                known.push(e);
+                // Kept in the checkpoints as it was until the file is found (or found
+                // gone): a stop in the middle of the first expansion keeps its position.
+                let id = next_stream_id();
+                setup.progress.register_known(id, &e);
+                known.push((id, e));
             }
         }
         let prefix = setup
@@ -280,6 +276,7 @@ impl Tailer {
             .as_deref()
             .and_then(|p| LinePrefix::compile(p).ok())
             .map(Arc::new);
+        let globs = Globs::new(&setup.source.include, &setup.source.exclude);
         Tailer {
             prefix,
             index: setup.index,
@@ -304,6 +301,9 @@ impl Tailer {
             rescan: Arc::new(AtomicBool::new(true)),
             watcher: None,
             watched: HashSet::new(),
+            globs,
+            glob_limit: None,
+            scan_gap_until: Instant::now(),
             closed: false,
             read_buf: Vec::new(),
         }
@@ -314,15 +314,22 @@ impl Tailer {
         let mut next_rescan = Instant::now();
         while !self.stop.load(Ordering::SeqCst) && !self.closed {
             let now = Instant::now();
-            if now >= next_rescan || self.rescan.swap(false, Ordering::SeqCst) {
-                self.discover();
-                self.watch_dirs();
+            // A costly expansion (a huge tree) waits nine times its duration before the
+            // next one, however many file events come: at most a tenth of a core.
+            let may_scan = now >= self.scan_gap_until;
+            if may_scan && (now >= next_rescan || self.rescan.swap(false, Ordering::SeqCst)) {
+                let started = Instant::now();
+                let Some(dirs) = self.discover() else {
+                    break;
+                };
+                self.watch_dirs(dirs);
+                self.scan_gap_until = Instant::now() + started.elapsed() * 9;
                 let wait = if self.young.is_empty() && self.pending_copies.is_empty() {
                     self.source.rescan_interval
                 } else {
                     self.source.rescan_interval.min(Duration::from_millis(100))
                 };
-                next_rescan = Instant::now() + wait;
+                next_rescan = (Instant::now() + wait).max(self.scan_gap_until);
             }
             let busy = self.read_all();
             if busy {
@@ -388,63 +395,79 @@ impl Tailer {
         }
     }
 
-    fn watch_dirs(&mut self) {
+    /// Watches exactly the directories of the last expansion (each one non-recursively:
+    /// loops and huge trees cost no more than the expansion itself).
+    fn watch_dirs(&mut self, dirs: Vec<PathBuf>) {
         use notify::Watcher as _;
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
-        for pattern in &self.source.include {
-            let (root, recursive) = watch_root(pattern);
-            if self.watched.contains(&root) || !root.is_dir() {
+        let wanted: HashSet<PathBuf> = dirs.into_iter().collect();
+        for gone in self.watched.difference(&wanted) {
+            let _ = watcher.unwatch(gone);
+        }
+        self.watched.retain(|d| wanted.contains(d));
+        for dir in wanted {
+            // A literal file's directory may not exist yet: the rescans cover it.
+            if self.watched.contains(&dir) || !dir.is_dir() {
                 continue;
             }
-            let mode = if recursive {
-                notify::RecursiveMode::Recursive
-            } else {
-                notify::RecursiveMode::NonRecursive
-            };
-            match watcher.watch(&root, mode) {
+            match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    self.watched.insert(root);
+                    self.watched.insert(dir);
                 }
-                Err(e) => debug!(dir = %root.display(), error = %e, "Cannot watch directory."),
+                Err(e) => debug!(dir = %dir.display(), error = %e, "Cannot watch directory."),
             }
         }
     }
 
-    fn matching_paths(&self) -> Vec<PathBuf> {
-        let excludes: Vec<glob::Pattern> = self
-            .source
-            .exclude
-            .iter()
-            .filter_map(|p| glob::Pattern::new(p).ok())
-            .collect();
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        for pattern in &self.source.include {
-            let Ok(paths) = glob::glob(pattern) else {
-                continue;
-            };
-            for p in paths.flatten() {
-                if excludes.iter().any(|x| x.matches_path(&p)) {
-                    continue;
-                }
-                if seen.insert(p.clone()) {
-                    out.push(p);
-                }
-            }
+    /// Expands the globs within the source's limits, and reports the limits reached.
+    /// `None` when the tailer was told to stop meanwhile.
+    fn expand(&mut self) -> Option<Expansion> {
+        let limits = Limits {
+            max_files: self.source.max_files,
+            max_directories: self.source.max_directories,
+        };
+        let e = self.globs.expand(limits, &self.stop);
+        if e.cancelled {
+            return None;
         }
-        out
+        let c = &self.counters;
+        let before = (
+            c.glob_files.load(Ordering::Relaxed),
+            c.glob_directories.load(Ordering::Relaxed),
+        );
+        if before != (e.files.len() as u64, e.dirs_listed as u64) {
+            debug!(source = %self.source.name, files = e.files.len(), directories = e.dirs_listed, repeats = e.repeats, "Globs expanded.");
+        }
+        c.glob_files.store(e.files.len() as u64, Ordering::Relaxed);
+        c.glob_directories
+            .store(e.dirs_listed as u64, Ordering::Relaxed);
+        if let Some(limit) = e.limit {
+            c.glob_limit_hits.fetch_add(1, Ordering::Relaxed);
+            if self.glob_limit != Some(limit) {
+                let value = match limit {
+                    Limit::Files => self.source.max_files,
+                    Limit::Directories => self.source.max_directories,
+                };
+                let option = limit.option();
+                warn!(source = %self.source.name, limit = option, value, files = e.files.len(), directories = e.dirs_listed, "The include globs reach more than {option}: what is past it is not read. Narrow the globs or raise sources.{}.{option}.", self.source.name);
+            }
+        } else if self.glob_limit.is_some() {
+            info!(source = %self.source.name, files = e.files.len(), directories = e.dirs_listed, "The include globs are within their limits again.");
+        }
+        self.glob_limit = e.limit;
+        Some(e)
     }
 
-    fn discover(&mut self) {
+    /// Expands the globs and opens the new files; returns the directories to watch, or
+    /// `None` when told to stop meanwhile.
+    fn discover(&mut self) -> Option<Vec<PathBuf>> {
+        let expansion = self.expand()?;
         let mut present = HashSet::new();
-        for path in self.matching_paths() {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if !meta.is_file() {
-                continue;
+        for Found { path, meta } in expansion.files {
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
             }
             let key = (meta.dev(), meta.ino());
             present.insert(key);
@@ -485,18 +508,19 @@ impl Tailer {
             self.find_renamed_known_files();
         }
         self.resolve_pending_copies();
+        Some(expansion.dirs)
     }
 
     /// Opens a newly seen file and decides where to start reading it.
     fn open_new(&mut self, path: &Path) {
-        let file = match File::open(path) {
+        let (file, meta) = match open_regular(path) {
             Ok(f) => f,
             Err(e) => {
                 debug!(path = %path.display(), error = %e, "Cannot open file.");
                 return;
             }
         };
-        let (Ok(meta), Ok(head)) = (file.metadata(), read_head(&file)) else {
+        let Ok(head) = read_head(&file) else {
             return;
         };
         let fid = file_id(&meta, &head);
@@ -505,19 +529,19 @@ impl Tailer {
         if let Some(i) = self
             .known
             .iter()
-            .position(|e| (e.id.dev, e.id.ino) == (fid.dev, fid.ino))
+            .position(|(_, e)| (e.id.dev, e.id.ino) == (fid.dev, fid.ino))
         {
-            let e = self.known.swap_remove(i);
+            let (id, e) = self.known.swap_remove(i);
             if e.id.head_matches(&head) && e.offset <= size {
                 if e.read > e.offset {
                     self.counters
                         .replayed_bytes
                         .fetch_add(e.read.min(size) - e.offset, Ordering::Relaxed);
                 }
-                self.add_stream(file, path, fid, size, e.offset, "checkpoint");
+                self.add_stream(id, file, path, fid, size, e.offset, "checkpoint");
             } else {
                 self.count_lost(&e, "its inode now holds other content");
-                self.add_stream(file, path, fid, size, 0, "inode reused or truncated");
+                self.add_stream(id, file, path, fid, size, 0, "inode reused or truncated");
             }
             return;
         }
@@ -556,6 +580,7 @@ impl Tailer {
             let d = self.dead.swap_remove(i);
             self.young.remove(&key);
             self.add_stream(
+                next_stream_id(),
                 file,
                 path,
                 fid,
@@ -571,14 +596,26 @@ impl Tailer {
         self.young.remove(&key);
         // 4. read_from: end applies to files present at the very first start.
         if self.first_start && !self.scanned_once && self.source.read_from == ReadFrom::End {
-            self.add_stream(file, path, fid, size, size, "read_from end");
+            self.add_stream(
+                next_stream_id(),
+                file,
+                path,
+                fid,
+                size,
+                size,
+                "read_from end",
+            );
             return;
         }
-        self.add_stream(file, path, fid, size, 0, "new file");
+        self.add_stream(next_stream_id(), file, path, fid, size, 0, "new file");
     }
 
+    /// Starts reading `file` at `start` as stream `id` (a new one, or a checkpointed file's,
+    /// registered when the tailer started).
+    #[allow(clippy::too_many_arguments)]
     fn add_stream(
         &mut self,
+        id: StreamId,
         file: File,
         path: &Path,
         fid: FileId,
@@ -586,7 +623,6 @@ impl Tailer {
         start: u64,
         why: &str,
     ) {
-        let id = next_stream_id();
         info!(source = %self.source.name, path = %path.display(), offset = start, reason = why, "Reading file.");
         self.progress.register(id, fid, path, start);
         self.counters.files_opened.fetch_add(1, Ordering::Relaxed);
@@ -620,32 +656,41 @@ impl Tailer {
     /// Checkpointed files that no glob finds any more may have been renamed while we were
     /// down (rotation): look for their inode in their directory and drain them.
     fn find_renamed_known_files(&mut self) {
-        let known = std::mem::take(&mut self.known);
-        for e in known {
+        let mut known = std::mem::take(&mut self.known).into_iter();
+        while let Some((id, e)) = known.next() {
+            let stop = &self.stop;
             let found = e.path.parent().and_then(|dir| {
-                std::fs::read_dir(dir).ok()?.flatten().find_map(|d| {
-                    let meta = d.metadata().ok()?;
-                    (meta.is_file() && meta.dev() == e.id.dev && meta.ino() == e.id.ino)
-                        .then(|| d.path())
-                })
+                std::fs::read_dir(dir)
+                    .ok()?
+                    .flatten()
+                    .take_while(|_| !stop.load(Ordering::Relaxed))
+                    .find_map(|d| {
+                        let meta = d.metadata().ok()?;
+                        (meta.is_file() && meta.dev() == e.id.dev && meta.ino() == e.id.ino)
+                            .then(|| d.path())
+                    })
             });
+            if self.stop.load(Ordering::Relaxed) {
+                // Nothing concluded: their checkpoint entries stay as they were.
+                self.known.push((id, e));
+                self.known.extend(known);
+                return;
+            }
             let opened = found.and_then(|p| {
-                let file = File::open(&p).ok()?;
-                let meta = file.metadata().ok()?;
+                let (file, meta) = open_regular(&p).ok()?;
                 let head = read_head(&file).ok()?;
                 (e.id.head_matches(&head) && e.offset <= meta.len())
                     .then(|| (p, file, file_id(&meta, &head), meta.len()))
             });
             match opened {
                 Some((p, file, fid, size)) => {
-                    self.add_stream(file, &p, fid, size, e.offset, "renamed while stopped");
+                    self.add_stream(id, file, &p, fid, size, e.offset, "renamed while stopped");
                     if let Some(s) = self.streams.last_mut() {
                         s.gone_since = Some(Instant::now());
                     }
                 }
                 None => {
                     self.count_lost(&e, "it no longer exists");
-                    let id = next_stream_id();
                     self.progress.register_dead(
                         id,
                         &Entry {
@@ -684,6 +729,7 @@ impl Tailer {
             let size = c.file.metadata().map(|m| m.len()).unwrap_or(0);
             if let Some(end) = self.ended.get(&c.original).copied() {
                 self.add_stream(
+                    next_stream_id(),
                     c.file,
                     &c.path,
                     c.fid,
@@ -693,6 +739,7 @@ impl Tailer {
                 );
             } else if !live {
                 self.add_stream(
+                    next_stream_id(),
                     c.file,
                     &c.path,
                     c.fid,
@@ -702,7 +749,15 @@ impl Tailer {
                 );
             } else if c.since.elapsed() > COPY_WAIT {
                 // The original was not truncated: a plain copy; only new appends are new.
-                self.add_stream(c.file, &c.path, c.fid, size, size, "copy of a live file");
+                self.add_stream(
+                    next_stream_id(),
+                    c.file,
+                    &c.path,
+                    c.fid,
+                    size,
+                    size,
+                    "copy of a live file",
+                );
             } else {
                 self.pending_copies.push(c);
             }
@@ -961,23 +1016,4 @@ enum StreamTurn {
     Data,
     Idle,
     Drop,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watch_roots() {
-        assert_eq!(
-            watch_root("/pg/log/postgres/*.csv"),
-            ("/pg/log/postgres".into(), false)
-        );
-        assert_eq!(
-            watch_root("/pg/log/patroni/patroni.log"),
-            ("/pg/log/patroni".into(), false)
-        );
-        assert_eq!(watch_root("/data/*/x.log"), ("/data".into(), true));
-        assert_eq!(watch_root("/var/**/*.log"), ("/var".into(), true));
-    }
 }

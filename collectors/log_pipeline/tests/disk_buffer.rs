@@ -406,10 +406,12 @@ async fn bad_buffer_settings_name_the_field() {
         ),
     );
     let e = Pipeline::start(&cfg, &Arc::new(Stats::default())).unwrap_err();
-    assert!(
-        e.to_string()
-            .starts_with(&format!("sink vl: buffer.path {}:", not_a_dir.display())),
-        "{e}"
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "sinks.vl.buffer.path: {} is not a directory",
+            not_a_dir.display()
+        )
     );
 }
 

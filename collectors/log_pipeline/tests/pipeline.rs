@@ -8,7 +8,7 @@ mod receiver;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -260,6 +260,71 @@ async fn every_api_gets_every_record_exactly_once() {
         metrics.contains("log_shipper_sink_events_sent_total{sink=\"loki_proto\"} 3000"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_a_path_and_a_query_gets_the_api_path_joined_and_the_query_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let file = logs.join("app.log");
+    append(&file, 0..100);
+    // The receiver's routes, also under a path prefix (a reverse proxy's).
+    let rx = Receiver::detached();
+    let app = rx.app().merge(rx.app_at("/proxy/logs"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let sink = |name: &str, kind: &str, endpoint: &str| {
+        format!(
+            "  {name}:\n    type: {kind}\n    endpoint: '{url}{endpoint}'\n    batch: {{timeout: 100ms}}\n    retry: {{initial_backoff: 100ms, max_backoff: 500ms}}\n"
+        )
+    };
+    let sinks = [
+        sink("vl", "victorialogs", "/?tenant=x"),
+        sink("loki", "loki", "/?tenant=x&x=1"),
+        format!(
+            "{}    api: loki\n",
+            sink("vl_loki", "victorialogs", "/proxy/logs/?tenant=y")
+        ),
+        sink("loki_prefix", "loki", "/proxy/logs?tenant=z"),
+    ]
+    .concat();
+    let streams = [
+        ("vl", "jsonline", "/insert/jsonline?tenant=x"),
+        ("loki", "loki_proto", "/loki/api/v1/push?tenant=x&x=1"),
+        (
+            "vl_loki",
+            "loki_proto",
+            "/proxy/logs/insert/loki/api/v1/push?tenant=y&_msg_field=message",
+        ),
+        (
+            "loki_prefix",
+            "loki_proto",
+            "/proxy/logs/loki/api/v1/push?tenant=z",
+        ),
+    ];
+    let cfg = config(
+        dir.path(),
+        &plain_source("app", &format!("{}/*.log", logs.display())),
+        &sinks,
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    for (sink, api, path) in streams {
+        wait_distinct_where(&rx, &format!("for {sink} at {path}"), 100, 20, |r| {
+            r.api == api && r.path_and_query == path
+        })
+        .await;
+    }
+    p.stop(GRACE).await;
+    server.abort();
+    for (sink, api, path) in streams {
+        assert_exactly_once_where(&rx, sink, 100, |r| r.api == api && r.path_and_query == path);
+    }
+    for req in rx.requests() {
+        assert!(matches!(req.status, 200 | 204), "{req:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -875,6 +940,151 @@ async fn excluded_files_are_never_read() {
         ckpt.iter().all(|(p, _, _)| *p != skip && *p != late_skip),
         "{ckpt:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_keeps_every_position_through_a_long_first_expansion_and_a_stop_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, 0..100);
+    let end = std::fs::metadata(&app).unwrap().len();
+    let rx = Receiver::start().await;
+    let sink = vl_sink("vl", &rx.url(), "");
+    let first = config(
+        dir.path(),
+        &plain_source("app", &format!("{}/*.log", logs.display())),
+        &sink,
+    );
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&first, &stats).unwrap();
+    wait_checkpoint(dir.path(), "app", &app, end).await;
+    p.stop(GRACE).await;
+
+    // The same source also globs a tree of 5000 directories: its first expansion takes a
+    // while, and app.log is opened only after it.
+    let shm = Path::new("/dev/shm");
+    let tree = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    for a in 0..50 {
+        for b in 0..100 {
+            std::fs::create_dir_all(tree.path().join(format!("{a}/{b}"))).unwrap();
+        }
+    }
+    let src = format!(
+        "  app:\n    include: ['{}/*.log', '{}/**/*.none']\n    format: plain\n    max_directories: 100000\n",
+        logs.display(),
+        tree.path().display()
+    );
+    let second = config(dir.path(), &src, &sink);
+    let positions = || {
+        checkpoint_offsets(dir.path(), "app")
+            .into_iter()
+            .filter(|(p, _, dead)| *p == app && !dead)
+            .map(|(_, o, _)| o)
+            .collect::<Vec<_>>()
+    };
+    let p = Pipeline::start(&second, &stats).unwrap();
+    // The checkpoint written at start (and every one after) still holds app.log's position.
+    let watch_until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < watch_until {
+        assert_eq!(positions(), [end], "app.log's position was dropped");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Stopped, most likely in the middle of the expansion: the last checkpoint too.
+    p.stop(GRACE).await;
+    assert_eq!(positions(), [end], "app.log's position was dropped");
+    assert_exactly_once(&rx, "jsonline", 100);
+}
+
+/// The files whose per-file series `/metrics` shows for `source`.
+fn file_series(stats: &Stats, source: &str) -> Vec<String> {
+    let prefix = format!("log_shipper_file_read_bytes_total{{source=\"{source}\",file=\"");
+    stats
+        .render()
+        .lines()
+        .filter_map(|l| Some(l.strip_prefix(&prefix)?.split('"').next()?.to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_reached_by_several_paths_is_read_once_under_one_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let app = real.join("app.log");
+    append(&app, 0..100);
+    // Four more paths to the same file: a symlinked directory, a symlink that sorts first, a
+    // hard link.
+    std::os::unix::fs::symlink(&real, dir.path().join("via-link")).unwrap();
+    std::os::unix::fs::symlink("app.log", real.join("0-current.log")).unwrap();
+    std::os::unix::fs::symlink("app.log", real.join("current.log")).unwrap();
+    std::fs::hard_link(&app, real.join("hard.log")).unwrap();
+    let rx = Receiver::start().await;
+    let src = plain_source("app", &format!("{}/*/*.log", dir.path().display()));
+    let cfg = config(dir.path(), &src, &vl_sink("vl", &rx.url(), ""));
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    wait_distinct(&rx, "jsonline", 100, 30).await;
+    // Several rescans (200 ms) of the same five paths, then more lines.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    append(&app, 100..200);
+    wait_distinct(&rx, "jsonline", 200, 30).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // One stream, one series, under the file's own name and not a link's (per-file stats go
+    // when the pipeline stops: checked before).
+    assert_eq!(stats.source("app").files_opened.load(Ordering::Relaxed), 1);
+    assert_eq!(file_series(&stats, "app"), [app.display().to_string()]);
+    p.stop(GRACE).await;
+    assert_exactly_once(&rx, "jsonline", 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_sockets_and_devices_in_the_globs_are_never_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let fifo = logs.join("fifo.log");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::os::unix::fs::symlink(&fifo, logs.join("fifo-link.log")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(logs.join("sock.log")).unwrap();
+    std::os::unix::fs::symlink("/dev/null", logs.join("null.log")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", logs.join("zero.log")).unwrap();
+    let app = logs.join("app.log");
+    append(&app, 0..100);
+    let rx = Receiver::start().await;
+    let src = plain_source("app", &format!("{}/*.log", logs.display()));
+    let cfg = config(dir.path(), &src, &vl_sink("vl", &rx.url(), ""));
+    let stats = Arc::new(Stats::default());
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    wait_distinct(&rx, "jsonline", 100, 30).await;
+    append(&app, 100..200);
+    wait_distinct(&rx, "jsonline", 200, 30).await;
+    assert_eq!(stats.source("app").files_opened.load(Ordering::Relaxed), 1);
+    // Nobody holds the FIFO open for reading: a writer that does not wait finds no reader.
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo);
+    assert_eq!(
+        writer.map(drop).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ENXIO)),
+        "no reader"
+    );
+    let t = Instant::now();
+    p.stop(GRACE).await;
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_exactly_once(&rx, "jsonline", 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

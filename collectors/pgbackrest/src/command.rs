@@ -5,6 +5,9 @@
 //! and lock files behind that break the owner's next `archive-push` or `backup`. Under systemd
 //! the unit's `User=` does that; when the exporter itself runs as root, [`RunAs`] switches the
 //! child to the owner (uid, gid, no supplementary groups, `HOME`/`USER`/`LOGNAME`).
+//!
+//! What pgBackRest prints on standard error reaches the logs only through
+//! [`mask_secrets`]: its errors quote config lines and option values, passwords included.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use agent_kit::redact::mask_secrets;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, User};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
@@ -61,7 +65,7 @@ pub enum CommandError {
         command: String,
         /// Exit code or signal.
         status: String,
-        /// Its standard error, trimmed.
+        /// Its standard error, trimmed, secrets masked ([`mask_secrets`]).
         stderr: String,
     },
     /// Its output could not be read, or exceeded [`STDOUT_LIMIT`].
@@ -144,7 +148,8 @@ impl RunAs {
 pub struct Output {
     /// Standard output.
     pub stdout: Vec<u8>,
-    /// Standard error (pgBackRest prints warnings there), trimmed.
+    /// Standard error (pgBackRest prints warnings there), trimmed, secrets masked
+    /// ([`mask_secrets`]).
     pub stderr: String,
 }
 
@@ -254,9 +259,9 @@ impl Runner {
             command: command.clone(),
             message,
         })?;
-        let stderr = String::from_utf8_lossy(&stderr.unwrap_or_default())
-            .trim()
-            .to_owned();
+        // pgBackRest quotes option values and config lines in its errors, secrets included.
+        let stderr =
+            mask_secrets(String::from_utf8_lossy(&stderr.unwrap_or_default()).trim()).into_owned();
         if !status.success() {
             return Err(CommandError::Failed {
                 command,
@@ -274,14 +279,14 @@ impl Runner {
     }
 }
 
-/// The command line, for messages.
+/// The command line, for messages (secrets masked).
 fn describe(binary: &Path, args: &[String]) -> String {
     let mut s = binary.display().to_string();
     for a in args {
         s.push(' ');
         s.push_str(a);
     }
-    s
+    mask_secrets(&s).into_owned()
 }
 
 fn describe_status(status: ExitStatus) -> String {

@@ -25,10 +25,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use agent_kit::exposition::{MetricType, write_header, write_sample};
 
-use crate::collector::{
-    CollectedStanza, LastBackups, Settings, State, limited_backups, pg_version,
-};
 use crate::info::Backup;
+use crate::settings::Settings;
+use crate::state::{CollectedStanza, LastBackups, State, limited_backups, pg_version};
 
 /// Help text of `pgbackrest_exporter_build_info` (Go's version collector).
 const BUILD_INFO_HELP: &str = "A metric with a constant '1' value labeled by version, revision, branch, goversion from which pgbackrest_exporter was built, and the goos and goarch for the build.";
@@ -146,22 +145,13 @@ pub fn render_pgbackrest(state: &State, settings: &Settings, now: SystemTime) ->
     out
 }
 
-fn goarch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    }
-}
-
 fn exporter_metrics(f: &mut Families, state: &State, settings: &Settings, now: SystemTime) {
     f.gauge(
         "pgbackrest_exporter_build_info",
         BUILD_INFO_HELP,
         vec![
             ("branch", String::new()),
-            ("goarch", goarch().to_owned()),
+            ("goarch", agent_kit::process_metrics::goarch().to_owned()),
             ("goos", std::env::consts::OS.to_owned()),
             ("goversion", "rust".to_owned()),
             ("revision", "unknown".to_owned()),

@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use pgbackrest_collector::collector::{Collector, Settings};
+use pgbackrest_collector::collector::Collector;
 use pgbackrest_collector::command::{RunAs, Runner};
+use pgbackrest_collector::settings::Settings;
 
 const FAKE: &str = r#"#!/bin/sh
 # A fake pgbackrest: what it does is read from files next to it.

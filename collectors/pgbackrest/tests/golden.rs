@@ -10,9 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pgbackrest_collector::collector::{ALL_STANZAS, Settings, State, collected, databases_in};
 use pgbackrest_collector::info;
 use pgbackrest_collector::metrics::render_pgbackrest;
+use pgbackrest_collector::settings::{ALL_STANZAS, Settings};
+use pgbackrest_collector::state::{State, collected, databases_in};
 
 /// Scrape time of the golden files: a while after the newest fixture backup (1795640071).
 const NOW: u64 = 1_795_700_000;

@@ -51,9 +51,15 @@ pub struct Flavor {
 )]
 pub struct Cli {
     /// PostgreSQL URL or libpq key=value string (also PG_EXPORTER_URL, PGURL, or a file named
-    /// by PG_EXPORTER_URL_FILE). A database named `pgbouncer` selects Pgbouncer mode.
+    /// by PG_EXPORTER_URL_FILE). A database named `pgbouncer` selects Pgbouncer mode. A
+    /// password given here is visible to every local user in `ps`: put the URL in
+    /// PG_EXPORTER_URL or in the PG_EXPORTER_URL_FILE file, or the password in ~/.pgpass.
     #[arg(short = 'u', long, env = "PG_EXPORTER_URL", hide_env_values = true)]
     pub url: Option<String>,
+
+    /// Whether `url` came from the command line (where `ps` shows it), not the environment.
+    #[arg(skip)]
+    pub url_on_command_line: bool,
 
     /// Config file or directory (default: ./pg_exporter.yml, /etc/pg_exporter.yml,
     /// /etc/pg_exporter, else the built-in set).
@@ -127,6 +133,13 @@ pub struct Cli {
     #[arg(short = 'E', long)]
     pub explain: bool,
 
+    /// Run with a config that defines no collector (an empty file, or a directory without
+    /// collectors), serving only the exporter's own metrics; refused otherwise, at start,
+    /// by --dry-run and on reload.
+    #[arg(long, env = "PG_EXPORTER_ALLOW_EMPTY_CONFIG", action = ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub allow_empty_config: bool,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub web: WebArgs,
@@ -137,11 +150,12 @@ pub struct Cli {
 }
 
 /// Boolean flags that kingpin also accepts as `--no-<flag>`.
-const NEGATABLE: [&str; 4] = [
+const NEGATABLE: [&str; 5] = [
     "disable-cache",
     "disable-intro",
     "auto-discovery",
     "fail-fast",
+    "allow-empty-config",
 ];
 
 /// Rewrites kingpin's `--no-flag` into `--flag=false`.
@@ -161,7 +175,10 @@ impl Cli {
         args: impl IntoIterator<Item = String>,
     ) -> Result<Cli, clap::Error> {
         let matches = Cli::command_for(flavor).try_get_matches_from(normalize_args(args))?;
-        Cli::from_arg_matches(&matches)
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.url_on_command_line =
+            matches.value_source("url") == Some(clap::parser::ValueSource::CommandLine);
+        Ok(cli)
     }
 
     /// The command line of `flavor`'s binary: its name, and upstream's `-P` short flag.
@@ -229,15 +246,23 @@ impl Cli {
 }
 
 /// Loads the collector set: `path` if given (lenient at start-up, strict otherwise), else the
-/// built-in default.
+/// built-in default. A `path` defining no collector is an error unless `allow_empty`.
 pub fn load_collectors(
     path: Option<&PathBuf>,
     mode: LoadMode,
+    allow_empty: bool,
 ) -> Result<CollectorSet, config::ConfigError> {
-    match path {
-        Some(p) => config::load(p, mode),
-        None => crate::default_config::load(),
+    let Some(path) = path else {
+        return crate::default_config::load();
+    };
+    let set = config::load(path, mode)?;
+    if set.is_empty() && !allow_empty {
+        return Err(config::ConfigError::Empty {
+            path: path.clone(),
+            directory: path.is_dir(),
+        });
     }
+    Ok(set)
 }
 
 /// Runs the program; returns the process exit code (1 bad flags/paths, 2 construction
@@ -267,7 +292,11 @@ async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
 
     if cli.dry_run {
         return Ok(
-            match load_collectors(config_path.as_ref(), LoadMode::Strict) {
+            match load_collectors(
+                config_path.as_ref(),
+                LoadMode::Strict,
+                cli.allow_empty_config,
+            ) {
                 Ok(set) => {
                     println!("{}", set.merged_yaml());
                     println!("{}", set.explain());
@@ -282,15 +311,32 @@ async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let collectors = load_collectors(config_path.as_ref(), LoadMode::Lenient)?;
+    let collectors = load_collectors(
+        config_path.as_ref(),
+        LoadMode::Lenient,
+        cli.allow_empty_config,
+    )?;
     for bad in &collectors.skipped_files {
         error!(error = %bad, "Config file skipped because it is invalid.");
+    }
+    if collectors.is_empty() {
+        warn!(
+            path = %collectors.source.display(),
+            "The config defines no collector; serving only the exporter's own metrics (--allow-empty-config)."
+        );
     }
 
     let url = cli.resolve_url(flavor)?;
     let info = ConnInfo::parse(&url)
-        .map_err(|e| anyhow::anyhow!("invalid URL {}: {e}", mask_password(&url)))?
-        .with_env_defaults();
+        .map_err(|e| anyhow::anyhow!("invalid URL {}: {e}", mask_password(&url)))?;
+    if cli.url_on_command_line && info.has_password() {
+        warn!(
+            "The password given in --url is visible to every local user (ps, /proc/<pid>/cmdline): \
+             pass the URL in PG_EXPORTER_URL or in a file named by PG_EXPORTER_URL_FILE, or keep \
+             the password in ~/.pgpass (or PGPASSFILE)."
+        );
+    }
+    let info = info.with_env_defaults();
     info!(url = %info.masked(), "Target.");
 
     let pgbouncer = info.is_pgbouncer();
@@ -351,11 +397,12 @@ async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
 
     let lifecycle = Lifecycle::new();
     lifecycle.listen_for_signals()?;
-    let state = Arc::new(AppState {
-        name: flavor.name,
-        exporter: exporter.clone(),
-        config_path: config_path.clone(),
-    });
+    let state = Arc::new(AppState::new(
+        flavor.name,
+        exporter.clone(),
+        config_path.clone(),
+        cli.allow_empty_config,
+    ));
     spawn_reload_triggers(&state, &lifecycle)?;
     tokio::spawn(exporter.clone().probe_forever());
 
@@ -381,12 +428,61 @@ pub struct AppState {
     pub exporter: Arc<Exporter>,
     /// The config file or directory, `None` for the built-in set.
     pub config_path: Option<PathBuf>,
+    /// Whether a config without collectors is accepted (`--allow-empty-config`).
+    pub allow_empty_config: bool,
+    /// [`config::fingerprint`] of the config files when they were last loaded.
+    loaded: std::sync::Mutex<Option<u64>>,
 }
 
 impl AppState {
-    /// Reloads the config strictly: any invalid file keeps the running config.
+    /// The state of a program whose config, from `config_path`, was just loaded.
+    pub fn new(
+        name: &'static str,
+        exporter: Arc<Exporter>,
+        config_path: Option<PathBuf>,
+        allow_empty_config: bool,
+    ) -> Self {
+        let loaded = config_path.as_deref().map(config::fingerprint);
+        AppState {
+            name,
+            exporter,
+            config_path,
+            allow_empty_config,
+            loaded: std::sync::Mutex::new(loaded),
+        }
+    }
+
+    /// Reloads the config strictly: any invalid file, or a config without collectors unless
+    /// allowed, keeps the running config.
     pub fn reload(&self) -> Result<usize, String> {
-        match load_collectors(self.config_path.as_ref(), LoadMode::Strict) {
+        if let Some(path) = &self.config_path {
+            *self.loaded.lock().expect("fingerprint lock") = Some(config::fingerprint(path));
+        }
+        self.load_and_install()
+    }
+
+    /// Reloads only if the config files' content changed since they were last loaded;
+    /// `None` when unchanged.
+    fn reload_if_changed(&self) -> Option<Result<usize, String>> {
+        let path = self.config_path.as_deref()?;
+        let now = config::fingerprint(path);
+        {
+            let mut loaded = self.loaded.lock().expect("fingerprint lock");
+            if *loaded == Some(now) {
+                return None;
+            }
+            *loaded = Some(now);
+        }
+        info!(path = %path.display(), "Config files changed; reloading.");
+        Some(self.load_and_install())
+    }
+
+    fn load_and_install(&self) -> Result<usize, String> {
+        match load_collectors(
+            self.config_path.as_ref(),
+            LoadMode::Strict,
+            self.allow_empty_config,
+        ) {
             Ok(set) => {
                 let n = set.collectors.len();
                 self.exporter.reload(set);
@@ -420,38 +516,83 @@ fn spawn_reload_triggers(state: &Arc<AppState>, lifecycle: &Lifecycle) -> anyhow
     });
     if let Some(path) = state.config_path.clone() {
         use notify::Watcher as _;
+        let directory = path.is_dir();
+        // Watch the directory holding a config file, so editors that replace the file
+        // (write a temp file, rename) are seen too.
+        let watched = if directory {
+            path.clone()
+        } else {
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        };
+        let relevant = ConfigEvents::new(&path, directory);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if let Ok(e) = event
                     && (e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove())
+                    && relevant.concern(&e.paths)
                 {
                     let _ = tx.send(());
                 }
             })?;
-        // Watch the directory holding a config file, so editors that replace the file
-        // (write a temp file, rename) are seen too.
-        let watched = if path.is_dir() {
-            path.clone()
-        } else {
-            path.parent()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| ".".into())
-        };
         watcher.watch(&watched, notify::RecursiveMode::NonRecursive)?;
         let s = state.clone();
         tokio::spawn(async move {
             let _watcher = watcher;
             while rx.recv().await.is_some() {
                 // Let a burst of writes settle before reading the files.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(CONFIG_SETTLE).await;
                 while rx.try_recv().is_ok() {}
-                info!(path = %path.display(), "Config files changed; reloading.");
-                let _ = s.reload();
+                let _ = s.reload_if_changed();
             }
         });
     }
     Ok(())
+}
+
+/// How long the config watcher lets a burst of file events settle before reading the files.
+const CONFIG_SETTLE: Duration = Duration::from_millis(300);
+
+/// Which file-system events of the watched directory may change the config: those naming the
+/// config file (a config file's directory also holds other files, such as the exporter's own
+/// log), a `*.yml`/`*.yaml` file (a config directory), or an entry of a Kubernetes-style
+/// atomic update (`..data`); every event when the config file is a symlink, whose target
+/// may change through any entry. A reload then still needs the content to differ.
+#[derive(Debug)]
+struct ConfigEvents {
+    /// The config file's name; `None` for a config directory.
+    file_name: Option<std::ffi::OsString>,
+    any: bool,
+}
+
+impl ConfigEvents {
+    fn new(path: &Path, directory: bool) -> Self {
+        ConfigEvents {
+            file_name: if directory {
+                None
+            } else {
+                path.file_name().map(ToOwned::to_owned)
+            },
+            any: !directory && path.is_symlink(),
+        }
+    }
+
+    fn concern(&self, paths: &[PathBuf]) -> bool {
+        self.any
+            || paths.iter().any(|p| {
+                let Some(name) = p.file_name() else {
+                    return false;
+                };
+                let text = name.to_string_lossy();
+                text.starts_with("..")
+                    || match &self.file_name {
+                        Some(file) => name == file,
+                        None => config::is_config_file_name(&text),
+                    }
+            })
+    }
 }
 
 /// The built-in endpoints and their aliases, as upstream serves them.
@@ -672,6 +813,33 @@ mod tests {
                 "postgres://h/db?sslmode=require"
             );
         }
+    }
+
+    #[test]
+    fn config_events_of_a_file_or_a_directory() {
+        let paths = |names: &[&str]| -> Vec<PathBuf> {
+            names.iter().map(|n| Path::new("/etc/pg").join(n)).collect()
+        };
+        let file = ConfigEvents::new(Path::new("/etc/pg/pg_exporter.yml"), false);
+        assert!(file.concern(&paths(&["pg_exporter.yml"])));
+        assert!(file.concern(&paths(&[".pg_exporter.yml.swp", "pg_exporter.yml"])));
+        assert!(file.concern(&paths(&["..data"])), "Kubernetes' atomic swap");
+        assert!(!file.concern(&paths(&["exporter.log"])));
+        assert!(!file.concern(&paths(&["other.yml"])));
+        assert!(!file.concern(&[]));
+        let dir = ConfigEvents::new(Path::new("/etc/pg"), true);
+        assert!(dir.concern(&paths(&["0100-a.yml"])));
+        assert!(dir.concern(&paths(&["0100-a.yaml"])));
+        assert!(!dir.concern(&paths(&["exporter.log"])));
+        assert!(!dir.concern(&paths(&["0100-a.yml.swp"])));
+    }
+
+    #[test]
+    fn url_source_is_recorded() {
+        assert!(parse(&["--url", "postgres://u:p@h/db"]).url_on_command_line);
+        assert!(!parse(&[]).url_on_command_line);
+        assert!(parse(&["--allow-empty-config"]).allow_empty_config);
+        assert!(!parse(&["--no-allow-empty-config"]).allow_empty_config);
     }
 
     #[test]

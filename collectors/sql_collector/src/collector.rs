@@ -4,8 +4,8 @@
 //!
 //! [`execute`] returns an [`Outcome`]; the TTL cache in [`crate::server`] keeps it.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_kit::exposition::{MetricType, write_sample};
@@ -13,7 +13,7 @@ use tracing::warn;
 
 use crate::config::{CollectorConfig, Column, Usage};
 use crate::connection::{DbConnection, QueryError, ResultSet};
-use crate::value::Value;
+use crate::value::{NotANumber, Value};
 
 /// Why an execution failed. The message names the collector's failing part.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,6 +76,9 @@ pub struct Outcome {
     pub predicate_skipped: bool,
     /// Rows dropped because their label set repeated an earlier row's.
     pub duplicate_rows: usize,
+    /// GAUGE and COUNTER values emitted as NaN because they were no number (text such as
+    /// `hello` or `1e400`, or a type without a numeric value).
+    pub not_a_number: usize,
     /// When the execution started.
     pub started: Instant,
     /// How long it took.
@@ -88,12 +91,19 @@ impl Outcome {
         self.families.iter().map(|f| f.samples).sum()
     }
 
+    /// Whether this result counts as an error of the collector: it failed, dropped rows with
+    /// a duplicate label set, or emitted values that were no number.
+    pub fn has_errors(&self) -> bool {
+        self.error.is_some() || self.duplicate_rows > 0 || self.not_a_number > 0
+    }
+
     fn failed(started: Instant, error: CollectError) -> Outcome {
         Outcome {
             families: Vec::new(),
             error: Some(error),
             predicate_skipped: false,
             duplicate_rows: 0,
+            not_a_number: 0,
             started,
             duration: started.elapsed(),
         }
@@ -134,6 +144,7 @@ pub async fn execute(
                 error: None,
                 predicate_skipped: true,
                 duplicate_rows: 0,
+                not_a_number: 0,
                 started,
                 duration: started.elapsed(),
             };
@@ -144,11 +155,16 @@ pub async fn execute(
         Err(e) => return Outcome::failed(started, e.into()),
     };
     match render(collector, &result, const_labels) {
-        Ok((families, duplicate_rows)) => Outcome {
+        Ok(Rendered {
+            families,
+            duplicate_rows,
+            not_a_number,
+        }) => Outcome {
             families,
             error: None,
             predicate_skipped: false,
             duplicate_rows,
+            not_a_number,
             started,
             duration: started.elapsed(),
         },
@@ -215,16 +231,49 @@ impl PredicateCache {
     }
 }
 
+/// The families of one result, with what was wrong in its rows.
+#[derive(Debug, Default)]
+struct Rendered {
+    families: Vec<FamilyOutput>,
+    duplicate_rows: usize,
+    not_a_number: usize,
+}
+
+/// `(collector branch, column)` pairs whose values were no number, so that each is logged
+/// once, not at every scrape (bounded by the columns ever configured).
+static NOT_A_NUMBER_LOGGED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+
+/// Logs, once per collector and column, that a value was no number and became NaN.
+fn log_not_a_number(collector: &CollectorConfig, column: &Column, problem: &NotANumber) {
+    let first = NOT_A_NUMBER_LOGGED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert((collector.branch.clone(), column.column.clone()));
+    if first {
+        warn!(
+            collector = %collector.branch,
+            source = %collector.source,
+            column = %column.column,
+            usage = %column.usage,
+            problem = %problem,
+            "A value column holds a value that is no number: emitted as NaN and counted as an \
+             error of the collector in exporter_query_scrape_error_count (logged once per \
+             collector and column)."
+        );
+    }
+}
+
 /// Converts rows to rendered families. Rows whose label set repeats an earlier row's are
-/// dropped and counted, so one bad row never fails the scrape.
+/// dropped and counted, so one bad row never fails the scrape; values that are no number are
+/// NaN, counted.
 fn render(
     collector: &CollectorConfig,
     result: &ResultSet,
     const_labels: &[(String, String)],
-) -> Result<(Vec<FamilyOutput>, usize), CollectError> {
+) -> Result<Rendered, CollectError> {
     // Column names arrive with the rows: an empty result has nothing to check or render.
     if result.rows.is_empty() {
-        return Ok((Vec::new(), 0));
+        return Ok(Rendered::default());
     }
     let find = |c: &Column| result.columns.iter().position(|name| *name == c.column);
     let mut label_names: Vec<&str> = Vec::new();
@@ -272,6 +321,7 @@ fn render(
 
     let mut seen: HashSet<Vec<String>> = HashSet::with_capacity(result.rows.len());
     let mut duplicates = 0;
+    let mut not_a_number = 0;
     // Histogram observations grouped by label tuple, in first-seen order.
     let mut observations: Vec<BTreeMap<Vec<String>, Vec<f64>>> =
         vec![BTreeMap::new(); histograms.len()];
@@ -283,7 +333,9 @@ fn render(
                 if matches!(v, Value::Null) && column.default.is_none() {
                     continue;
                 }
-                let obs = v.to_metric(column.scale, column.default);
+                let obs = v
+                    .to_metric(column.scale, column.default)
+                    .unwrap_or(f64::NAN);
                 if !obs.is_finite() {
                     return Err(CollectError::NonFiniteObservation(column.column.clone()));
                 }
@@ -298,7 +350,13 @@ fn render(
             continue;
         }
         for fam in &mut families {
-            let value = row[fam.idx].to_metric(fam.column.scale, fam.column.default);
+            let value = row[fam.idx]
+                .to_metric(fam.column.scale, fam.column.default)
+                .unwrap_or_else(|problem| {
+                    not_a_number += 1;
+                    log_not_a_number(collector, fam.column, &problem);
+                    f64::NAN
+                });
             let pairs = label_names
                 .iter()
                 .copied()
@@ -321,7 +379,11 @@ fn render(
             const_labels,
         ));
     }
-    Ok((out, duplicates))
+    Ok(Rendered {
+        families: out,
+        duplicate_rows: duplicates,
+        not_a_number,
+    })
 }
 
 /// A snapshot histogram as upstream emits it: three gauge families `_bucket` (cumulative,

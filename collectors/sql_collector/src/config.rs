@@ -42,8 +42,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use load::{
-    CONFIG_ENV, DEFAULT_CONFIG_CANDIDATES, EMBEDDED_SOURCE, from_embedded, load,
-    resolve_config_path, resolve_config_path_from,
+    CONFIG_ENV, DEFAULT_CONFIG_CANDIDATES, EMBEDDED_SOURCE, fingerprint, from_embedded,
+    is_config_file_name, load, resolve_config_path, resolve_config_path_from,
 };
 pub use parse::parse_str;
 
@@ -343,6 +343,21 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// The config defines no collector (an empty or comment-only file, or a directory without
+    /// a collector branch in any `*.yml`/`*.yaml` file) and that was not allowed.
+    #[error(
+        "{}: {}; refusing to run with no collector (pass --allow-empty-config, or set \
+         PG_EXPORTER_ALLOW_EMPTY_CONFIG=true, to serve only the exporter's own metrics)",
+        path.display(),
+        if *directory { "no *.yml or *.yaml file in this directory defines a collector" }
+        else { "the file defines no collector" }
+    )]
+    Empty {
+        /// The file or directory.
+        path: PathBuf,
+        /// Whether `path` is a directory.
+        directory: bool,
+    },
     /// Lenient directory load: every file that defines something failed, nothing was loaded.
     #[error(
         "{}: no collector branch could be loaded, {} config file(s) invalid: {}",
@@ -365,7 +380,9 @@ impl ConfigError {
             ConfigError::Syntax { file, .. }
             | ConfigError::Document { file, .. }
             | ConfigError::Invalid { file, .. } => Some(file),
-            ConfigError::Io { .. } | ConfigError::NoValidBranch { .. } => None,
+            ConfigError::Io { .. }
+            | ConfigError::NoValidBranch { .. }
+            | ConfigError::Empty { .. } => None,
         }
     }
 
@@ -375,7 +392,9 @@ impl ConfigError {
             ConfigError::Syntax { line, .. }
             | ConfigError::Document { line, .. }
             | ConfigError::Invalid { line, .. } => Some(*line).filter(|l| *l > 0),
-            ConfigError::Io { .. } | ConfigError::NoValidBranch { .. } => None,
+            ConfigError::Io { .. }
+            | ConfigError::NoValidBranch { .. }
+            | ConfigError::Empty { .. } => None,
         }
     }
 
@@ -395,10 +414,13 @@ impl ConfigError {
         }
     }
 
-    /// The path of an I/O error or of a directory without any valid branch.
+    /// The path of an I/O error, of a directory without any valid branch, or of an empty
+    /// config.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            ConfigError::Io { path, .. } | ConfigError::NoValidBranch { path, .. } => Some(path),
+            ConfigError::Io { path, .. }
+            | ConfigError::NoValidBranch { path, .. }
+            | ConfigError::Empty { path, .. } => Some(path),
             _ => None,
         }
     }

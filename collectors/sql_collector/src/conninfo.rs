@@ -29,6 +29,7 @@
 //! `sslmode` (libpq's default `prefer` applies); the binary decides, see
 //! [`ConnInfo::has_sslmode`].
 
+mod certificate;
 mod connect;
 mod keywords;
 mod parse;
@@ -229,10 +230,11 @@ fn invalid(keyword: &'static str, value: &str, expected: &str) -> ConnInfoError 
 }
 
 impl ConnInfo {
-    /// Parses a libpq connection URL or `key=value` string (surrounding white space ignored)
+    /// Parses a libpq connection URL or `key=value` string (surrounding white space ignored,
+    /// but for an escaped one ending the last value)
     /// and validates the values. An empty string is valid: everything defaults.
     pub fn parse(s: &str) -> Result<Self, ConnInfoError> {
-        let raw = s.trim();
+        let raw = parse::trim(s);
         Self::parse_unchecked(raw)
             .and_then(|info| info.validate().map(|()| info))
             .map_err(|e| {
@@ -507,9 +509,11 @@ impl ConnInfo {
 
     /// The connection string as written (with [`with_dbname`](Self::with_dbname)'s database),
     /// passwords replaced by `xxxxx`: safe for logs and labels. Values taken from the
-    /// environment are not shown.
+    /// environment are not shown. The secrets are found by this module's own parser, not
+    /// guessed from the text.
     pub fn masked(&self) -> String {
-        mask_password(&self.raw)
+        // `raw` parsed before, so it parses again; the fallback is only a safety net.
+        parse::mask_secrets(&self.raw, MASK).unwrap_or_else(|_| mask_password(&self.raw))
     }
 
     /// A TLS connector with this connection's TLS settings, for
@@ -580,5 +584,7 @@ fn parse_int(name: &'static str, value: &str) -> Result<Option<i64>, ConnInfoErr
         .map_err(|_| invalid(name, value, "an integer"))
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

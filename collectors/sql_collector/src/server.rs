@@ -506,7 +506,7 @@ impl Server {
         };
         let outcome = entry.0;
         let stats = &planned.stats;
-        if outcome.error.is_some() || outcome.duplicate_rows > 0 {
+        if outcome.has_errors() {
             stats.errors.fetch_add(1, Ordering::Relaxed);
         } else if !executed.load(Ordering::Relaxed) {
             stats.hits.fetch_add(1, Ordering::Relaxed);

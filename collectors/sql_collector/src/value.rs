@@ -7,7 +7,9 @@
 //!
 //! Conversion (see `pg_exporter.md` §1 "Value conversion rules"):
 //! - metric values: numbers × `scale`; booleans 1/0 and timestamps as Unix seconds, both
-//!   unscaled; text parsed as a number (else NaN); NULL → `default` × `scale`, else NaN;
+//!   unscaled; text parsed as a number; NULL → `default` × `scale`, else NaN. Text that is no
+//!   number (or beyond ±1.8e308, which Go's `ParseFloat` refuses), and types without a
+//!   numeric meaning, are NaN as upstream, reported as [`NotANumber`];
 //! - labels: integers in decimal, floats as Go's `%v`, booleans `true`/`false`, timestamps as
 //!   Unix seconds, NULL as the empty string.
 
@@ -55,6 +57,54 @@ impl<'a> FromSql<'a> for RawColumn<'a> {
     }
 }
 
+/// Why a value column's value became NaN although it is not NULL: the value is no number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotANumber {
+    /// Text that does not parse as a number, or whose number is beyond the range of `f64`;
+    /// carries the text, passwords masked and cut to [`NotANumber::SHOWN`] characters.
+    Text(String),
+    /// A type without a numeric meaning; carries the type name.
+    Type(String),
+}
+
+impl NotANumber {
+    /// How many characters of the text are kept.
+    pub const SHOWN: usize = 40;
+
+    fn text(text: &str) -> Self {
+        let masked = agent_kit::redact::mask_password(text);
+        let mut shown: String = masked.chars().take(Self::SHOWN).collect();
+        if shown.len() < masked.len() {
+            shown.push('…');
+        }
+        NotANumber::Text(shown)
+    }
+}
+
+impl std::fmt::Display for NotANumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotANumber::Text(text) => write!(f, "text {text:?} is no number"),
+            NotANumber::Type(ty) => write!(f, "type {ty} has no numeric value"),
+        }
+    }
+}
+
+/// Parses text as Go's `strconv.ParseFloat` does for upstream (after trimming blanks): an
+/// infinity only when spelled out (`Inf`, `+Infinity`, …); a number beyond `f64`'s range is
+/// an error, not ±Inf.
+fn parse_number(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let v: f64 = text.parse().ok()?;
+    if v.is_infinite() {
+        let word = text.trim_start_matches(['+', '-']).to_ascii_lowercase();
+        if word != "inf" && word != "infinity" {
+            return None;
+        }
+    }
+    Some(v)
+}
+
 impl Value {
     /// Decodes a binary column value of type `ty`.
     pub fn decode(ty: &Type, raw: Option<&[u8]>) -> Value {
@@ -73,18 +123,19 @@ impl Value {
     }
 
     /// The metric value with pg_exporter's rules: `scale` applies to numbers and parsed text,
-    /// not to booleans and timestamps; NULL becomes `default` × `scale`, else NaN.
-    pub fn to_metric(&self, scale: Option<f64>, default: Option<f64>) -> f64 {
+    /// not to booleans and timestamps; NULL becomes `default` × `scale`, else NaN. A value
+    /// that is no number is an error: upstream emits NaN for it.
+    pub fn to_metric(&self, scale: Option<f64>, default: Option<f64>) -> Result<f64, NotANumber> {
         let scale = scale.unwrap_or(1.0);
-        match self {
+        Ok(match self {
             Value::Null => default.map_or(f64::NAN, |d| d * scale),
             Value::Bool(b) => f64::from(u8::from(*b)),
             Value::Int(i) => *i as f64 * scale,
             Value::Float(f) => *f * scale,
             Value::Time(t) => t.trunc(),
-            Value::Text(t) => t.trim().parse::<f64>().map_or(f64::NAN, |v| v * scale),
-            Value::Unsupported(_) => f64::NAN,
-        }
+            Value::Text(t) => parse_number(t).ok_or_else(|| NotANumber::text(t))? * scale,
+            Value::Unsupported(ty) => return Err(NotANumber::Type(ty.clone())),
+        })
     }
 
     /// The label string with pg_exporter's rules.
@@ -140,7 +191,12 @@ fn decode_binary(ty: &Type, raw: &[u8]) -> Option<Value> {
         Type::XID8 | Type::PG_LSN => Value::Float(u64::from_be_bytes(be(raw)?) as f64),
         Type::FLOAT4 => Value::Float(f32::from_be_bytes(be(raw)?).into()),
         Type::FLOAT8 => Value::Float(f64::from_be_bytes(be(raw)?)),
-        Type::NUMERIC => Value::Float(decode_numeric(raw)?),
+        // Beyond f64's range: the digits as text, which upstream (lib/pq) also gets and
+        // cannot parse either.
+        Type::NUMERIC => match decode_numeric(raw)? {
+            Numeric::Float(f) => Value::Float(f),
+            Numeric::OutOfRange(text) => Value::Text(text),
+        },
         Type::MONEY => Value::Float(i64::from_be_bytes(be(raw)?) as f64 / 100.0),
         Type::TEXT
         | Type::VARCHAR
@@ -202,15 +258,24 @@ fn decode_binary(ty: &Type, raw: &[u8]) -> Option<Value> {
     Some(v)
 }
 
+/// A decoded NUMERIC.
+#[derive(Debug, PartialEq)]
+enum Numeric {
+    /// Within `f64`'s range (or NaN, ±Infinity).
+    Float(f64),
+    /// Finite but beyond `f64`'s range: its value as scientific text.
+    OutOfRange(String),
+}
+
 /// PostgreSQL's binary NUMERIC: ndigits, weight, sign, dscale, then base-10000 digits.
-fn decode_numeric(raw: &[u8]) -> Option<f64> {
+fn decode_numeric(raw: &[u8]) -> Option<Numeric> {
     let ndigits = u16::from_be_bytes(be(raw)?) as usize;
     let weight = i16::from_be_bytes(be(raw.get(2..)?)?);
     let sign = u16::from_be_bytes(be(raw.get(4..)?)?);
     match sign {
-        0xC000 => return Some(f64::NAN),
-        0xD000 => return Some(f64::INFINITY),
-        0xF000 => return Some(f64::NEG_INFINITY),
+        0xC000 => return Some(Numeric::Float(f64::NAN)),
+        0xD000 => return Some(Numeric::Float(f64::INFINITY)),
+        0xF000 => return Some(Numeric::Float(f64::NEG_INFINITY)),
         _ => {}
     }
     // Accumulate as decimal text and let the float parser round correctly.
@@ -224,7 +289,12 @@ fn decode_numeric(raw: &[u8]) -> Option<f64> {
         let _ = write!(text, "{d:04}");
     }
     let _ = write!(text, "e{}", (i32::from(weight) + 1) * 4);
-    text.parse().ok()
+    let f: f64 = text.parse().ok()?;
+    Some(if f.is_finite() {
+        Numeric::Float(f)
+    } else {
+        Numeric::OutOfRange(text)
+    })
 }
 
 fn decode_inet(raw: &[u8], is_cidr: bool) -> Option<String> {
@@ -280,25 +350,57 @@ mod tests {
 
     #[test]
     fn metric_conversion_rules() {
-        assert_eq!(Value::Int(5).to_metric(Some(1e-3), None), 0.005);
-        assert_eq!(Value::Bool(true).to_metric(Some(1e-3), None), 1.0);
+        let metric = |v: Value, scale, default| v.to_metric(scale, default).unwrap();
+        assert_eq!(metric(Value::Int(5), Some(1e-3), None), 0.005);
+        assert_eq!(metric(Value::Bool(true), Some(1e-3), None), 1.0);
         assert_eq!(
-            Value::Time(1_700_000_000.7).to_metric(Some(1e-3), None),
+            metric(Value::Time(1_700_000_000.7), Some(1e-3), None),
             1_700_000_000.0
         );
-        assert!(Value::Null.to_metric(None, None).is_nan());
-        assert_eq!(Value::Null.to_metric(Some(2.0), Some(3.0)), 6.0);
-        assert_eq!(Value::Text(" 12.5".into()).to_metric(None, None), 12.5);
-        assert!(
-            Value::Text("0/3000060".into())
-                .to_metric(None, None)
-                .is_nan()
+        assert!(metric(Value::Null, None, None).is_nan());
+        assert_eq!(metric(Value::Null, Some(2.0), Some(3.0)), 6.0);
+        assert_eq!(metric(Value::Text(" 12.5".into()), None, None), 12.5);
+        assert_eq!(metric(Value::Text("1e3".into()), Some(2.0), None), 2000.0);
+        assert!(metric(Value::Text("NaN".into()), None, None).is_nan());
+        for inf in ["Inf", "+inf", "Infinity", "-INFINITY"] {
+            assert!(
+                metric(Value::Text(inf.into()), None, None).is_infinite(),
+                "{inf}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_that_are_no_number() {
+        let bad = |v: Value| v.to_metric(None, None).unwrap_err();
+        assert_eq!(
+            bad(Value::Text("0/3000060".into())),
+            NotANumber::Text("0/3000060".into())
         );
-        assert!(
-            Value::Unsupported("tsvector".into())
-                .to_metric(None, None)
-                .is_nan()
+        assert_eq!(
+            bad(Value::Text("hello".into())).to_string(),
+            "text \"hello\" is no number"
         );
+        // Go's ParseFloat refuses what overflows f64, where Rust's gives ±Inf.
+        assert_eq!(
+            bad(Value::Text("1e400".into())),
+            NotANumber::Text("1e400".into())
+        );
+        assert!(matches!(
+            bad(Value::Text("-1e400".into())),
+            NotANumber::Text(_)
+        ));
+        assert_eq!(
+            bad(Value::Unsupported("tsvector".into())).to_string(),
+            "type tsvector has no numeric value"
+        );
+        // Long text is cut, and a password in it masked.
+        let NotANumber::Text(shown) = bad(Value::Text("x".repeat(100))) else {
+            unreachable!()
+        };
+        assert_eq!(shown, format!("{}…", "x".repeat(NotANumber::SHOWN)));
+        let shown = bad(Value::Text("host=h password=secret".into())).to_string();
+        assert!(!shown.contains("secret"), "{shown}");
     }
 
     #[test]
@@ -331,15 +433,28 @@ mod tests {
     fn numeric_binary() {
         // 12345.678: ndigits 3, weight 1, sign +, dscale 3, digits 1 2345 6780.
         let raw = [0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1A, 0x7C];
-        assert_eq!(decode_numeric(&raw), Some(12345.678));
+        assert_eq!(decode_numeric(&raw), Some(Numeric::Float(12345.678)));
         // -0.05: weight -1, digits 500.
         let raw = [0, 1, 0xFF, 0xFF, 0x40, 0, 0, 2, 0x01, 0xF4];
-        assert_eq!(decode_numeric(&raw), Some(-0.05));
-        assert_eq!(decode_numeric(&[0, 0, 0, 0, 0, 0, 0, 0]), Some(0.0));
+        assert_eq!(decode_numeric(&raw), Some(Numeric::Float(-0.05)));
+        assert_eq!(
+            decode_numeric(&[0, 0, 0, 0, 0, 0, 0, 0]),
+            Some(Numeric::Float(0.0))
+        );
+        assert!(matches!(
+            decode_numeric(&[0, 0, 0, 0, 0xC0, 0, 0, 0]),
+            Some(Numeric::Float(f)) if f.is_nan()
+        ));
+        // 1e400: weight 100, digit 1.
+        let raw = [0, 1, 0, 100, 0, 0, 0, 0, 0, 1];
+        assert_eq!(
+            decode_numeric(&raw),
+            Some(Numeric::OutOfRange("0.0001e404".to_owned()))
+        );
         assert!(
-            decode_numeric(&[0, 0, 0, 0, 0xC0, 0, 0, 0])
-                .unwrap()
-                .is_nan()
+            Value::decode(&Type::NUMERIC, Some(&raw))
+                .to_metric(None, None)
+                .is_err()
         );
     }
 

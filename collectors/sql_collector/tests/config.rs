@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sql_collector::config::{
-    CollectorConfig, ConfigError, LoadMode, Usage, from_embedded, load, parse_str,
+    CollectorConfig, ConfigError, LoadMode, Usage, fingerprint, from_embedded, load, parse_str,
     resolve_config_path_from,
 };
 
@@ -617,6 +617,55 @@ fn directory_without_any_valid_branch() {
     assert!(
         err.to_string()
             .starts_with("0100-bad.yml:3: branch pg_bad: ttll: unknown key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fingerprint_follows_the_config_files_content_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = "a:\n  query: SELECT 1 AS v\n  metrics:\n    - v: {usage: GAUGE}\n";
+    fs::write(dir.join("0100-a.yml"), a).unwrap();
+    let file = fingerprint(&dir.join("0100-a.yml"));
+    let whole = fingerprint(dir);
+    // Other files, a rewrite with the same bytes, a subdirectory: unchanged.
+    fs::write(dir.join("exporter.log"), "lines\n").unwrap();
+    fs::write(dir.join("0100-a.yml"), a).unwrap();
+    fs::create_dir(dir.join("sub.yml")).unwrap();
+    assert_eq!(fingerprint(dir), whole);
+    assert_eq!(fingerprint(&dir.join("0100-a.yml")), file);
+    // A config file's content, a new config file, a rename, a removal: changed.
+    fs::write(dir.join("0100-a.yml"), a.replace('1', "2")).unwrap();
+    let edited = fingerprint(dir);
+    assert_ne!(edited, whole);
+    assert_ne!(fingerprint(&dir.join("0100-a.yml")), file);
+    fs::write(dir.join("0200-b.yaml"), "# b\n").unwrap();
+    let added = fingerprint(dir);
+    assert_ne!(added, edited);
+    fs::rename(dir.join("0200-b.yaml"), dir.join("0300-b.yaml")).unwrap();
+    assert_ne!(fingerprint(dir), added);
+    fs::remove_file(dir.join("0100-a.yml")).unwrap();
+    assert_ne!(fingerprint(&dir.join("0100-a.yml")), file);
+    assert_eq!(
+        fingerprint(&dir.join("0100-a.yml")),
+        fingerprint(&dir.join("missing.yml")),
+        "a missing file is a state of its own"
+    );
+}
+
+#[test]
+fn empty_config_error_names_the_path() {
+    let err = ConfigError::Empty {
+        path: PathBuf::from("/etc/pg_exporter"),
+        directory: true,
+    };
+    assert_eq!(err.path(), Some(Path::new("/etc/pg_exporter")));
+    assert!(
+        err.to_string().starts_with(
+            "/etc/pg_exporter: no *.yml or *.yaml file in this directory defines a collector; \
+             refusing to run with no collector (pass --allow-empty-config"
+        ),
         "{err}"
     );
 }

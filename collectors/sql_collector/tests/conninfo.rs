@@ -525,4 +525,368 @@ mod conninfo {
         assert!(!base.is_pgbouncer() && base.with_dbname("pgbouncer").is_pgbouncer());
         assert_eq!(base.sslmode().unwrap(), SslMode::Disable);
     }
+
+    /// Self-signed certificates as PostgreSQL's documentation makes them (`CA:TRUE`), and a
+    /// CA's, served by a PostgreSQL 15 of its own, with each `sslmode`: we accept what libpq
+    /// accepts (psql is asked the same each time) and say why in words when we do not.
+    #[tokio::test]
+    async fn certificates_made_by_openssl_as_libpq_accepts_them() {
+        let certs = openssl_certificates();
+        let certs = certs.path();
+        let pg = PostgresBuilder::new(PgVersion::V15)
+            .name("openssl-certs")
+            .start()
+            .unwrap_or_else(|e| panic!("cannot start PostgreSQL 15: {e:#}"));
+        let port = pg.port();
+        let conninfo = |host: &str, mode: &str, root: &str| {
+            format!(
+                "host={host} hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres \
+                 sslmode={mode} sslrootcert={}",
+                certs.join(root).display()
+            )
+        };
+        use super::Want::{Refused, RefusedUnlikeLibpq, Tls};
+        // (served certificate, host, sslmode, root file, outcome)
+        let cases: &[(&str, &str, &str, &str, Want)] = &[
+            // `openssl req -new -x509 … -subj "/CN=localhost"`, trusted as itself.
+            ("docs", "localhost", "disable", "docs.crt", Tls(false)),
+            ("docs", "localhost", "allow", "docs.crt", Tls(false)),
+            ("docs", "localhost", "prefer", "docs.crt", Tls(true)),
+            ("docs", "localhost", "require", "docs.crt", Tls(true)),
+            ("docs", "localhost", "verify-ca", "docs.crt", Tls(true)),
+            ("docs", "localhost", "verify-full", "docs.crt", Tls(true)),
+            (
+                "docs",
+                "wrong-name.example",
+                "verify-ca",
+                "docs.crt",
+                Tls(true),
+            ),
+            // The host name is checked against the Common Name (no subjectAltName).
+            (
+                "docs",
+                "wrong-name.example",
+                "verify-full",
+                "docs.crt",
+                Refused(&[
+                    "does not match host name \"wrong-name.example\"",
+                    "it is for CN=localhost",
+                ]),
+            ),
+            (
+                "docs",
+                "127.0.0.1",
+                "verify-full",
+                "docs.crt",
+                Refused(&["does not match host name \"127.0.0.1\"", "CN=localhost"]),
+            ),
+            // Another self-signed certificate as root: refused, prefer goes without TLS.
+            ("docs", "localhost", "prefer", "other.crt", Tls(false)),
+            ("docs", "localhost", "disable", "other.crt", Tls(false)),
+            (
+                "docs",
+                "localhost",
+                "require",
+                "other.crt",
+                Refused(&[
+                    "is self-signed and is not one of the certificates",
+                    "other.crt",
+                    "unknown issuer",
+                ]),
+            ),
+            (
+                "docs",
+                "localhost",
+                "verify-ca",
+                "other.crt",
+                Refused(&[
+                    "is self-signed and is not one of the certificates",
+                    "unknown issuer",
+                ]),
+            ),
+            (
+                "docs",
+                "localhost",
+                "verify-full",
+                "other.crt",
+                Refused(&[
+                    "is self-signed and is not one of the certificates",
+                    "unknown issuer",
+                ]),
+            ),
+            // Dated certificates, even trusted as themselves.
+            (
+                "expired",
+                "localhost",
+                "verify-ca",
+                "expired.crt",
+                Refused(&["\"CN=localhost\" expired on 2020-02-01T00:00:00Z"]),
+            ),
+            (
+                "expired",
+                "localhost",
+                "require",
+                "expired.crt",
+                Refused(&["expired on 2020-02-01T00:00:00Z"]),
+            ),
+            ("expired", "localhost", "require", "absent.crt", Tls(true)),
+            (
+                "future",
+                "localhost",
+                "verify-full",
+                "future.crt",
+                Refused(&["is not valid before 2090-01-01T00:00:00Z"]),
+            ),
+            // A CA and the certificate it signed (subjectAltName DNS:localhost, IP:127.0.0.1).
+            ("leaf", "localhost", "verify-full", "ca.crt", Tls(true)),
+            ("leaf", "127.0.0.1", "verify-full", "ca.crt", Tls(true)),
+            (
+                "leaf",
+                "wrong-name.example",
+                "verify-full",
+                "ca.crt",
+                Refused(&[
+                    "does not match host name \"wrong-name.example\"",
+                    "DNS:localhost, IP:127.0.0.1, CN=localhost (not used",
+                ]),
+            ),
+            (
+                "leaf",
+                "localhost",
+                "verify-ca",
+                "docs.crt",
+                Refused(&[
+                    "is not signed by a CA of the root certificate file",
+                    "unknown issuer \"CN=pgsuite openssl test CA\"",
+                ]),
+            ),
+            (
+                "leaf-expired",
+                "localhost",
+                "verify-full",
+                "ca.crt",
+                Refused(&["\"CN=localhost\" expired on 2020-02-01T00:00:00Z"]),
+            ),
+            // CA:TRUE, signed by the CA: OpenSSL accepts it, webpki not.
+            (
+                "leaf-ca",
+                "localhost",
+                "verify-full",
+                "ca.crt",
+                RefusedUnlikeLibpq(&[
+                    "is a CA certificate (basicConstraints CA:TRUE) signed by \"CN=pgsuite openssl test CA\"",
+                ]),
+            ),
+        ];
+        let mut served = "";
+        for (cert, host, mode, root, want) in cases {
+            if served != *cert {
+                serve_certificate(&pg, certs, cert);
+                served = cert;
+            }
+            let conninfo = conninfo(host, mode, root);
+            let what = format!("{cert}.crt served, {conninfo}");
+            let libpq = psql_connects(&pg, &conninfo);
+            match (want, info(&conninfo).connect(TIMEOUT).await) {
+                (Tls(tls), Ok((client, task))) => {
+                    assert_eq!(server_ssl(&client).await, *tls, "{what}");
+                    assert_eq!(task.uses_tls(), *tls, "{what}");
+                    assert_eq!(libpq, Ok(*tls), "psql disagrees: {what}");
+                }
+                (Refused(words) | RefusedUnlikeLibpq(words), Err(e)) => {
+                    let e = e.to_string();
+                    for w in *words {
+                        assert!(e.contains(w), "{what}: {e:?} lacks {w:?}");
+                    }
+                    assert!(
+                        e.contains("server certificate not trusted: ") && !e.contains("Other("),
+                        "{what}: {e}"
+                    );
+                    assert_eq!(
+                        libpq.is_ok(),
+                        matches!(want, RefusedUnlikeLibpq(_)),
+                        "psql: {libpq:?}: {what}"
+                    );
+                }
+                (want, Ok(_)) => panic!("{what}: connected, expected {want:?}"),
+                (want, Err(e)) => panic!("{what}: {e}, expected {want:?}"),
+            }
+        }
+    }
+}
+
+/// What a connection gives, by us and by psql.
+#[derive(Debug)]
+enum Want {
+    /// Connected, with TLS or not.
+    Tls(bool),
+    /// Refused, with these words.
+    Refused(&'static [&'static str]),
+    /// Refused, with these words, where libpq connects: a CA:TRUE certificate that is not
+    /// itself in the root file (webpki refuses it as server certificate; we explain).
+    RefusedUnlikeLibpq(&'static [&'static str]),
+}
+
+/// Certificates made by the `openssl` command line, in a directory the server can read:
+/// `docs` and `other` as PostgreSQL's documentation makes them (`openssl req -new -x509 -days
+/// 365 -nodes -text …`: self-signed, CA:TRUE, CN=localhost), `expired` (2020-01-01 to
+/// 2020-02-01) and `future` (from 2090) alike but dated by `openssl ca`, and `ca` with `leaf`
+/// (CA:FALSE, subjectAltName DNS:localhost and IP:127.0.0.1), `leaf-expired` and `leaf-ca`
+/// (CA:TRUE) signed by it.
+fn openssl_certificates() -> tempfile::TempDir {
+    let dir = test_harness::privileges::service_tempdir("openssl-certs").unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("the openssl command");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for name in ["docs", "other"] {
+        openssl(&[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "365",
+            "-nodes",
+            "-text",
+            "-out",
+            &format!("{name}.crt"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-subj",
+            "/CN=localhost",
+        ]);
+    }
+    fs::write(
+        dir.path().join("ca.cnf"),
+        "[ ca ]\ndefault_ca = local\n[ local ]\ndatabase = index.txt\nnew_certs_dir = .\n\
+         serial = serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
+         [ any ]\ncommonName = supplied\n\
+         [ self ]\nbasicConstraints = critical, CA:TRUE\nsubjectKeyIdentifier = hash\n\
+         [ leaf ]\nbasicConstraints = CA:FALSE\nsubjectAltName = DNS:localhost, IP:127.0.0.1\n\
+         extendedKeyUsage = serverAuth\n\
+         [ leaf_ca ]\nbasicConstraints = critical, CA:TRUE\n\
+         subjectAltName = DNS:localhost, IP:127.0.0.1\n",
+    )
+    .unwrap();
+    fs::write(dir.path().join("index.txt"), "").unwrap();
+    fs::write(dir.path().join("serial"), "1000\n").unwrap();
+    openssl(&[
+        "req",
+        "-new",
+        "-x509",
+        "-days",
+        "365",
+        "-nodes",
+        "-out",
+        "ca.crt",
+        "-keyout",
+        "ca.key",
+        "-subj",
+        "/CN=pgsuite openssl test CA",
+    ]);
+    let ca = |name: &str, key: &str, signer: &[&str], extensions: &str, dates: (&str, &str)| {
+        openssl(&[
+            "req",
+            "-new",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            key,
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        let mut args = vec!["ca", "-batch", "-notext", "-config", "ca.cnf"];
+        args.extend_from_slice(signer);
+        let (csr, out) = (format!("{name}.csr"), format!("{name}.crt"));
+        args.extend_from_slice(&[
+            "-in",
+            &csr,
+            "-extensions",
+            extensions,
+            "-startdate",
+            dates.0,
+            "-enddate",
+            dates.1,
+            "-out",
+            &out,
+        ]);
+        openssl(&args);
+    };
+    let past = ("20200101000000Z", "20200201000000Z");
+    ca(
+        "expired",
+        "expired.key",
+        &["-selfsign", "-keyfile", "expired.key"],
+        "self",
+        past,
+    );
+    ca(
+        "future",
+        "future.key",
+        &["-selfsign", "-keyfile", "future.key"],
+        "self",
+        ("20900101000000Z", "20910101000000Z"),
+    );
+    let by_ca: &[&str] = &["-cert", "ca.crt", "-keyfile", "ca.key"];
+    ca(
+        "leaf",
+        "leaf.key",
+        by_ca,
+        "leaf",
+        ("20240101000000Z", "20990101000000Z"),
+    );
+    ca("leaf-expired", "leaf-expired.key", by_ca, "leaf", past);
+    let (from, to) = ("20240101000000Z", "20990101000000Z");
+    ca("leaf-ca", "leaf-ca.key", by_ca, "leaf_ca", (from, to));
+    for entry in fs::read_dir(dir.path()).unwrap() {
+        test_harness::privileges::chown_to_service_user(&entry.unwrap().path()).unwrap();
+    }
+    dir
+}
+
+/// Makes `pg` serve `<name>.crt` and `<name>.key` of `dir`, once a new session sees them.
+fn serve_certificate(pg: &Postgres, dir: &Path, name: &str) {
+    let cert = dir.join(format!("{name}.crt")).display().to_string();
+    let key = dir.join(format!("{name}.key")).display().to_string();
+    pg.execute(
+        "postgres",
+        &format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{cert}';\n\
+             ALTER SYSTEM SET ssl_key_file = '{key}';\n\
+             SELECT pg_reload_conf();\n"
+        ),
+    )
+    .unwrap();
+    let until = std::time::Instant::now() + TIMEOUT;
+    while pg.query("postgres", "SHOW ssl_cert_file").unwrap() != cert {
+        assert!(std::time::Instant::now() < until, "{cert} not served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether psql (libpq) connects with `conninfo`, and with TLS.
+fn psql_connects(pg: &Postgres, conninfo: &str) -> Result<bool, String> {
+    let out = std::process::Command::new(pg.bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-c"])
+        .arg("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .arg(conninfo)
+        .env("HOME", "/nonexistent-home")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .output()
+        .expect("psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "t")
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }

@@ -58,6 +58,20 @@ const NO_SAMPLES_EXPECTED: &[(&str, &str)] = &[];
 /// Allowed to have no sample on the replica only, with why. Empty, as above.
 const NO_SAMPLES_EXPECTED_ON_REPLICA: &[(&str, &str)] = &[];
 
+/// Collectors that emit every family any of their branches defines on every version, NaN where
+/// the version lacks what a family reports, so that a dashboard sees the same series
+/// everywhere: upstream's one `pg_setting` branch reads the newer settings with
+/// `current_setting(…, true)`. With the setting's first version, where its value is a number.
+const SAME_FAMILIES_ON_EVERY_VERSION: &[(&str, &[(&str, u32)])] = &[(
+    "pg_setting",
+    &[
+        ("pg_setting_shared_memory_size", 150000),
+        ("pg_setting_hugepage_count", 150000),
+        ("pg_setting_hugepage_status", 170000),
+        ("pg_setting_io_method", 180000),
+    ],
+)];
+
 /// Databases the activity creates that auto-discovery must find (the others are `postgres`,
 /// which is the main connection's, the templates, and `maint`, which is closed to new
 /// connections on purpose: see [`Activity::start_on_primary`]).
@@ -603,6 +617,13 @@ async fn verify(role: &str, url: &str, allowed: &[(&str, &str)]) -> Vec<String> 
         &exporter.collectors(),
     ));
 
+    problems.extend(check_same_families(
+        role,
+        &body2,
+        facts.version,
+        &exporter.collectors(),
+    ));
+
     let defined = defined_families(plan.collectors.iter().map(|p| &*p.config));
     let mut present = present_families(&body1);
     present.extend(present_families(&body2));
@@ -647,6 +668,12 @@ fn check_outcomes(role: &str, observed: &[(&CollectorConfig, Option<&Outcome>)])
             problems.push(format!(
                 "{what} dropped {} row(s) with a duplicate label set",
                 outcome.duplicate_rows
+            ));
+        }
+        if outcome.not_a_number > 0 {
+            problems.push(format!(
+                "{what} emitted {} value(s) that were no number as NaN",
+                outcome.not_a_number
             ));
         }
         if let Some(timeout) = config.timeout
@@ -715,6 +742,40 @@ fn check_self_metrics(
             problems.push(format!(
                 "{role}: database {db} has no collector statistics (nothing planned or scraped)"
             ));
+        }
+    }
+    problems
+}
+
+/// Problems of the [`SAME_FAMILIES_ON_EVERY_VERSION`] collectors: a family one of their
+/// branches defines (on any version) without a sample, or a listed family that is NaN from its
+/// first version on (or a number before).
+fn check_same_families(role: &str, body: &str, version: u32, set: &CollectorSet) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (collector, since) in SAME_FAMILIES_ON_EVERY_VERSION {
+        let branches = set.collectors.iter().filter(|c| c.name == *collector);
+        for family in defined_families(branches.map(|c| &**c)).keys() {
+            let values: Vec<f64> = body
+                .lines()
+                .filter_map(parse_sample)
+                .filter(|(name, _, _)| name == family)
+                .map(|(_, _, v)| v)
+                .collect();
+            if values.is_empty() {
+                problems.push(format!(
+                    "{role}: family {family} (collector {collector}) is missing; it must be on \
+                     every version, NaN where the version lacks it"
+                ));
+            }
+            if let Some((_, first)) = since.iter().find(|(f, _)| f == family) {
+                let want_number = version >= *first;
+                if values.iter().any(|v| v.is_nan() == want_number) {
+                    problems.push(format!(
+                        "{role}: family {family} is {values:?}; expected {} on {version}",
+                        if want_number { "a number" } else { "NaN" }
+                    ));
+                }
+            }
         }
     }
     problems
@@ -807,6 +868,7 @@ fn checks_report_failures() {
         error: None,
         predicate_skipped: false,
         duplicate_rows: 0,
+        not_a_number: 0,
         started: Instant::now(),
         duration: Duration::from_millis(5),
     };
@@ -824,14 +886,24 @@ fn checks_report_failures() {
         duplicate_rows: 2,
         ..ok.clone()
     };
+    let not_numbers = Outcome {
+        not_a_number: 1,
+        ..ok.clone()
+    };
     let problems = check_outcomes(
         "t",
-        &[(a, Some(&failed)), (b, Some(&slow)), (c, Some(&duplicates))],
+        &[
+            (a, Some(&failed)),
+            (b, Some(&slow)),
+            (c, Some(&duplicates)),
+            (a, Some(&not_numbers)),
+        ],
     );
-    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert_eq!(problems.len(), 4, "{problems:?}");
     assert!(problems[0].contains("does not exist"), "{problems:?}");
     assert!(problems[1].contains("over its timeout"), "{problems:?}");
     assert!(problems[2].contains("duplicate"), "{problems:?}");
+    assert!(problems[3].contains("no number"), "{problems:?}");
     assert_eq!(check_outcomes("t", &[(a, None)]).len(), 1);
 
     let defined = defined_families(configs.iter());

@@ -434,11 +434,12 @@ async fn a_fatal_failure_keeps_health_down_until_a_scrape_succeeds() {
         Health::Down,
         "the probe alone must not revive it"
     );
-    let state = Arc::new(sql_collector::app::AppState {
-        name: "pg_exporter",
-        exporter: exp.clone(),
-        config_path: None,
-    });
+    let state = Arc::new(sql_collector::app::AppState::new(
+        "pg_exporter",
+        exp.clone(),
+        None,
+        false,
+    ));
     let app = sql_collector::app::router(state, "/metrics");
     for (path, status) in [
         ("/health", 503),

@@ -5,9 +5,10 @@
 //! log_shipper --config /etc/log_shipper.yml [--web.listen-address :9598] [--dry-run]
 //! ```
 //!
-//! SIGHUP re-reads the config: an invalid one is rejected and the running pipeline stays; a
-//! valid one replaces it after the old one delivered what it holds, resuming from the
-//! checkpoints, so no position is lost. SIGTERM/SIGINT stop gracefully.
+//! SIGHUP re-reads the config: an invalid one, or one that cannot start (a directory it names
+//! cannot be written), is rejected and the running pipeline stays; a valid one replaces it
+//! after the old one delivered what it holds, resuming from the checkpoints, so no position
+//! is lost. SIGTERM/SIGINT stop gracefully, within the stop grace.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,8 +25,9 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use clap::Parser;
-use log_pipeline::config::Config;
+use log_pipeline::config::{Config, SinkKind};
 use log_pipeline::pipeline::Pipeline;
+use log_pipeline::secrets::mask_url;
 use log_pipeline::stats::Stats;
 use tokio::sync::Mutex;
 use tracing::{error, info};
@@ -51,7 +53,8 @@ struct Cli {
     #[arg(short = 'c', long, env = "LOG_SHIPPER_CONFIG")]
     config: PathBuf,
 
-    /// Validate the config, print a summary and exit.
+    /// Validate the config, check that every directory it names can be created and written
+    /// and its TLS files read, print a summary (endpoints with credentials masked) and exit.
     #[arg(long)]
     dry_run: bool,
 
@@ -85,6 +88,9 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.config)?;
     if cli.dry_run {
+        // What a start would refuse: directories that cannot be created or written, TLS
+        // files that cannot be read.
+        Pipeline::check(&config)?;
         println!(
             "{}: {} source(s), {} sink(s), checkpoints in {}",
             cli.config.display(),
@@ -92,6 +98,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.sinks.len(),
             config.checkpoint_dir.display()
         );
+        for sink in &config.sinks {
+            let target = match (&sink.http, &sink.kind) {
+                (Some(http), _) => mask_url(&http.endpoint),
+                (None, SinkKind::File { path }) => path.display().to_string(),
+                (None, _) => String::new(),
+            };
+            println!("sink {}: {target}", sink.name);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     cli.web
@@ -141,7 +155,11 @@ async fn reload(
     current: &Mutex<Config>,
     stats: &Arc<Stats>,
 ) {
-    let new = match Config::load(path) {
+    // Checked before the running pipeline stops: a config that cannot start leaves it be.
+    let new = match Config::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| Pipeline::check(&c).map(|()| c).map_err(anyhow::Error::from))
+    {
         Ok(c) => c,
         Err(e) => {
             stats.reloads_failed.fetch_add(1, Ordering::Relaxed);

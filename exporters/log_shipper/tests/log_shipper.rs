@@ -51,8 +51,16 @@ fn stop(shipper: Agent) {
 fn the_shipped_pigsty_config_is_valid() {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/log-shipper/log_shipper.yml");
+    // --dry-run creates the directories the config names: in a temporary one, not /var/lib.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("/var/lib/log_shipper", &state.display().to_string());
+    let copy = dir.path().join("log_shipper.yml");
+    std::fs::write(&copy, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_log_shipper"))
-        .arg(format!("--config={}", path.display()))
+        .arg(format!("--config={}", copy.display()))
         .arg("--dry-run")
         .output()
         .unwrap();
@@ -63,6 +71,7 @@ fn the_shipped_pigsty_config_is_valid() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("4 source(s), 1 sink(s)"), "{stdout}");
+    assert!(state.join("dead_letter").is_dir());
 
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(

@@ -190,6 +190,16 @@ fn reloads_keep_the_running_config_when_the_new_one_is_broken() {
     );
     exp.signal("HUP");
     exp.wait_for("reload on SIGHUP", || metric(&exp, "t_more_v") == Some(3.0));
+
+    // Another kind of file in the config directory is no config file: no reload.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = reloads(&exp);
+    for n in 0..30 {
+        std::fs::write(conf.join("README.txt"), format!("note {n}\n")).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(reloads(&exp), before, "{}", exp.log_tail(30));
 }
 
 #[test]
@@ -309,4 +319,334 @@ fn url_comes_from_pgurl_or_a_url_file_when_no_flag_is_given() {
         .contains("t_basic")
     );
     assert!(!explain(&[("PGURL", wrong)]).contains("t_basic"));
+}
+
+/// How many times the agent installed a new config (its "Config reloaded." log lines).
+fn reloads(exp: &Agent) -> usize {
+    exp.logs().matches("Config reloaded.").count()
+}
+
+/// Starts pg_exporter on [`COLLECTORS`] as `conf/pg_exporter.yml` with its log in the same
+/// directory, as `-c dir/pg_exporter.yml 2>dir/exporter.log` does; ready once it scraped
+/// `t_basic_v 1`.
+fn start_with_log_next_to_the_config(url: &str) -> Agent {
+    let b = Agent::builder("pg_exporter", env!("CARGO_BIN_EXE_pg_exporter"));
+    let conf = config_dir(b.dir());
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("pg_exporter.yml"), COLLECTORS).unwrap();
+    let exp = b
+        .arg(format!("--url={url}"))
+        .arg(format!(
+            "--config={}",
+            conf.join("pg_exporter.yml").display()
+        ))
+        .args([
+            "--connect-timeout=3000",
+            "--log.level=debug",
+            "--no-auto-discovery",
+        ])
+        .env_remove("PGURL")
+        .env_remove("PG_EXPORTER_URL")
+        .log_file(&conf.join("exporter.log"))
+        .ready_when_answers("/up")
+        .kill_on_drop()
+        .start();
+    exp.wait_for("the first collector", || {
+        metric(&exp, "t_basic_v") == Some(1.0)
+    });
+    exp
+}
+
+#[test]
+fn the_config_watcher_reloads_only_when_a_config_file_changes_content() {
+    let cluster = shared_cluster();
+    let exp = start_with_log_next_to_the_config(&cluster.primary().url("postgres"));
+    let conf = config_dir(exp.dir());
+
+    // The exporter's own log (scrapes, debug lines), another file written for 3 s, and the
+    // config file rewritten with the same content: no reload.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut n = 0;
+    while Instant::now() < until {
+        std::fs::write(conf.join("notes.txt"), format!("line {n}\n")).unwrap();
+        if n % 10 == 0 {
+            write(&conf, "pg_exporter.yml", COLLECTORS);
+            let _ = metric(&exp, "t_basic_v");
+        }
+        n += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        reloads(&exp),
+        0,
+        "no config content changed:\n{}",
+        exp.log_tail(30)
+    );
+
+    // An edit of the config file: exactly one reload.
+    write(
+        &conf,
+        "pg_exporter.yml",
+        &COLLECTORS.replace("SELECT 1", "SELECT 2"),
+    );
+    exp.wait_for("reload on the edit", || {
+        metric(&exp, "t_basic_v") == Some(2.0)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(reloads(&exp), 1, "{}", exp.log_tail(30));
+    assert_eq!(
+        metric(&exp, "pg_exporter_config_reload_failure_count"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn an_empty_config_is_refused_at_start_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty_file = dir.path().join("empty.yml");
+    std::fs::write(&empty_file, "").unwrap();
+    let comments = dir.path().join("comments.yml");
+    std::fs::write(&comments, "# nothing yet\n").unwrap();
+    let empty_dir = dir.path().join("conf.d");
+    std::fs::create_dir(&empty_dir).unwrap();
+    std::fs::write(empty_dir.join("README.txt"), "collectors go here\n").unwrap();
+
+    for (path, says) in [
+        (&empty_file, "the file defines no collector"),
+        (&comments, "the file defines no collector"),
+        (
+            &empty_dir,
+            "no *.yml or *.yaml file in this directory defines a collector",
+        ),
+    ] {
+        let config = format!("--config={}", path.display());
+        // At start: a clear error naming the path, and exit status 2.
+        let (status, stderr) = run_briefly(&[&config]);
+        assert_eq!(status, Some(2), "{}: {stderr}", path.display());
+        assert!(
+            stderr.contains(&path.display().to_string())
+                && stderr.contains(says)
+                && stderr.contains("--allow-empty-config"),
+            "{stderr}"
+        );
+        // --dry-run refuses it too, unless asked for, by flag or environment.
+        let (ok, stderr) = dry_run(&[&config], &[]);
+        assert!(!ok && stderr.contains(says), "{stderr}");
+        let (ok, stderr) = dry_run(&[&config, "--allow-empty-config"], &[]);
+        assert!(ok, "{stderr}");
+        let (ok, stderr) = dry_run(&[&config], &[("PG_EXPORTER_ALLOW_EMPTY_CONFIG", "true")]);
+        assert!(ok, "{stderr}");
+    }
+
+    // Allowed: it runs, says so, and serves its own metrics.
+    let exp = Agent::builder("pg_exporter", env!("CARGO_BIN_EXE_pg_exporter"))
+        .arg(format!("--config={}", empty_dir.display()))
+        .args([
+            "--url=postgres://postgres@127.0.0.1:1/postgres",
+            "--allow-empty-config",
+        ])
+        .env_remove("PGURL")
+        .env_remove("PG_EXPORTER_URL")
+        .ready_when_answers("/up")
+        .kill_on_drop()
+        .start();
+    assert_eq!(metric(&exp, "pg_exporter_up"), Some(1.0));
+    assert!(
+        exp.logs().contains("defines no collector"),
+        "{}",
+        exp.log_tail(20)
+    );
+}
+
+#[test]
+fn a_reload_to_an_empty_config_keeps_the_running_one() {
+    let cluster = shared_cluster();
+    let exp = start_with_log_next_to_the_config(&cluster.primary().url("postgres"));
+    let conf = config_dir(exp.dir());
+    let file = conf.join("pg_exporter.yml");
+
+    // Truncated by mistake: the watcher's reload is rejected and counted.
+    std::fs::write(&file, "").unwrap();
+    exp.wait_for("the rejected reload", || {
+        metric(&exp, "pg_exporter_config_reload_failure_count") == Some(1.0)
+    });
+    assert_eq!(
+        metric(&exp, "pg_exporter_config_last_reload_successful"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&exp, "t_basic_v"),
+        Some(1.0),
+        "the running config stays"
+    );
+    let (status, body) = exp.request("POST", "/reload").unwrap();
+    assert_eq!(status, 500);
+    assert!(
+        body.contains(&file.display().to_string()) && body.contains("defines no collector"),
+        "{body}"
+    );
+    assert_eq!(metric(&exp, "t_basic_v"), Some(1.0));
+    assert_eq!(reloads(&exp), 0);
+}
+
+#[test]
+fn a_password_in_the_url_flag_is_warned_about_without_showing_it() {
+    let secret = "s3cret-in-ps";
+    let url = format!("postgres://someone:{secret}@127.0.0.1:1/postgres");
+    let explain = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg_exporter"));
+        cmd.arg("--explain")
+            .args(args)
+            .env_remove("PG_EXPORTER_URL")
+            .env_remove("PGURL")
+            .env_remove("PG_EXPORTER_URL_FILE");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "0100-test.yml", COLLECTORS);
+    let config = format!("--config={}", dir.path().display());
+
+    let logs = explain(&[&config, &format!("--url={url}")], &[]);
+    assert!(
+        logs.contains("password given in --url is visible")
+            && logs.contains("PG_EXPORTER_URL_FILE")
+            && logs.contains("~/.pgpass"),
+        "{logs}"
+    );
+    assert_eq!(logs.matches("password given in --url").count(), 1, "{logs}");
+    assert!(!logs.contains(secret), "{logs}");
+
+    // From the environment (not in ps), or without a password: no warning.
+    for (args, envs) in [
+        (
+            vec![config.clone()],
+            vec![("PG_EXPORTER_URL", url.as_str())],
+        ),
+        (
+            vec![
+                config.clone(),
+                "--url=postgres://someone@127.0.0.1:1/postgres".to_owned(),
+            ],
+            vec![],
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let logs = explain(&args, &envs);
+        assert!(logs.contains("Target."), "{logs}");
+        assert!(!logs.contains("password given in --url"), "{logs}");
+        assert!(!logs.contains(secret), "{logs}");
+    }
+
+    // --help says where the password belongs.
+    let out = Command::new(env!("CARGO_BIN_EXE_pg_exporter"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["PG_EXPORTER_URL_FILE", "~/.pgpass", "--allow-empty-config"] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+}
+
+/// `pg_exporter --dry-run` with `args` and `envs`: whether it succeeded, and its stderr.
+fn dry_run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pg_exporter"))
+        .arg("--dry-run")
+        .args(args)
+        .env_remove("PG_EXPORTER_ALLOW_EMPTY_CONFIG")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs pg_exporter with `args` on a free loopback port for at most 10 s: its exit status
+/// (`None` if it was still running and got killed) and its stderr.
+fn run_briefly(args: &[&str]) -> (Option<i32>, String) {
+    let port = test_harness::free_port().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pg_exporter"))
+        .args(args)
+        .args([
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--url=postgres://postgres@127.0.0.1:1/postgres".to_owned(),
+        ])
+        .env_remove("PGURL")
+        .env_remove("PG_EXPORTER_URL")
+        .env_remove("PG_EXPORTER_ALLOW_EMPTY_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > until {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+#[test]
+fn text_in_a_value_column_is_nan_logged_once_and_counted_as_an_error() {
+    let cluster = shared_cluster();
+    let collectors = "t_text:\n  name: t_text\n  query: \"SELECT 'hello'::text AS word, '1e400'::text AS huge, 1e400::numeric AS huge_numeric, ' 12.5'::text AS fine, 'Infinity'::text AS inf\"\n  metrics:\n    - word: { usage: GAUGE, description: text }\n    - huge: { usage: COUNTER, description: beyond f64 }\n    - huge_numeric: { usage: GAUGE, description: beyond f64 }\n    - fine: { usage: GAUGE, description: a number as text }\n    - inf: { usage: GAUGE, description: an infinity spelled out }\n";
+    let exp = start(&cluster.primary().url("postgres"), collectors, &[]);
+    exp.wait_for("the collector", || {
+        metric(&exp, "t_text_fine") == Some(12.5)
+    });
+    for _ in 0..3 {
+        exp.scrape().unwrap();
+    }
+    let body = exp.scrape().unwrap();
+    // Upstream's value: NaN (Go's ParseFloat refuses `hello` and, out of range, `1e400`).
+    for family in ["t_text_word", "t_text_huge", "t_text_huge_numeric"] {
+        assert!(
+            value(&body, family, &[]).is_some_and(f64::is_nan),
+            "{family}:\n{body}"
+        );
+    }
+    assert_eq!(value(&body, "t_text_inf", &[]), Some(f64::INFINITY));
+    // Counted at every scrape in the collector's error count...
+    let errors = value(
+        &body,
+        "pg_exporter_query_scrape_error_count",
+        &[("datname", "postgres"), ("query", "t_text")],
+    )
+    .unwrap();
+    assert!(errors >= 5.0, "{errors}\n{body}");
+    // ... and logged once per column, whatever the number of scrapes.
+    let logs = exp.logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("holds a value that is no number"))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    for (column, shown) in [
+        ("word", "\\\"hello\\\""),
+        ("huge", "\\\"1e400\\\""),
+        ("huge_numeric", "0.0001e404"),
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("column={column} ")) && w.contains(shown)),
+            "{column}: {warnings:#?}"
+        );
+    }
 }

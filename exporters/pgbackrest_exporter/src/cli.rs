@@ -6,8 +6,8 @@ use std::time::Duration;
 use agent_kit::cli::{LogArgs, WebArgs};
 use anyhow::Context as _;
 use clap::{ArgAction, CommandFactory as _, FromArgMatches as _, Parser};
-use pgbackrest_collector::collector::Settings;
 use pgbackrest_collector::command::RunAs;
+use pgbackrest_collector::settings::Settings;
 use tracing::{info, warn};
 
 /// Prometheus exporter for pgBackRest.
@@ -22,7 +22,8 @@ pub(crate) struct Cli {
         long = "collect.interval",
         value_name = "SECONDS",
         default_value_t = 600,
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = whole_seconds
     )]
     pub(crate) collect_interval: i64,
 
@@ -30,7 +31,8 @@ pub(crate) struct Cli {
     #[arg(
         long = "collect.timeout",
         value_name = "SECONDS",
-        default_value_t = 120
+        default_value_t = 120,
+        value_parser = at_least_one::<u64>
     )]
     pub(crate) collect_timeout: u64,
 
@@ -47,15 +49,16 @@ pub(crate) struct Cli {
     pub(crate) config_include_path: String,
 
     /// Specific stanza for collecting metrics. Can be specified several times.
-    #[arg(long = "backrest.stanza-include", value_name = "STANZA")]
+    #[arg(long = "backrest.stanza-include", value_name = "STANZA", value_parser = stanza_name)]
     pub(crate) stanza_include: Vec<String>,
 
     /// Specific stanza to exclude from collecting metrics. Can be specified several times.
-    #[arg(long = "backrest.stanza-exclude", value_name = "STANZA")]
+    #[arg(long = "backrest.stanza-exclude", value_name = "STANZA", value_parser = stanza_name)]
     pub(crate) stanza_exclude: Vec<String>,
 
     /// Specific backup type for collecting metrics. One of: [full, incr, diff].
-    #[arg(long = "backrest.backup-type", value_name = "TYPE", default_value = "")]
+    #[arg(long = "backrest.backup-type", value_name = "TYPE", default_value = "",
+          hide_default_value = true, value_parser = backup_types())]
     pub(crate) backup_type: String,
 
     /// Exposing the number of databases in backups.
@@ -67,9 +70,10 @@ pub(crate) struct Cli {
     #[arg(
         long = "backrest.database-parallel-processes",
         value_name = "N",
-        default_value_t = 1
+        default_value_t = 1,
+        value_parser = at_least_one::<usize>
     )]
-    pub(crate) database_parallel_processes: i64,
+    pub(crate) database_parallel_processes: usize,
 
     /// Exposing the number of databases in the latest backups.
     #[arg(long = "backrest.database-count-latest", action = ArgAction::Set, num_args = 0..=1,
@@ -118,6 +122,55 @@ pub(crate) struct Cli {
     pub(crate) log: LogArgs,
 }
 
+/// `--backrest.backup-type`: pgBackRest's `--type` values for `info`; empty (the default) for
+/// every type.
+fn backup_types() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue;
+    clap::builder::PossibleValuesParser::new([
+        PossibleValue::new("full"),
+        PossibleValue::new("incr"),
+        PossibleValue::new("diff"),
+        PossibleValue::new("").hide(true),
+    ])
+}
+
+/// A whole number of seconds (negative allowed: below 1 means 1, with a warning, as upstream
+/// accepts it).
+fn whole_seconds(value: &str) -> Result<i64, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a whole number of seconds (e.g. 600)"))
+}
+
+/// A whole number of at least 1.
+fn at_least_one<T>(value: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    match value.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        _ => Err(format!("{value:?} is not a whole number of at least 1")),
+    }
+}
+
+/// A stanza name pgBackRest can have made: not starting with `-` (it would read as an option),
+/// without `/` (stanza names are directory and lock file names) and without blanks or control
+/// characters. Empty is upstream's default ("all stanzas").
+fn stanza_name(value: &str) -> Result<String, String> {
+    if value.starts_with('-') {
+        return Err(format!("stanza name {value:?} starts with '-'"));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "stanza name {value:?} contains {c:?}; pgBackRest stanza names are directory names without '/', blanks or control characters"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 /// Boolean flags that kingpin also accepts as `--no-<flag>`.
 const NEGATABLE: [&str; 7] = [
     "backrest.database-count",
@@ -161,12 +214,33 @@ impl Cli {
         Cli::from_arg_matches(&matches)
     }
 
-    /// The collector settings; looks up `--backrest.user`.
+    /// The collector settings; looks up `--backrest.user` and checks that the files named by
+    /// `--backrest.config` and `--backrest.config-include-path` exist (pgBackRest would fail
+    /// every collection otherwise).
     pub(crate) fn settings(&self) -> anyhow::Result<Settings> {
         let run_as = match &self.user {
             Some(name) if !name.is_empty() => RunAs::lookup(name).context("--backrest.user")?,
             _ => None,
         };
+        for (flag, path, want_dir) in [
+            ("--backrest.config", &self.config, false),
+            (
+                "--backrest.config-include-path",
+                &self.config_include_path,
+                true,
+            ),
+        ] {
+            if path.is_empty() {
+                continue;
+            }
+            let meta = std::fs::metadata(path).with_context(|| format!("{flag} {path}"))?;
+            if meta.is_dir() != want_dir {
+                anyhow::bail!(
+                    "{flag} {path}: not a {}",
+                    if want_dir { "directory" } else { "file" }
+                );
+            }
+        }
         let interval = if self.collect_interval < 1 {
             warn!(
                 interval = self.collect_interval,
@@ -179,7 +253,7 @@ impl Cli {
         Ok(Settings {
             binary: self.binary.clone().into(),
             run_as,
-            timeout: Duration::from_secs(self.collect_timeout.max(1)),
+            timeout: Duration::from_secs(self.collect_timeout),
             interval: Duration::from_secs(interval),
             collect_info: self.collector_pgbackrest,
             config: self.config.clone(),
@@ -188,8 +262,7 @@ impl Cli {
             stanza_exclude: self.stanza_exclude.clone(),
             backup_type: self.backup_type.clone(),
             database_count: self.database_count,
-            database_parallel_processes: usize::try_from(self.database_parallel_processes.max(1))
-                .unwrap_or(1),
+            database_parallel_processes: self.database_parallel_processes,
             database_count_latest: self.database_count_latest,
             reference_count: self.reference_count,
             verbose_wal: self.verbose_wal,
@@ -201,8 +274,8 @@ impl Cli {
 }
 
 /// The local zone (`TZ`, else `/etc/localtime`), as Go's `time.Local`.
-fn jiff_system_zone() -> pgbackrest_collector::collector::TimeZone {
-    pgbackrest_collector::collector::TimeZone::system()
+fn jiff_system_zone() -> pgbackrest_collector::settings::TimeZone {
+    pgbackrest_collector::settings::TimeZone::system()
 }
 
 /// Logs the configuration as upstream does at start-up.
@@ -290,6 +363,14 @@ mod tests {
 
     #[test]
     fn every_upstream_flag_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conf, conf_d) = (
+            dir.path().join("pgbackrest.conf"),
+            dir.path().join("conf.d"),
+        );
+        std::fs::write(&conf, "[global]\n").unwrap();
+        std::fs::create_dir(&conf_d).unwrap();
+        let (conf, conf_d) = (conf.display().to_string(), conf_d.display().to_string());
         let cli = parse(&[
             "--web.listen-address=127.0.0.1:1",
             "--web.listen-address",
@@ -298,8 +379,8 @@ mod tests {
             "--web.config.file=/tmp/web.yml",
             "--web.systemd-socket",
             "--collect.interval=120",
-            "--backrest.config=/etc/pgbackrest/pgbackrest.conf",
-            "--backrest.config-include-path=/etc/pgbackrest/conf.d",
+            &format!("--backrest.config={conf}"),
+            &format!("--backrest.config-include-path={conf_d}"),
             "--backrest.stanza-include=a",
             "--backrest.stanza-include",
             "b",
@@ -328,7 +409,9 @@ mod tests {
         let s = cli.settings().unwrap();
         assert_eq!(
             s.info_args("a", None).join(" "),
-            "info --output json --config /etc/pgbackrest/pgbackrest.conf --config-include-path /etc/pgbackrest/conf.d --stanza a --type full"
+            format!(
+                "info --output json --config {conf} --config-include-path {conf_d} --stanza a --type full"
+            )
         );
     }
 
@@ -352,6 +435,79 @@ mod tests {
             Cli::parse_args(["x".to_owned(), "--backrest.bogus".to_owned()]).is_err(),
             "unknown flags are rejected"
         );
+    }
+
+    fn parse_error(args: &[&str]) -> String {
+        let mut v = vec!["pgbackrest_exporter".to_owned()];
+        v.extend(args.iter().map(|s| (*s).to_owned()));
+        Cli::parse_args(v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn enumerations_and_formats_are_refused_at_start_with_what_is_allowed() {
+        for t in ["full", "incr", "diff", ""] {
+            let arg = format!("--backrest.backup-type={t}");
+            assert_eq!(parse(&[&arg]).backup_type, t);
+        }
+        let e = parse_error(&["--backrest.backup-type=weird"]);
+        assert!(
+            e.contains("weird") && e.contains("full") && e.contains("incr") && e.contains("diff"),
+            "{e}"
+        );
+        for (args, want) in [
+            (&["--backrest.backup-type=FULL"][..], "FULL"),
+            (&["--collect.interval=10s"], "not a whole number of seconds"),
+            (&["--collect.timeout=0"], "at least 1"),
+            (&["--collect.timeout=-5"], "at least 1"),
+            (&["--backrest.database-parallel-processes=0"], "at least 1"),
+            (&["--backrest.backup-limit=-1"], "backup-limit"),
+            (&["--backrest.stanza-include=a/b"], "'/'"),
+            (&["--backrest.stanza-include=a b"], "' '"),
+            (&["--backrest.stanza-exclude=-x"], "starts with '-'"),
+            (&["--backrest.verbose-wal=maybe"], "maybe"),
+            (&["--log.level=trace"], "debug"),
+        ] {
+            let e = parse_error(args);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        let cli = parse(&[
+            "--backrest.stanza-include=",
+            "--backrest.stanza-include=demo-1_x.y",
+        ]);
+        assert_eq!(cli.stanza_include, ["", "demo-1_x.y"]);
+        assert_eq!(parse(&["--collect.interval=-3"]).collect_interval, -3);
+    }
+
+    #[test]
+    fn config_paths_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("pgbackrest.conf");
+        std::fs::write(&conf, "[global]\n").unwrap();
+        let (conf, dir) = (conf.display().to_string(), dir.path().display().to_string());
+        let ok = parse(&[
+            &format!("--backrest.config={conf}"),
+            &format!("--backrest.config-include-path={dir}"),
+        ]);
+        assert!(ok.settings().is_ok());
+        for (args, want) in [
+            (
+                vec![format!("--backrest.config={dir}/missing.conf")],
+                "--backrest.config",
+            ),
+            (vec![format!("--backrest.config={dir}")], "not a file"),
+            (
+                vec![format!("--backrest.config-include-path={conf}")],
+                "not a directory",
+            ),
+            (
+                vec![format!("--backrest.config-include-path={dir}/conf.d")],
+                "--backrest.config-include-path",
+            ),
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let e = format!("{:#}", parse(&args).settings().unwrap_err());
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
     }
 
     #[test]

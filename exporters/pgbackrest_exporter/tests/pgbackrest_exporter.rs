@@ -207,6 +207,64 @@ fn missing_pgbackrest() {
     );
 }
 
+/// pgBackRest quotes config lines and option values in its errors; the real pgbackrest is run
+/// with configs whose mistakes put a password on its standard error, and neither the log nor
+/// `/metrics` may show it (the log keeps the rest of the message).
+#[test]
+fn secrets_pgbackrest_prints_never_reach_the_log() {
+    const SECRET: &str = "S3cretPw-7";
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let configs = [
+        (
+            "missing-equals.conf",
+            format!(
+                "[global]\nrepo1-path={}\nrepo1-cipher-pass {SECRET}\n",
+                repo.display()
+            ),
+            "missing '=' in key/value at line 3: repo1-cipher-pass xxxxx",
+        ),
+        (
+            "outside-section.conf",
+            format!(
+                "repo1-cipher-pass={SECRET}\n[global]\nrepo1-path={}\n",
+                repo.display()
+            ),
+            "key/value found outside of section at line 1: repo1-cipher-pass=xxxxx",
+        ),
+        (
+            "url-in-option.conf",
+            format!(
+                "[global]\nrepo1-path={}\nio-timeout=postgresql://backup:{SECRET}@127.0.0.1:5432/postgres\n",
+                repo.display()
+            ),
+            "postgresql://backup:xxxxx@127.0.0.1:5432/postgres",
+        ),
+    ];
+    for (name, text, masked) in configs {
+        let config = dir.path().join(name);
+        std::fs::write(&config, text).unwrap();
+        let exp = support::start(
+            &[
+                format!("--backrest.config={}", config.display()),
+                "--collect.interval=3600".into(),
+                "--no-backrest.wal-age".into(),
+            ],
+            WAIT,
+        );
+        exp.wait_for("the collection at start", || collections(&exp) >= 1.0);
+        let metrics = exp.metrics();
+        let log = exp.logs();
+        assert!(!log.contains(SECRET), "{name}: secret in the log:\n{log}");
+        assert!(!metrics.contains(SECRET), "{name}: secret in /metrics");
+        assert_eq!(failure_lines(&log).len(), 1, "{name}:\n{log}");
+        assert!(
+            log.replace("\\'", "'").contains(masked),
+            "{name}: the masked message is missing:\n{log}"
+        );
+    }
+}
+
 #[test]
 fn bad_flags_exit_1_and_help_exits_0() {
     let bin = env!("CARGO_BIN_EXE_pgbackrest_exporter");
@@ -244,6 +302,29 @@ fn bad_flags_exit_1_and_help_exits_0() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such user"));
+
+    // Enumerations and formats are refused at start, naming what is allowed (it started and
+    // failed every collection before).
+    for (arg, want) in [
+        (
+            "--backrest.backup-type=weird",
+            "[possible values: full, incr, diff]",
+        ),
+        ("--backrest.stanza-include=a/b", "stanza name"),
+        ("--collect.timeout=0", "at least 1"),
+        (
+            "--backrest.config=/nonexistent/pgbackrest.conf",
+            "No such file",
+        ),
+    ] {
+        let out = Command::new(bin)
+            .args([arg, "--web.listen-address=127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{arg}: {stderr}");
+        assert!(stderr.contains(want), "{arg}: {stderr}");
+    }
 }
 
 /// Files under `dir` not owned by the repository's owner (pgbackrest run as root would leave

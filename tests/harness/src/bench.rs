@@ -129,3 +129,81 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
 }
+
+/// Current resident set size of a process (VmRSS), MiB; NaN when it is gone.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Open file descriptors of a process (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// TCP connections a process holds to `port` on the local host: its socket descriptors whose
+/// remote port (in `/proc/<pid>/net/tcp` and `tcp6`) is `port`.
+pub fn connections_to(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let remote_port = fields
+                        .get(2)
+                        .and_then(|r| r.rsplit(':').next())
+                        .and_then(|p| u16::from_str_radix(p, 16).ok());
+                    // State 01 is ESTABLISHED.
+                    remote_port == Some(port)
+                        && fields.get(3) == Some(&"01")
+                        && fields.get(9).is_some_and(|i| inodes.contains(*i))
+                })
+                .map(|_| ())
+                .collect::<Vec<_>>()
+        })
+        .count()
+}
+
+/// An agent binary for a benchmark: `$<env>` if set, else `target/release/<name>` of this
+/// workspace. Exits the benchmark with status 2 and the build command when it is missing.
+pub fn release_binary(name: &str, env: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(env).map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/release")
+                .join(name)
+        },
+        std::path::PathBuf::from,
+    );
+    if !path.is_file() {
+        eprintln!(
+            "bench: {} missing: build it with `cargo build --release -p {name}` (or set {env})",
+            path.display()
+        );
+        std::process::exit(2);
+    }
+    path
+}

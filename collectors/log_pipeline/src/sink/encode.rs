@@ -170,9 +170,12 @@ fn loki_push_request(streams: &BTreeMap<String, Vec<&Record>>) -> Vec<u8> {
     }
     // Lengths: google.protobuf.Timestamp { int64 seconds = 1; int32 nanos = 2; },
     // EntryAdapter { timestamp = 1; line = 2; }, StreamAdapter { labels = 1; entries = 2; }.
+    // A Timestamp's nanos count forward from its (floored) second, also before 1970, where
+    // jiff's fraction counts backwards.
     let seconds_nanos = |r: &Record| {
-        let (secs, nanos) = (r.time.as_second(), r.time.subsec_nanosecond());
-        (secs as u64, i64::from(nanos) as u64)
+        let ns = r.time.as_nanosecond();
+        let (secs, nanos) = (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
+        (secs as i64 as u64, nanos as u64)
     };
     let timestamp_len = |(secs, nanos): (u64, u64)| {
         usize::from(secs != 0) * (1 + varint_len(secs))
@@ -512,9 +515,12 @@ mod tests {
                             let mut line = String::new();
                             r.write_json(&mut line, false);
                             EntryAdapter {
+                                // Nanos count forward from the floored second
+                                // (google.protobuf.Timestamp), also before 1970.
                                 timestamp: Some(ProtoTimestamp {
-                                    seconds: r.time.as_second(),
-                                    nanos: r.time.subsec_nanosecond(),
+                                    seconds: r.time.as_nanosecond().div_euclid(1_000_000_000)
+                                        as i64,
+                                    nanos: r.time.as_nanosecond().rem_euclid(1_000_000_000) as i32,
                                 }),
                                 line,
                                 structured_metadata: Vec::new(),

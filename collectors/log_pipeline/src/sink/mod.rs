@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 use crate::checkpoint::{Covered, SourceProgress};
 use crate::config::{Auth, Sink, SinkKind, WhenFull};
 use crate::record::{Record, write_json_string};
+use crate::secrets::{Secrets, mask_url};
 use crate::stats::{SinkCounters, Stats};
 use crate::tailer::Chunk;
 use disk_buffer::{BufferReader, BufferWriter, ReadEnd};
@@ -72,9 +73,11 @@ pub enum SendError {
 enum Output {
     Http {
         client: reqwest::Client,
-        url: String,
+        url: url::Url,
         headers: Vec<(String, String)>,
         auth: Option<Auth>,
+        /// Scrubbed from every message.
+        secrets: Secrets,
     },
     File {
         path: PathBuf,
@@ -89,9 +92,10 @@ impl Output {
                 url,
                 headers,
                 auth,
+                secrets,
             } => {
                 let mut req = client
-                    .post(url)
+                    .post(url.clone())
                     .header(reqwest::header::CONTENT_TYPE, body.content_type)
                     .body(body.body.clone());
                 if let Some(enc) = body.content_encoding {
@@ -107,17 +111,21 @@ impl Output {
                     Some(Auth::Bearer(t)) => req.bearer_auth(t),
                     None => req,
                 };
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|e| SendError::Retry(format!("request failed: {e}")))?;
+                let resp = req.send().await.map_err(|e| {
+                    SendError::Retry(secrets.scrub(&format!(
+                        "request to {} failed: {}",
+                        mask_url(url),
+                        error_chain(&e.without_url())
+                    )))
+                })?;
                 let status = resp.status().as_u16();
                 if resp.status().is_success() {
                     return Ok(());
                 }
                 let mut text = resp.text().await.unwrap_or_default();
                 crate::parse::cut_chars(&mut text, 512);
-                let message = format!("HTTP {status}: {}", text.trim());
+                // A proxy may echo the request, credentials included.
+                let message = secrets.scrub(&format!("HTTP {status}: {}", text.trim()));
                 if matches!(status, 401 | 403 | 404 | 408 | 429) || (status >= 500 && status != 501)
                 {
                     Err(SendError::Retry(message))
@@ -137,6 +145,36 @@ impl Output {
     }
 }
 
+/// An error and its causes, `: `-separated (reqwest's own message is only the outer one).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// The URL of a request: `api` (`/loki/api/v1/push`, maybe with a query) joined to the
+/// endpoint's path (a prefix such as `/vl/`), the endpoint's query first.
+fn request_url(endpoint: &url::Url, api: &str) -> url::Url {
+    let (path, query) = api.split_once('?').unwrap_or((api, ""));
+    let mut url = endpoint.clone();
+    url.set_path(&format!("{}{path}", endpoint.path().trim_end_matches('/')));
+    let query = [endpoint.query().unwrap_or(""), query]
+        .into_iter()
+        .filter(|q| !q.is_empty())
+        .collect::<Vec<_>>()
+        .join("&");
+    url.set_query((!query.is_empty()).then_some(query.as_str()));
+    url
+}
+
 /// Appends `bytes` to `path` (creating it and its directory) and fsyncs.
 fn append_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
@@ -148,6 +186,12 @@ fn append_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_data()
+}
+
+/// Builds what sink `config` sends with (its HTTP client, TLS files read), and drops it:
+/// what a start would refuse.
+pub fn check(config: &Sink) -> Result<(), SinkError> {
+    build_output(config).map(drop)
 }
 
 fn build_output(config: &Sink) -> Result<(Output, Encoder), SinkError> {
@@ -196,9 +240,10 @@ fn build_output(config: &Sink) -> Result<(Output, Encoder), SinkError> {
     Ok((
         Output::Http {
             client,
-            url: format!("{}{}", http.endpoint, encoder.path()),
+            url: request_url(&http.endpoint, encoder.path()),
             headers: http.headers.clone(),
             auth: http.auth.clone(),
+            secrets: http.secrets.clone(),
         },
         encoder,
     ))
@@ -1128,6 +1173,41 @@ impl DiskReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_urls_join_the_path_and_keep_the_query() {
+        let join = |endpoint: &str, api: &str| {
+            request_url(&url::Url::parse(endpoint).unwrap(), api).to_string()
+        };
+        let loki = "/loki/api/v1/push";
+        let vl_loki = "/insert/loki/api/v1/push?_msg_field=message";
+        for (endpoint, api, want) in [
+            ("http://h:3100", loki, "http://h:3100/loki/api/v1/push"),
+            ("http://h:3100/", loki, "http://h:3100/loki/api/v1/push"),
+            (
+                "http://h:3100/?tenant=x",
+                loki,
+                "http://h:3100/loki/api/v1/push?tenant=x",
+            ),
+            (
+                "https://h/prefix/?tenant=x&token=t",
+                "/insert/jsonline",
+                "https://h/prefix/insert/jsonline?tenant=x&token=t",
+            ),
+            (
+                "http://h:9428/vl?tenant=x",
+                vl_loki,
+                "http://h:9428/vl/insert/loki/api/v1/push?tenant=x&_msg_field=message",
+            ),
+            (
+                "http://h:9428",
+                vl_loki,
+                "http://h:9428/insert/loki/api/v1/push?_msg_field=message",
+            ),
+        ] {
+            assert_eq!(join(endpoint, api), want, "{endpoint} + {api}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {

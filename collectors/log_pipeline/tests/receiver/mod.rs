@@ -13,7 +13,8 @@
 //! It can be told to answer with a status (e.g. 503), to reject with 400 any request holding a
 //! marker, to answer 413 to bodies over a size (decoded), or be stopped and restarted on the
 //! same port (connection refused meanwhile). Every request is logged (path, query, encodings,
-//! answer) so that tests can check what went over the wire, not only what was decoded.
+//! answer) so that tests can check what went over the wire, not only what was decoded. Error
+//! answers end with the request's path and query, as a proxy may echo them.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -152,10 +153,16 @@ impl Receiver {
 
     /// The receiver's routes.
     pub fn app(&self) -> Router {
+        self.app_at("")
+    }
+
+    /// The receiver's routes under `prefix` (`/proxy`, as behind a reverse proxy), logged
+    /// with it.
+    pub fn app_at(&self, prefix: &str) -> Router {
         Router::new()
-            .route("/insert/jsonline", post(jsonline))
-            .route("/loki/api/v1/push", post(loki))
-            .route("/insert/loki/api/v1/push", post(loki))
+            .route(&format!("{prefix}/insert/jsonline"), post(jsonline))
+            .route(&format!("{prefix}/loki/api/v1/push"), post(loki))
+            .route(&format!("{prefix}/insert/loki/api/v1/push"), post(loki))
             .with_state(self.inner.clone())
     }
 
@@ -357,6 +364,12 @@ fn answer(
     for r in &mut records {
         r.path_and_query.clone_from(&path_and_query);
     }
+    // As a proxy may: an error answer echoes the request (credentials in it included).
+    let message = if status.is_success() {
+        message
+    } else {
+        format!("{message} (request {path_and_query})")
+    };
     let mut i = inner.lock().unwrap();
     i.log.push(Request {
         path: uri.path().to_owned(),

@@ -84,27 +84,62 @@ fn load_dir(dir: &Path, mode: LoadMode) -> Result<CollectorSet, ConfigError> {
         let path = path.to_path_buf();
         move |source| ConfigError::Io { path, source }
     };
+    let inputs = config_files(dir)
+        .map_err(io(dir))?
+        .into_iter()
+        .map(|(name, path)| {
+            let text = fs::read_to_string(&path).map_err(io(&path));
+            (name, text)
+        });
+    merge(dir.to_path_buf(), inputs, mode)
+}
+
+/// The config files of a directory: its `*.yml`/`*.yaml` files (symlinks followed;
+/// subdirectories and dangling links left out), as `(file name, path)` in lexical order.
+fn config_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut files = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io(dir))? {
-        let entry = entry.map_err(io(dir))?;
-        let name = entry.file_name();
-        let lossy = name.to_string_lossy();
-        if !(lossy.ends_with(".yml") || lossy.ends_with(".yaml")) {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_config_file_name(&name) {
             continue;
         }
         let path = entry.path();
-        // Follows symlinks; subdirectories (and dangling links) are not config files.
-        if !path.is_file() {
-            continue;
+        if path.is_file() {
+            files.push((name, path));
         }
-        files.push((name, path));
     }
     files.sort();
-    let inputs = files.into_iter().map(|(name, path)| {
-        let text = fs::read_to_string(&path).map_err(io(&path));
-        (name.to_string_lossy().into_owned(), text)
-    });
-    merge(dir.to_path_buf(), inputs, mode)
+    Ok(files)
+}
+
+/// Whether a file name is one a config directory loads (`*.yml`, `*.yaml`).
+pub fn is_config_file_name(name: &str) -> bool {
+    name.ends_with(".yml") || name.ends_with(".yaml")
+}
+
+/// A hash of what [`load`] would read from `path`: the file's bytes, or the names and bytes
+/// of a directory's config files; a missing or unreadable path hashes its error kind. Equal
+/// fingerprints mean an unchanged config (the watcher reloads only when it changes).
+pub fn fingerprint(path: &Path) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut file = |name: &str, path: &Path| {
+        name.hash(&mut hasher);
+        match fs::read(path) {
+            Ok(bytes) => bytes.hash(&mut hasher),
+            Err(e) => format!("{:?}", e.kind()).hash(&mut hasher),
+        }
+    };
+    if path.is_dir() {
+        match config_files(path) {
+            Ok(files) => files.iter().for_each(|(name, p)| file(name, p)),
+            Err(e) => file(&format!("{:?}", e.kind()), path),
+        }
+    } else {
+        file("", path);
+    }
+    hasher.finish()
 }
 
 /// Merges the built-in default set: `(file name, text)` pairs, in the given order, as a

@@ -50,9 +50,15 @@ const USAGE_LIST: &str = "DISCARD, LABEL, GAUGE, COUNTER or HISTOGRAM";
 /// `source` is the file name used in errors and stored in [`CollectorConfig::source`].
 /// Empty and comment-only texts yield no branch. Priorities are left as written (0 if absent).
 pub fn parse_str(text: &str, source: &str) -> Result<Vec<CollectorConfig>, ConfigError> {
+    agent_kit::yaml::check_flow_depth(text).map_err(|e| ConfigError::Syntax {
+        file: source.to_owned(),
+        line: e.line,
+        column: e.column,
+        message: e.message,
+    })?;
     let locator = Locator::new(text);
     let mut doc: Value =
-        serde_norway::from_str(text).map_err(|e| syntax_error(source, &e, &locator))?;
+        serde_norway::from_str(text).map_err(|e| syntax_error(source, text, &e, &locator))?;
     doc.apply_merge().map_err(|e| ConfigError::Document {
         file: source.to_owned(),
         line: 0,
@@ -97,13 +103,17 @@ pub fn parse_str(text: &str, source: &str) -> Result<Vec<CollectorConfig>, Confi
     Ok(out)
 }
 
-fn syntax_error(file: &str, e: &serde_norway::Error, locator: &Locator<'_>) -> ConfigError {
-    let (mut line, mut column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-    let mut message = e.to_string();
-    let suffix = format!(" at line {line} column {column}");
-    if let Some(stripped) = message.strip_suffix(&suffix) {
-        message = stripped.to_owned();
-    }
+fn syntax_error(
+    file: &str,
+    text: &str,
+    e: &serde_norway::Error,
+    locator: &Locator<'_>,
+) -> ConfigError {
+    let agent_kit::yaml::YamlError {
+        mut line,
+        mut column,
+        message,
+    } = agent_kit::yaml::locate(text, e);
     // The parser reports a duplicate key at the start of its mapping: point at the repeat.
     // The message may be prefixed with the mapping's path (`pg_a: duplicate entry ...`).
     const DUPLICATE: &str = "duplicate entry with key \"";

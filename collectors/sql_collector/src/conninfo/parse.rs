@@ -58,6 +58,10 @@ const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Stands for a URL query parameter name that follows a password parameter in errors.
+const HIDDEN_AFTER_PASSWORD: &str =
+    "(hidden: it follows a password; percent-encode '&' in passwords as %26)";
+
 /// Length of the URL prefix `s` starts with (ASCII case-insensitively), if any.
 pub(super) fn url_prefix_len(s: &str) -> Option<usize> {
     URL_PREFIXES.iter().find_map(|p| {
@@ -67,7 +71,25 @@ pub(super) fn url_prefix_len(s: &str) -> Option<usize> {
     })
 }
 
-/// Parses `s` (already trimmed) in whichever syntax it uses.
+/// `s` without the white space around it, as the parsers read it: a URL is trimmed; a
+/// `key=value` string keeps a last white space character escaped by a backslash (part of the
+/// last value), and only ASCII white space ends it, as in libpq.
+pub(super) fn trim(s: &str) -> &str {
+    let s = s.trim_start();
+    if url_prefix_len(s).is_some() {
+        return s.trim_end();
+    }
+    let t = s.trim_end_matches(|c: char| c.is_ascii_whitespace());
+    let backslashes = t.bytes().rev().take_while(|b| *b == b'\\').count();
+    if backslashes % 2 == 1 && t.len() < s.len() {
+        // The escaped character is ASCII white space: one byte.
+        &s[..t.len() + 1]
+    } else {
+        t
+    }
+}
+
+/// Parses `s` (already [trimmed](trim)) in whichever syntax it uses.
 pub(super) fn parse(s: &str) -> Result<Parsed, ConnInfoError> {
     if let Some(prefix) = url_prefix_len(s) {
         return parse_url(s, prefix);
@@ -130,7 +152,13 @@ fn parse_url_parts(
                 entries.push(entry("user", user, None));
             }
             if let Some(password) = password {
-                entries.push(entry("password", decode(password, "password", true)?, None));
+                let end = prefix + at;
+                let span = end - password.len()..end;
+                entries.push(entry(
+                    "password",
+                    decode(password, "password", true)?,
+                    Some(span),
+                ));
             }
             &authority[at + 1..]
         }
@@ -166,6 +194,9 @@ fn parse_url_parts(
 
     if path_end < rest.len() {
         let mut offset = prefix + path_end + 1;
+        // Set after a secret parameter: an unencoded '&' in a password makes the rest of it
+        // look like further parameters, which errors must not show.
+        let mut after_secret = false;
         for param in rest[path_end + 1..].split('&') {
             let start = offset;
             offset += param.len() + 1;
@@ -173,18 +204,26 @@ fn parse_url_parts(
                 continue;
             }
             let Some((key, value)) = param.split_once('=') else {
-                return Err(ConnInfoError::Url(format!(
-                    "missing key/value separator \"=\" in URL query parameter \"{}\"",
-                    decode(param, "query parameter", false).unwrap_or_else(|_| param.to_owned())
-                )));
+                return Err(ConnInfoError::Url(if after_secret {
+                    format!(
+                        "missing key/value separator \"=\" in a URL query parameter {HIDDEN_AFTER_PASSWORD}"
+                    )
+                } else {
+                    format!(
+                        "missing key/value separator \"=\" in URL query parameter \"{}\"",
+                        decode(param, "query parameter", false)
+                            .unwrap_or_else(|_| param.to_owned())
+                    )
+                }));
             };
-            let key = decode(key, "query parameter name", false)?;
+            let key = decode(key, "query parameter name", after_secret)?;
             let secret = keywords::is_secret(&key);
-            let value = decode(
-                value,
-                &format!("the value of query parameter \"{key}\""),
-                secret,
-            )?;
+            let what = if after_secret {
+                format!("the value of a query parameter {HIDDEN_AFTER_PASSWORD}")
+            } else {
+                format!("the value of query parameter \"{key}\"")
+            };
+            let value = decode(value, &what, secret || after_secret)?;
             // libpq's JDBC compatibility: `ssl=true` means `sslmode=require`.
             let (key, value) = if key == "ssl" && value == "true" {
                 ("sslmode".to_owned(), "require".to_owned())
@@ -193,10 +232,15 @@ fn parse_url_parts(
             };
             let Some(keyword) = keywords::lookup(&key) else {
                 return Err(ConnInfoError::UnknownKeyword {
-                    keyword: key,
+                    keyword: if after_secret {
+                        HIDDEN_AFTER_PASSWORD.to_owned()
+                    } else {
+                        key
+                    },
                     in_url: true,
                 });
             };
+            after_secret |= secret;
             let value_start = start + param.find('=').map_or(param.len(), |e| e + 1);
             entries.push(Entry {
                 keyword,
@@ -344,6 +388,9 @@ fn parse_key_values(s: &str) -> Result<Parsed, ConnInfoError> {
         let shown = |name: &str| {
             if after_secret {
                 "(hidden: it follows an unquoted password)".to_owned()
+            } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                // Not a keyword, maybe a mistyped URL with its password.
+                "(hidden: not a keyword name; a mistyped postgres:// URL?)".to_owned()
             } else {
                 name.to_owned()
             }
@@ -425,6 +472,27 @@ fn parse_key_values(s: &str) -> Result<Parsed, ConnInfoError> {
     })
 }
 
+/// `raw` (a valid connection string) with the value of every secret keyword replaced by
+/// `mask` where the parser found it: the URL's password and secret query parameters (however
+/// their names are encoded), or `key=value` values with their quotes.
+pub(super) fn mask_secrets(raw: &str, mask: &str) -> Result<String, ConnInfoError> {
+    let parsed = parse(raw)?;
+    let mut spans = Vec::new();
+    for e in parsed.entries.iter().filter(|e| e.keyword.secret) {
+        // Every secret is written in the text; one that is not cannot be masked in place.
+        let span = e.span.clone().ok_or_else(|| {
+            ConnInfoError::Syntax(format!("no place of {} in the text", e.keyword.name))
+        })?;
+        spans.push(span);
+    }
+    spans.sort_by_key(|r| std::cmp::Reverse(r.start));
+    let mut out = raw.to_owned();
+    for span in spans {
+        out.replace_range(span, mask);
+    }
+    Ok(out)
+}
+
 /// Quotes `value` for a `key=value` string when it needs it.
 pub(super) fn quote_key_value(value: &str) -> String {
     if !value.is_empty()
@@ -480,11 +548,8 @@ pub(super) fn rewrite_dbname(raw: &str, dbname: &str) -> Result<String, ConnInfo
             let quoted = quote_key_value(dbname);
             edits.extend(spans.map(|s| (s, quoted.clone())));
             if edits.is_empty() {
-                let sep = if raw.is_empty() || raw.ends_with(|c: char| c.is_ascii_whitespace()) {
-                    ""
-                } else {
-                    " "
-                };
+                // `raw` may end with an escaped white space: always separate.
+                let sep = if raw.is_empty() { "" } else { " " };
                 edits.push((raw.len()..raw.len(), format!("{sep}dbname={quoted}")));
             }
         }

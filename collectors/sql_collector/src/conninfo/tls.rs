@@ -5,7 +5,18 @@
 //! | `disable`     | no TLS                                                            |
 //! | `allow`, `prefer`, `require` | not checked, unless a root certificate file exists (`sslrootcert`, or `~/.postgresql/root.crt`): then as `verify-ca` |
 //! | `verify-ca`   | chain up to `sslrootcert`, any host name                          |
-//! | `verify-full` | chain up to `sslrootcert`, and the host name or IP in its SAN     |
+//! | `verify-full` | chain up to `sslrootcert`, and the host name by libpq's rules     |
+//!
+//! As with libpq (OpenSSL), a server certificate that is itself in the root certificate file is
+//! trusted as it is: the self-signed certificate PostgreSQL's documentation makes with
+//! `openssl req -x509`, which carries `CA:TRUE` and which webpki alone refuses as a server
+//! certificate (`CaUsedAsEndEntity`). Its validity period and extended key usage are checked
+//! still (not a CRL, which cannot be about a trust anchor). `verify-full` matches the host
+//! against the subjectAltName DNS names (wildcards `*.`) and IP addresses, and against the
+//! Common Name when the certificate has no subjectAltName of the host's kind, as libpq does.
+//! An untrusted certificate is explained in words: not signed by a CA of the root file
+//! (unknown issuer), expired on a date, not yet valid, not for that host name (with the names
+//! it has), revoked.
 //!
 //! `sslrootcert=system` uses the system's trusted roots and requires `verify-full`, as in
 //! libpq 16+. Client certificates come from `sslcert`/`sslkey` (default
@@ -40,6 +51,7 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::ConnInfoError;
+use super::certificate::ServerCertificate;
 
 /// Common places of the system's CA bundle, for `sslrootcert=system` (after `SSL_CERT_FILE`).
 const SYSTEM_CA_BUNDLES: [&str; 5] = [
@@ -126,15 +138,15 @@ impl TlsSettings {
             Some(path) => read_certificates(path, "root certificate file")?,
             None => system_roots()?,
         };
+        let roots_source = self.root_cert.as_ref().map_or_else(
+            || "the system's CA bundle".to_owned(),
+            |p| format!("root certificate file \"{}\"", p.display()),
+        );
         let mut store = RootCertStore::empty();
-        let (added, _ignored) = store.add_parsable_certificates(roots);
+        let (added, _ignored) = store.add_parsable_certificates(roots.iter().cloned());
         if added == 0 {
             return Err(ConnInfoError::Tls(format!(
-                "no usable CA certificate in {}",
-                self.root_cert.as_ref().map_or_else(
-                    || "the system's CA bundle".to_owned(),
-                    |p| format!("\"{}\"", p.display())
-                )
+                "no usable CA certificate in {roots_source}"
             )));
         }
         let mut crls = Vec::new();
@@ -151,10 +163,12 @@ impl TlsSettings {
                 .map_err(|e| {
                     ConnInfoError::Tls(format!("cannot build the certificate verifier: {e}"))
                 })?;
-        Ok(match self.verify {
-            Verify::Full => webpki,
-            _ => Arc::new(ChainOnly(webpki)),
-        })
+        Ok(Arc::new(LibpqVerifier {
+            webpki,
+            roots,
+            roots_source,
+            check_name: self.verify == Verify::Full,
+        }))
     }
 }
 
@@ -315,13 +329,107 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
-/// `verify-ca`: webpki's verification without the name check. `WebPkiServerVerifier` checks
-/// the chain (and revocation) first and the name last, so a name error means the chain is
-/// good.
+/// `verify-ca` and `verify-full` as libpq does them (see the module documentation): webpki
+/// checks the chain (and revocation), or the certificate is itself a root certificate; the
+/// name is checked by libpq's rules for `verify-full` only.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct LibpqVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    /// The root certificates.
+    roots: Vec<CertificateDer<'static>>,
+    /// Where the roots come from, for messages (`root certificate file "…"`).
+    roots_source: String,
+    check_name: bool,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl LibpqVerifier {
+    /// Why a CA certificate (which webpki never accepts as server certificate) that is not
+    /// itself a root certificate is not trusted.
+    fn ca_not_in_roots(&self, cert: &ServerCertificate) -> String {
+        if cert.is_self_issued() {
+            self.self_signed_not_in_roots(cert)
+        } else if self.roots.iter().any(|root| {
+            ServerCertificate::parse(root).is_ok_and(|root| cert.is_named_issuer(&root))
+        }) {
+            format!(
+                "the server certificate {} is a CA certificate (basicConstraints CA:TRUE) \
+                 signed by \"{}\", which is accepted as server certificate only when it is \
+                 itself in the {}: reissue it without CA:TRUE, or add it there",
+                cert.describe(),
+                cert.issuer,
+                self.roots_source
+            )
+        } else {
+            self.unknown_issuer(cert)
+        }
+    }
+
+    fn self_signed_not_in_roots(&self, cert: &ServerCertificate) -> String {
+        format!(
+            "the server certificate {} is self-signed and is not one of the certificates of the \
+             {} (unknown issuer)",
+            cert.describe(),
+            self.roots_source
+        )
+    }
+
+    fn unknown_issuer(&self, cert: &ServerCertificate) -> String {
+        format!(
+            "the server certificate {} is not signed by a CA of the {} (unknown issuer \"{}\")",
+            cert.describe(),
+            self.roots_source,
+            cert.issuer
+        )
+    }
+
+    /// webpki's verdict on `cert`, in words.
+    fn explain(&self, cert: &ServerCertificate, error: &rustls::Error, now: UnixTime) -> String {
+        let what = cert.describe();
+        let rustls::Error::InvalidCertificate(error) = error else {
+            return format!("the server certificate {what} is not trusted: {error}");
+        };
+        match error {
+            CertificateError::UnknownIssuer if cert.is_self_issued() => {
+                self.self_signed_not_in_roots(cert)
+            }
+            CertificateError::UnknownIssuer => self.unknown_issuer(cert),
+            CertificateError::Expired | CertificateError::NotValidYet => {
+                cert.explain_dates(now, None)
+            }
+            CertificateError::ExpiredContext { not_after, .. } => {
+                cert.explain_dates(now, Some(*not_after))
+            }
+            CertificateError::NotValidYetContext { not_before, .. } => {
+                cert.explain_dates(now, Some(*not_before))
+            }
+            CertificateError::Revoked => format!(
+                "the server certificate {what}, or a certificate of its chain, is revoked by a \
+                 certificate revocation list of sslcrl/sslcrldir"
+            ),
+            CertificateError::UnknownRevocationStatus => format!(
+                "the revocation status of the server certificate {what} is unknown: no \
+                 certificate revocation list of sslcrl/sslcrldir is from its issuer \"{}\"",
+                cert.issuer
+            ),
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => {
+                "a certificate revocation list of sslcrl/sslcrldir is past its next update"
+                    .to_owned()
+            }
+            CertificateError::BadSignature => format!(
+                "the signature of the server certificate {what} does not verify with the key \
+                 of its issuer \"{}\"",
+                cert.issuer
+            ),
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                format!("the server certificate {what} is not for TLS servers (extended key usage)")
+            }
+            other => format!("the server certificate {what} is not trusted: {other}"),
+        }
+    }
+}
+
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -330,15 +438,40 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        let cert = ServerCertificate::parse(end_entity)
+            .map_err(|e| untrusted(format!("the server certificate {e}")))?;
+        if self
+            .roots
+            .iter()
+            .any(|root| root.as_ref() == end_entity.as_ref())
         {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+            // Trusted as it is, as OpenSSL trusts a certificate of its store.
+            cert.check_validity(now).map_err(untrusted)?;
+            cert.check_server_purpose().map_err(untrusted)?;
+        } else if cert.is_ca {
+            return Err(untrusted(self.ca_not_in_roots(&cert)));
+        } else {
+            // webpki checks the name last: a name error means the chain is good, and the name
+            // is libpq's to judge below.
+            match self.webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ) {
+                Ok(_)
+                | Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) => {}
+                Err(e) => return Err(untrusted(self.explain(&cert, &e, now))),
+            }
         }
+        if self.check_name {
+            cert.check_name(server_name).map_err(untrusted)?;
+        }
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -347,7 +480,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -356,11 +489,42 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// Why the server certificate is not trusted, in words; carried through rustls as
+/// `CertificateError::Other` and shown as it is by [`TlsHandshake`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Untrusted(String);
+
+fn untrusted(message: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        Untrusted(message),
+    ))))
+}
+
+/// A handshake error, with an [`Untrusted`] certificate shown in its words (rustls would
+/// print `invalid peer certificate: Other(OtherError(…))`).
+fn readable_handshake_error(error: io::Error) -> io::Error {
+    let words = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|e| match e {
+            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                other.0.downcast_ref::<Untrusted>()
+            }
+            _ => None,
+        })
+        .map(|u| format!("server certificate not trusted: {u}"));
+    match words {
+        Some(words) => io::Error::new(error.kind(), words),
+        None => error,
     }
 }
 
@@ -466,7 +630,10 @@ impl TlsConnect<Socket> for TlsHandshake {
         progress.attempted.store(true, Ordering::Relaxed);
         match self.inner {
             Ok(connect) => Box::pin(async move {
-                let mut inner = connect.connect(stream).await?;
+                let mut inner = connect
+                    .connect(stream)
+                    .await
+                    .map_err(readable_handshake_error)?;
                 progress.established.store(true, Ordering::Relaxed);
                 let end_point = {
                     let tls = Pin::new(&mut inner).project_stream();
@@ -730,6 +897,71 @@ Ue65QidzfNeDME9/Ltqd4QOAyuAC4S/f2gxarEawD6LiQV11Y9AZ/zb99sOIFQN1
         assert_eq!(tls_server_end_point(b"\x30\x03\x02\x01\x00"), None);
         assert_eq!(tls_server_end_point(&[]), None);
         assert_eq!(der_tlv(&[0x30, 0x82, 0x01]), None, "truncated length");
+    }
+
+    /// A verifier for `verify-full` (or `verify-ca`) trusting `root_pem`.
+    fn libpq_verifier(root_pem: &str, check_name: bool) -> LibpqVerifier {
+        let root = CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap();
+        let mut store = RootCertStore::empty();
+        store.add(root.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        LibpqVerifier {
+            webpki: WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
+                .build()
+                .unwrap(),
+            roots: vec![root],
+            roots_source: "root certificate file \"root.crt\"".to_owned(),
+            check_name,
+        }
+    }
+
+    fn verdict(verifier: &LibpqVerifier, pem: &str, host: &str, year: u64) -> Result<(), String> {
+        let cert = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let now =
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs((year - 1970) * 31_556_952));
+        let name = ServerName::try_from(host.to_owned()).unwrap();
+        verifier
+            .verify_server_cert(&cert, &[], &name, &[], now)
+            .map(|_| ())
+            .map_err(|e| {
+                let io = readable_handshake_error(io::Error::new(io::ErrorKind::InvalidData, e));
+                io.to_string()
+            })
+    }
+
+    #[test]
+    fn a_self_signed_ca_certificate_in_the_roots_is_trusted_as_itself() {
+        // Both test certificates are self-signed with CA:TRUE, valid 2026-11-25 to 2126-11-01.
+        let ca = libpq_verifier(ECDSA_SHA256_CERT, false);
+        assert_eq!(verdict(&ca, ECDSA_SHA256_CERT, "any.example", 2027), Ok(()));
+        let err = verdict(&ca, ECDSA_SHA256_CERT, "any.example", 2025).unwrap_err();
+        assert!(
+            err.starts_with(
+                "server certificate not trusted: the server certificate \"CN=unrelated test CA\" \
+                 is not valid before 2026-11-25T23:14:21Z"
+            ),
+            "{err}"
+        );
+        let err = verdict(&ca, ECDSA_SHA256_CERT, "any.example", 2127).unwrap_err();
+        assert!(err.contains("expired on 2126-11-01T23:14:21Z"), "{err}");
+        // Another self-signed certificate is no trust anchor.
+        let err = verdict(&ca, RSA_SHA384_CERT, "any.example", 2027).unwrap_err();
+        assert_eq!(
+            err,
+            "server certificate not trusted: the server certificate \"CN=rsa384\" is \
+             self-signed and is not one of the certificates of the root certificate file \
+             \"root.crt\" (unknown issuer)"
+        );
+        // verify-full: the Common Name (no subjectAltName) against the host.
+        let full = libpq_verifier(RSA_SHA384_CERT, true);
+        assert_eq!(verdict(&full, RSA_SHA384_CERT, "RSA384", 2027), Ok(()));
+        let err = verdict(&full, RSA_SHA384_CERT, "db.example", 2027).unwrap_err();
+        assert!(
+            err.ends_with("does not match host name \"db.example\": it is for CN=rsa384"),
+            "{err}"
+        );
+        let err = verdict(&full, RSA_SHA384_CERT, "127.0.0.1", 2027).unwrap_err();
+        assert!(err.contains("host name \"127.0.0.1\""), "{err}");
     }
 
     #[test]

@@ -1,0 +1,337 @@
+//! Mistakes a new user makes, caught before they cost data: every directory the config
+//! names is created and written by `--dry-run` and at start (errors name the option and the
+//! path), a reload that could not start leaves the running pipeline alone, and the
+//! credentials of an endpoint (userinfo, tokens in its query, auth) never reach the log, the
+//! metrics or the dead-letter files, whatever the destination answers.
+
+#[path = "../../../collectors/log_pipeline/tests/receiver/mod.rs"]
+mod receiver;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use receiver::Receiver;
+use test_harness::Agent;
+use test_harness::agent::value;
+use tokio::task::block_in_place;
+
+fn dry_run(config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_log_shipper"))
+        .arg(format!("--config={}", config.display()))
+        .arg("--dry-run")
+        .output()
+        .unwrap()
+}
+
+/// Starts the shipper for real; its exit status and output, or `None` if it still runs after
+/// 10 s (then killed).
+fn start_and_wait(config: &Path) -> Option<(i32, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_log_shipper"))
+        .arg(format!("--config={}", config.display()))
+        .arg("--web.listen-address=127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            return Some((out.status.code().unwrap_or(-1), text));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn dry_run_and_start_refuse_directories_that_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A regular file: nothing can be created under it, not even by root (the tests run as
+    // root, for whom permissions are no obstacle).
+    let file = d.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let under = file.join("sub");
+    let ok_ckpt = d.join("ckpt");
+    let src = format!(
+        "sources: {{app: {{include: ['{}/*.log'], format: plain}}}}\n",
+        d.display()
+    );
+    let vl = "type: victorialogs, endpoint: 'http://127.0.0.1:9'";
+    let cases = [
+        (
+            format!(
+                "checkpoint_dir: {}\n{src}sinks: {{v: {{{vl}}}}}\n",
+                file.display()
+            ),
+            format!("checkpoint_dir: {} is not a directory", file.display()),
+        ),
+        (
+            format!(
+                "checkpoint_dir: {}\n{src}sinks: {{v: {{{vl}}}}}\n",
+                under.display()
+            ),
+            format!("checkpoint_dir: cannot create {}", under.display()),
+        ),
+        (
+            format!("checkpoint_dir: /proc/log_shipper-ckpt\n{src}sinks: {{v: {{{vl}}}}}\n"),
+            "checkpoint_dir: cannot create /proc/log_shipper-ckpt".to_owned(),
+        ),
+        (
+            format!(
+                "checkpoint_dir: {}\ndead_letter_dir: {}\n{src}sinks: {{v: {{{vl}}}}}\n",
+                ok_ckpt.display(),
+                under.display()
+            ),
+            format!("dead_letter_dir: cannot create {}", under.display()),
+        ),
+        (
+            format!(
+                "checkpoint_dir: {}\n{src}sinks: {{v: {{{vl}, dead_letter_path: '{}/v.jsonl'}}}}\n",
+                ok_ckpt.display(),
+                under.display()
+            ),
+            format!(
+                "sinks.v.dead_letter_path: cannot create {}",
+                under.display()
+            ),
+        ),
+        (
+            format!(
+                "checkpoint_dir: {}\n{src}sinks: {{v: {{{vl}, buffer: {{type: disk, max_size: 1MiB, path: '{}'}}}}}}\n",
+                ok_ckpt.display(),
+                under.display()
+            ),
+            format!("sinks.v.buffer.path: cannot create {}", under.display()),
+        ),
+        (
+            format!(
+                "checkpoint_dir: {}\n{src}sinks: {{f: {{type: file, path: '{}/out.jsonl'}}}}\n",
+                ok_ckpt.display(),
+                under.display()
+            ),
+            format!("sinks.f.path: cannot create {}", under.display()),
+        ),
+        (
+            format!(
+                "checkpoint_dir: {}\n{src}sinks: {{f: {{type: file, path: '{}'}}}}\n",
+                ok_ckpt.display(),
+                d.display()
+            ),
+            format!("sinks.f.path: {} is a directory", d.display()),
+        ),
+    ];
+    let cfg = d.join("c.yml");
+    for (yaml, message) in &cases {
+        std::fs::write(&cfg, yaml).unwrap();
+        let out = dry_run(&cfg);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{yaml}\n{stderr}");
+        assert!(
+            stderr.contains(message.as_str()),
+            "{yaml}\nwant {message}\n{stderr}"
+        );
+    }
+    // A real start refuses them the same way, rather than failing on the first dead letter.
+    for (yaml, message) in &cases[3..5] {
+        std::fs::write(&cfg, yaml).unwrap();
+        let (code, out) = start_and_wait(&cfg).unwrap_or_else(|| panic!("started with {yaml}"));
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains(message.as_str()), "want {message}\n{out}");
+    }
+
+    // All good: created, and no probe file left behind.
+    let ok_ckpt = d.join("ckpt2");
+    let buffer = d.join("buffer");
+    std::fs::write(
+        &cfg,
+        format!(
+            "checkpoint_dir: {}\ndead_letter_dir: {}/dl\n{src}sinks: {{v: {{{vl}, buffer: {{type: disk, max_size: 1MiB, path: '{}'}}}}, f: {{type: file, path: '{}/out/o.jsonl'}}}}\n",
+            ok_ckpt.display(),
+            d.display(),
+            buffer.display(),
+            d.display()
+        ),
+    )
+    .unwrap();
+    let out = dry_run(&cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for made in [&ok_ckpt, &d.join("dl"), &buffer, &d.join("out")] {
+        assert!(made.is_dir(), "{}", made.display());
+        assert_eq!(
+            std::fs::read_dir(made).unwrap().count(),
+            0,
+            "{}",
+            made.display()
+        );
+    }
+}
+
+#[test]
+fn a_reload_that_cannot_start_leaves_the_running_pipeline_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("app.log");
+    std::fs::write(&log, "first\n").unwrap();
+    let out = d.join("out.jsonl");
+    let cfg = d.join("c.yml");
+    let yaml = |dead_letters: &Path| {
+        format!(
+            "checkpoint_dir: {}\ndead_letter_dir: {}\nsources: {{app: {{include: ['{}'], format: plain, rescan_interval: 100ms}}}}\nsinks: {{f: {{type: file, path: '{}', batch: {{timeout: 100ms}}}}}}\n",
+            d.join("ckpt").display(),
+            dead_letters.display(),
+            log.display(),
+            out.display()
+        )
+    };
+    std::fs::write(&cfg, yaml(&d.join("dl"))).unwrap();
+    let shipper = Agent::builder("log_shipper", env!("CARGO_BIN_EXE_log_shipper"))
+        .arg(format!("--config={}", cfg.display()))
+        .kill_on_drop()
+        .start();
+    let lines = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    shipper.wait_for("the first line", || lines() == 1);
+    std::fs::write(d.join("a-file"), "x").unwrap();
+    std::fs::write(&cfg, yaml(&d.join("a-file/dl"))).unwrap();
+    shipper.signal("HUP");
+    shipper.wait_for("the reload refused", || {
+        value(
+            &shipper.metrics(),
+            "log_shipper_config_reload_failures_total",
+            &[],
+        ) == Some(1.0)
+    });
+    let logs = shipper.logs();
+    assert!(
+        logs.contains("Reload rejected") && logs.contains("dead_letter_dir: cannot create"),
+        "{logs}"
+    );
+    // The running pipeline was never stopped for it.
+    assert!(!logs.contains("Pipeline stopped"), "{logs}");
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+        b"second\n",
+    )
+    .unwrap();
+    shipper.wait_for("the second line", || lines() == 2);
+    shipper.stop(Duration::from_secs(10));
+}
+
+const SECRETS: [&str; 4] = ["PW-S3CRET", "TK-S3CRET", "KEY-S3CRET", "BEARER-S3CRET"];
+
+fn assert_no_secret(what: &str, text: &str) {
+    for s in SECRETS {
+        assert!(!text.contains(s), "{s} in {what}:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_of_endpoints_never_reach_the_log_the_metrics_or_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("app.log");
+    std::fs::write(&log, "seq=0 first\n").unwrap();
+    let mut rx = Receiver::start().await;
+    rx.set_status(Some(500));
+    let with_userinfo = rx.url().replacen("http://", "http://shipper:PW-S3CRET@", 1);
+    let url = rx.url();
+    let cfg = d.join("c.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "checkpoint_dir: {ckpt}\nsources: {{app: {{include: ['{log}'], format: plain, rescan_interval: 100ms}}}}\nsinks:\n  vl:\n    type: victorialogs\n    endpoint: '{with_userinfo}/?tenant=x&token=TK-S3CRET&api_key=KEY-S3CRET'\n    batch: {{timeout: 100ms}}\n    retry: {{initial_backoff: 100ms, max_backoff: 200ms}}\n  loki:\n    type: loki\n    endpoint: '{url}/?Token=TK-S3CRET'\n    auth: {{bearer_token: BEARER-S3CRET}}\n    batch: {{timeout: 100ms}}\n    retry: {{initial_backoff: 100ms, max_backoff: 200ms}}\n",
+            ckpt = d.join("ckpt").display(),
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+
+    let out = dry_run(&cfg);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{shown}");
+    assert_no_secret("the --dry-run output", &shown);
+    assert!(
+        shown.contains("sink vl: http://shipper:xxxxx@127.0.0.1:")
+            && shown.contains("/?tenant=x&token=xxxxx&api_key=xxxxx"),
+        "{shown}"
+    );
+
+    let shipper = block_in_place(|| {
+        Agent::builder("log_shipper", env!("CARGO_BIN_EXE_log_shipper"))
+            .arg(format!("--config={}", cfg.display()))
+            .arg("--log.level=debug")
+            .kill_on_drop()
+            .start()
+    });
+    let retried = |sink: &str| {
+        block_in_place(|| {
+            value(
+                &shipper.metrics(),
+                "log_shipper_sink_requests_retried_total",
+                &[("sink", sink)],
+            )
+            .unwrap_or(0.0)
+        })
+    };
+    let wait_retries = |n: f64| {
+        block_in_place(|| {
+            shipper.wait_for("retries of both sinks", || {
+                retried("vl") >= n && retried("loki") >= n
+            });
+        });
+    };
+    // 500s whose body echoes the request, then connection errors, then a 400 (dead letters).
+    wait_retries(3.0);
+    rx.stop().await;
+    wait_retries(6.0);
+    rx.set_status(Some(400));
+    rx.restart().await;
+    block_in_place(|| {
+        shipper.wait_for("both batches rejected", || {
+            let m = shipper.metrics();
+            ["vl", "loki"].iter().all(|s| {
+                value(&m, "log_shipper_sink_events_failed_total", &[("sink", s)]) == Some(1.0)
+            })
+        });
+    });
+    // The credentials were sent: the store saw them.
+    let requests = rx.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.query == "tenant=x&token=TK-S3CRET&api_key=KEY-S3CRET"
+                && r.headers.contains_key("authorization")),
+        "{requests:?}"
+    );
+    let metrics = block_in_place(|| shipper.metrics());
+    let logs = shipper.logs();
+    assert!(
+        logs.contains("HTTP 500") && logs.contains("HTTP 400"),
+        "{logs}"
+    );
+    assert!(logs.contains("request to http://shipper:xxxxx@"), "{logs}");
+    assert_no_secret("the log", &logs);
+    assert_no_secret("/metrics", &metrics);
+    for sink in ["vl", "loki"] {
+        let dead =
+            std::fs::read_to_string(d.join(format!("ckpt/dead_letter/{sink}.jsonl"))).unwrap();
+        assert!(dead.contains("seq=0 first"), "{dead}");
+        assert_no_secret("the dead letters", &dead);
+    }
+    block_in_place(|| shipper.stop(Duration::from_secs(10)));
+}
