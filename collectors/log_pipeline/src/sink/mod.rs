@@ -1,8 +1,10 @@
 //! Sinks: each batches the chunks of its bounded input channel (by events, bytes and age) and
 //! encodes a batch at once, while a sender delivers the previous one with retries and then
 //! acknowledges the offsets of the records it delivered so the checkpoints can move. A batch
-//! goes out only once the previous one's checkpoint is on disk, so a crash re-sends at most
-//! the batch in flight.
+//! goes out once the previous one's checkpoint is on disk, so a crash re-sends at most the
+//! batch in flight; when the checkpoint cannot be written (a full disk), it goes out after
+//! `CHECKPOINT_WAIT` (5 s) anyway: delivery goes on, one batch per wait, and a crash then re-sends
+//! what was delivered since the last checkpoint written.
 //!
 //! Delivery: 2xx acknowledges; 429, 408, 401, 403, 404, 5xx (but 501) and connection errors are
 //! retried forever with exponential backoff and jitter (data stays on disk meanwhile, and
@@ -19,7 +21,6 @@
 
 mod disk_buffer;
 mod encode;
-pub mod loki_proto;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
