@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::format::Format;
 use crate::parse::prefix::LinePrefix;
 use crate::record::Level;
 use crate::secrets::{Secrets, is_secret_key, mask_url};
@@ -236,39 +237,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
     };
     let v = n * factor;
     (v.is_finite() && v >= 0.0).then_some(v as u64)
-}
-
-/// The format of a source's files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    /// PostgreSQL csvlog (PG 12-18; 23 to 26 columns).
-    PostgresCsv,
-    /// PostgreSQL jsonlog (PG 15+).
-    PostgresJson,
-    /// PostgreSQL stderr, with the server's `log_line_prefix`.
-    PostgresStderr,
-    /// Patroni's Python logging format.
-    Patroni,
-    /// Pgbouncer's log file.
-    Pgbouncer,
-    /// pgBackRest's log files.
-    Pgbackrest,
-    /// One record per line, shipped as is.
-    Plain,
-}
-
-impl Format {
-    /// The `job` this format ships as unless the config says otherwise.
-    pub fn default_job(self) -> &'static str {
-        match self {
-            Format::PostgresCsv | Format::PostgresJson | Format::PostgresStderr => "postgres",
-            Format::Patroni => "patroni",
-            Format::Pgbouncer => "pgbouncer",
-            Format::Pgbackrest => "pgbackrest",
-            Format::Plain => "syslog",
-        }
-    }
 }
 
 /// Where to start reading a file present at the very first start (no checkpoint yet).

@@ -44,12 +44,13 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{self, CheckpointError, FileId, SourceProgress, StreamId};
+use crate::checkpoint::{self, CheckpointError, SourceProgress};
+use crate::chunk::Chunk;
 use crate::config::{JournaldSource, ReadFrom, Source};
+use crate::identity::{FileId, StreamId, next_stream_id};
 use crate::parse::{TRUNCATION_MARKER, cut_chars, redact};
 use crate::record::{Level, Origin, Record};
 use crate::stats::{SourceCounters, Stats};
-use crate::tailer::Chunk;
 
 /// Records per chunk at most.
 const CHUNK_RECORDS: usize = 512;
@@ -196,9 +197,6 @@ impl Drop for JournaldHandle {
     }
 }
 
-static NEXT_JOURNAL_STREAM: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(1 << 62);
-
 /// Starts the reader and the cursor writer of a journald source. Must be called inside a
 /// tokio runtime.
 pub fn spawn(setup: JournaldSetup) -> JournaldHandle {
@@ -213,7 +211,7 @@ pub fn spawn(setup: JournaldSetup) -> JournaldHandle {
             files: Vec::new(),
             journalctl: PathBuf::from("journalctl"),
         });
-    let stream = NEXT_JOURNAL_STREAM.fetch_add(1, Ordering::Relaxed);
+    let stream = next_stream_id();
     let journal_id = FileId {
         dev: 0,
         ino: 0,
@@ -754,7 +752,8 @@ async fn run_checkpointer(
             caught_up_at = Instant::now();
         }
         counters
-            .checkpoint_age_ms
+            .checkpoint
+            .age_ms
             .store(caught_up_at.elapsed().as_millis() as u64, Ordering::Relaxed);
         let acked = progress.acked_offset(stream).unwrap_or(0);
         let cursor = {
@@ -780,7 +779,7 @@ async fn run_checkpointer(
                     progress.mark_persisted(covered);
                 }
                 Err(e) => {
-                    counters.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.checkpoint.errors.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, "Cannot write the journal cursor; retrying.");
                 }
             },

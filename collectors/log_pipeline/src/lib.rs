@@ -3,12 +3,14 @@
 //! VictoriaLogs, Loki, or a JSON-lines file.
 //!
 //! - [`config`]: the YAML config, validated with errors that name the field;
+//! - [`format`]: the formats of a source's files;
 //! - [`record`]: the output schema Pigsty's log dashboards query;
+//! - [`identity`]: file identity (device + inode + head hash) and stream ids;
+//! - [`chunk`]: the records a source hands to its sinks in one turn;
 //! - [`parse`]: record framing (multi-line records) and the parsers of each format;
 //! - [`expand`]: glob expansion bounded under any tree (loops, links, limits, only regular
 //!   files, cancellable);
-//! - [`tailer`]: file discovery, identity (device + inode + head checksum), rotation and
-//!   truncation handling;
+//! - [`tailer`]: file discovery, rotation and truncation handling;
 //! - [`journald`]: the systemd journal through `journalctl --output=json`, its cursor kept
 //!   like a checkpoint;
 //! - [`checkpoint`]: positions acknowledged by every sink, written atomically;
@@ -24,8 +26,11 @@
 //! tail and never loses data still on disk.
 
 pub mod checkpoint;
+pub mod chunk;
 pub mod config;
 pub mod expand;
+pub mod format;
+pub mod identity;
 pub mod journald;
 pub mod parse;
 pub mod pipeline;

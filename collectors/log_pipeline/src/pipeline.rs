@@ -223,7 +223,7 @@ impl Pipeline {
             checkpointers.push(tokio::spawn(checkpoint::run_checkpointer(
                 checkpoint::path_for(&config.checkpoint_dir, &source.name),
                 p.clone(),
-                stats.source(&source.name),
+                stats.source(&source.name).checkpoint.clone(),
                 stop_rx.clone(),
             )));
         }

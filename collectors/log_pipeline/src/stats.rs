@@ -26,9 +26,10 @@ use agent_kit::exposition::{MetricType, TextEncoder};
 
 use tokio::sync::mpsc::{Sender, WeakSender};
 
-use crate::config::Format;
+use crate::checkpoint::CheckpointHealth;
+use crate::chunk::Chunk;
+use crate::format::Format;
 use crate::record::Record;
-use crate::tailer::Chunk;
 
 /// Upper bounds of the batch latency histogram, seconds.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -190,10 +191,8 @@ pub struct SourceCounters {
     pub files_opened: AtomicU64,
     /// Bytes re-read after a restart that had been read but not acknowledged before.
     pub replayed_bytes: AtomicU64,
-    /// Seconds since the checkpoint last covered everything read (x1000).
-    pub checkpoint_age_ms: AtomicU64,
-    /// Checkpoint write failures.
-    pub checkpoint_errors: AtomicU64,
+    /// How the source's checkpoint keeps up.
+    pub checkpoint: Arc<CheckpointHealth>,
     /// journalctl (re)starts after it exited or could not start (journald sources).
     pub journal_restarts: AtomicU64,
     /// Bytes known lost because a file disappeared before it was read and acknowledged
@@ -615,14 +614,14 @@ impl Stats {
             "log_shipper_checkpoint_age_seconds",
             "Seconds since the checkpoint last covered everything read.",
             MetricType::Gauge,
-            &|c| ld(&c.checkpoint_age_ms) / 1000.0,
+            &|c| ld(&c.checkpoint.age_ms) / 1000.0,
         );
         source_family(
             enc,
             "log_shipper_checkpoint_errors_total",
             "Checkpoint writes that failed.",
             MetricType::Counter,
-            &|c| ld(&c.checkpoint_errors),
+            &|c| ld(&c.checkpoint.errors),
         );
 
         let sink_family = |enc: &mut TextEncoder<'_>,

@@ -21,19 +21,21 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::Sender;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{Entry, FileId, HEAD_MAX, SourceProgress, StreamId, head_hash};
+use crate::checkpoint::{FilePosition, SourceProgress};
+use crate::chunk::Chunk;
 use crate::config::{ReadFrom, Source};
 use crate::expand::{Expansion, Found, Globs, Limit, Limits, open_regular};
+use crate::identity::{FileId, HEAD_MAX, StreamId, file_id, head_hash, next_stream_id, read_head};
 use crate::parse::prefix::LinePrefix;
 use crate::parse::{Framer, Parser, RawRecord};
-use crate::record::{Origin, Record};
+use crate::record::Origin;
 use crate::stats::{SourceCounters, Stats};
 
 /// Bytes read from one file per turn, so that one busy file does not starve the others.
@@ -45,28 +47,6 @@ const COPY_WAIT: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_millis(500);
 /// How often the files' sizes (their lag) are refreshed while reading waits on a full buffer.
 const LAG_REFRESH: Duration = Duration::from_secs(1);
-
-static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
-
-fn next_stream_id() -> StreamId {
-    NEXT_STREAM.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Records read from one file in one turn, with the offset the checkpoint may move to once
-/// they are delivered (also when the level filter dropped them all).
-#[derive(Debug)]
-pub struct Chunk {
-    /// Index of the source in the config.
-    pub source: usize,
-    /// The stream (one file, one generation).
-    pub stream: StreamId,
-    /// Records with the file offset after each.
-    pub records: Vec<(u64, Record)>,
-    /// Offset after the last record consumed (shipped or filtered).
-    pub end: u64,
-    /// The hand-off's number ([`SourceProgress::sent`]).
-    pub sent: u64,
-}
 
 /// A running tailer; [`TailerHandle::stop`] ends it.
 #[derive(Debug)]
@@ -112,7 +92,7 @@ pub struct TailerSetup {
     /// Metrics.
     pub stats: Arc<Stats>,
     /// The last checkpoint (`None`: the very first start).
-    pub checkpoint: Option<Vec<Entry>>,
+    pub checkpoint: Option<Vec<FilePosition>>,
 }
 
 /// Starts the tailer thread. Call it inside a Tokio runtime (with its timer): the thread
@@ -180,7 +160,7 @@ struct Tailer {
     counters: Arc<SourceCounters>,
     streams: Vec<Stream>,
     /// Checkpoint entries of live files not found yet.
-    known: Vec<(StreamId, Entry)>,
+    known: Vec<(StreamId, FilePosition)>,
     dead: Vec<DeadFile>,
     /// Streams that ended (truncated or dropped) → their committed offset.
     ended: HashMap<StreamId, u64>,
@@ -212,29 +192,6 @@ impl std::fmt::Debug for Tailer {
             .field("source", &self.source.name)
             .field("streams", &self.streams.len())
             .finish_non_exhaustive()
-    }
-}
-
-fn read_head(file: &File) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; HEAD_MAX];
-    let mut n = 0;
-    while n < HEAD_MAX {
-        let r = file.read_at(&mut buf[n..], n as u64)?;
-        if r == 0 {
-            break;
-        }
-        n += r;
-    }
-    buf.truncate(n);
-    Ok(buf)
-}
-
-fn file_id(meta: &std::fs::Metadata, head: &[u8]) -> FileId {
-    FileId {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        head_len: head.len() as u32,
-        head_hash: head_hash(head),
     }
 }
 
@@ -693,7 +650,7 @@ impl Tailer {
                     self.count_lost(&e, "it no longer exists");
                     self.progress.register_dead(
                         id,
-                        &Entry {
+                        &FilePosition {
                             dead: true,
                             ..e.clone()
                         },
@@ -709,7 +666,7 @@ impl Tailer {
 
     /// A checkpointed file is gone: what was read but never acknowledged is lost (and
     /// whatever it held past that, which cannot be known).
-    fn count_lost(&self, e: &Entry, why: &str) {
+    fn count_lost(&self, e: &FilePosition, why: &str) {
         let lost = e.read.saturating_sub(e.offset);
         if lost > 0 {
             self.counters.lost_bytes.fetch_add(lost, Ordering::Relaxed);

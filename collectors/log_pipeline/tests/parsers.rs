@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use log_pipeline::config::Format;
+use log_pipeline::format::Format;
 use log_pipeline::parse::prefix::LinePrefix;
 use log_pipeline::parse::{Framer, Parser, write_csv_field};
 use log_pipeline::record::{Level, Origin, Record};

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use crate::config::Format;
+use crate::format::Format;
 use crate::record::{Level, Origin, Record};
 use prefix::LinePrefix;
 

@@ -6,7 +6,7 @@ use jiff::tz::TimeZone;
 
 use super::redact::redact;
 use super::time::{in_zone, parse_civil, parse_zone};
-use crate::config::Format;
+use crate::format::Format;
 use crate::record::{Level, Origin, Record};
 
 /// Whether `line` starts a new record of `format` (otherwise it continues the previous one).

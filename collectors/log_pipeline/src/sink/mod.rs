@@ -33,11 +33,11 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::checkpoint::{Covered, SourceProgress};
+use crate::chunk::Chunk;
 use crate::config::{Auth, Sink, SinkKind, WhenFull};
 use crate::record::{Record, write_json_string};
 use crate::secrets::{Secrets, mask_url};
 use crate::stats::{SinkCounters, Stats};
-use crate::tailer::Chunk;
 use disk_buffer::{BufferReader, BufferWriter, ReadEnd};
 
 pub use encode::{Encoded, Encoder, label_string};
