@@ -294,12 +294,6 @@ impl SourceProgress {
         let _ = tokio::time::timeout(timeout, rx.wait_for(covers)).await;
     }
 
-    /// A checkpoint covering `c` is on disk (for sources that write their own checkpoint
-    /// file, such as journald's cursor).
-    pub fn mark_persisted(&self, c: Covered) {
-        self.persisted.send_replace(c);
-    }
-
     /// The stream ended; its entry stays (dead) until acknowledged and expired.
     pub fn end(&self, stream: StreamId) {
         if let Some(e) = self.lock().get_mut(&stream) {
@@ -359,38 +353,74 @@ pub struct CheckpointHealth {
     pub errors: AtomicU64,
 }
 
-/// Writes the checkpoint of one source whenever acknowledgements move it, at most every
-/// `min_interval`, and once more when `stop` turns true.
-pub async fn run_checkpointer(
+/// What a source's checkpoint file holds, written by [`run_checkpointer`]: the positions of
+/// its files ([`FilesCheckpoint`]), or the journal cursor of a journald source.
+pub trait CheckpointWriter: Send + std::fmt::Debug {
+    /// Writes the checkpoint for `positions` (the snapshot of `progress` just taken) unless
+    /// the file on disk holds it already.
+    fn write(
+        &mut self,
+        progress: &SourceProgress,
+        positions: Vec<FilePosition>,
+    ) -> Result<(), CheckpointError>;
+}
+
+/// The checkpoint of a file source: the positions of its files, `<checkpoint_dir>/<source>.json`.
+#[derive(Debug)]
+pub struct FilesCheckpoint {
     path: PathBuf,
+    last: Option<Vec<FilePosition>>,
+}
+
+impl FilesCheckpoint {
+    /// The checkpoint written to `path` (see [`path_for`]).
+    pub fn new(path: PathBuf) -> FilesCheckpoint {
+        FilesCheckpoint { path, last: None }
+    }
+}
+
+impl CheckpointWriter for FilesCheckpoint {
+    fn write(
+        &mut self,
+        _progress: &SourceProgress,
+        positions: Vec<FilePosition>,
+    ) -> Result<(), CheckpointError> {
+        if self.last.as_ref() == Some(&positions) {
+            return Ok(());
+        }
+        store(&self.path, &positions)?;
+        debug!(path = %self.path.display(), files = positions.len(), "Checkpoint written.");
+        self.last = Some(positions);
+        Ok(())
+    }
+}
+
+/// Writes the checkpoint of one source with `writer` whenever acknowledgements move it, at
+/// most every second, and once more when `stop` turns true; the one loop of every source,
+/// files and journals alike.
+pub async fn run_checkpointer(
     progress: Arc<SourceProgress>,
+    mut writer: Box<dyn CheckpointWriter>,
     health: Arc<CheckpointHealth>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last: Option<Vec<FilePosition>> = None;
     let mut caught_up_at = Instant::now();
     loop {
         let stopping = *stop.borrow();
-        let (entries, caught_up, covered) = progress.snapshot();
+        let (positions, caught_up, covered) = progress.snapshot();
         if caught_up {
             caught_up_at = Instant::now();
         }
         health
             .age_ms
             .store(caught_up_at.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if last.as_ref() == Some(&entries) {
-            progress.persisted.send_replace(covered);
-        } else {
-            match store(&path, &entries) {
-                Ok(()) => {
-                    debug!(path = %path.display(), files = entries.len(), "Checkpoint written.");
-                    last = Some(entries);
-                    progress.persisted.send_replace(covered);
-                }
-                Err(e) => {
-                    health.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "Cannot write the checkpoint; retrying.");
-                }
+        match writer.write(&progress, positions) {
+            Ok(()) => {
+                progress.persisted.send_replace(covered);
+            }
+            Err(e) => {
+                health.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "Cannot write the checkpoint; retrying.");
             }
         }
         if stopping {
@@ -447,8 +477,8 @@ mod tests {
         p.register(1, id(7), Path::new("/a"), 0);
         let (stop_tx, stop) = watch::channel(false);
         let task = tokio::spawn(run_checkpointer(
-            path.clone(),
             p.clone(),
+            Box::new(FilesCheckpoint::new(path.clone())),
             Arc::new(CheckpointHealth::default()),
             stop,
         ));

@@ -44,7 +44,7 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{self, CheckpointError, SourceProgress};
+use crate::checkpoint::{self, CheckpointError, CheckpointWriter, FilePosition, SourceProgress};
 use crate::chunk::Chunk;
 use crate::config::{JournaldSource, ReadFrom, Source};
 use crate::identity::{FileId, StreamId, next_stream_id};
@@ -148,8 +148,6 @@ pub struct JournaldSetup {
     pub checkpoint_dir: PathBuf,
     /// Where it starts, from [`load`].
     pub start: Start,
-    /// Turns true when the final cursor must be written (after the sinks finished).
-    pub checkpoint_stop: watch::Receiver<bool>,
 }
 
 /// A running journald source.
@@ -157,7 +155,6 @@ pub struct JournaldSetup {
 pub struct JournaldHandle {
     stop: watch::Sender<bool>,
     reader: Option<tokio::task::JoinHandle<()>>,
-    checkpointer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl JournaldHandle {
@@ -180,13 +177,6 @@ impl JournaldHandle {
             let _ = r.await;
         }
     }
-
-    /// Waits for the cursor writer (after the pipeline's checkpoint stop).
-    pub async fn join_checkpointer(&mut self) {
-        if let Some(c) = self.checkpointer.take() {
-            let _ = c.await;
-        }
-    }
 }
 
 impl Drop for JournaldHandle {
@@ -197,9 +187,9 @@ impl Drop for JournaldHandle {
     }
 }
 
-/// Starts the reader and the cursor writer of a journald source. Must be called inside a
-/// tokio runtime.
-pub fn spawn(setup: JournaldSetup) -> JournaldHandle {
+/// Starts the reader of a journald source, and returns with its handle the checkpoint writer
+/// of its cursor file. Must be called inside a tokio runtime.
+pub fn spawn(setup: JournaldSetup) -> (JournaldHandle, CursorCheckpoint) {
     let settings = setup
         .source
         .journald
@@ -247,25 +237,24 @@ pub fn spawn(setup: JournaldSetup) -> JournaldHandle {
         last_cursor: None,
         progress: setup.progress.clone(),
         outputs: setup.outputs,
-        counters: counters.clone(),
+        counters,
         cursors: cursors.clone(),
         stop: stop_rx,
         cursor_path: path.clone(),
     };
     let reader = tokio::spawn(reader.run(setup.start));
-    let checkpointer = tokio::spawn(run_checkpointer(
-        path,
-        setup.progress,
-        stream,
-        cursors,
-        counters,
-        setup.checkpoint_stop,
-    ));
-    JournaldHandle {
-        stop,
-        reader: Some(reader),
-        checkpointer: Some(checkpointer),
-    }
+    (
+        JournaldHandle {
+            stop,
+            reader: Some(reader),
+        },
+        CursorCheckpoint {
+            path,
+            stream,
+            cursors,
+            written: None,
+        },
+    )
 }
 
 /// The arguments of `journalctl` (without the program).
@@ -733,31 +722,26 @@ async fn log_stderr(source: String, stderr: tokio::process::ChildStderr) {
     }
 }
 
-/// Writes the cursor of the last record every sink acknowledged whenever it moves, at most
-/// every second, and once more when `stop` turns true.
-async fn run_checkpointer(
+/// The checkpoint of a journald source: the cursor of the last record every sink
+/// acknowledged, in its cursor file, written by the source's [`checkpoint::run_checkpointer`]
+/// as file positions are.
+#[derive(Debug)]
+pub struct CursorCheckpoint {
     path: PathBuf,
-    progress: Arc<SourceProgress>,
     stream: StreamId,
     cursors: Cursors,
-    counters: Arc<SourceCounters>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut written: Option<String> = None;
-    let mut caught_up_at = Instant::now();
-    loop {
-        let stopping = *stop.borrow();
-        let (_, caught_up, covered) = progress.snapshot();
-        if caught_up {
-            caught_up_at = Instant::now();
-        }
-        counters
-            .checkpoint
-            .age_ms
-            .store(caught_up_at.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let acked = progress.acked_offset(stream).unwrap_or(0);
+    written: Option<String>,
+}
+
+impl CheckpointWriter for CursorCheckpoint {
+    fn write(
+        &mut self,
+        progress: &SourceProgress,
+        _positions: Vec<FilePosition>,
+    ) -> Result<(), CheckpointError> {
+        let acked = progress.acked_offset(self.stream).unwrap_or(0);
         let cursor = {
-            let mut map = lock(&cursors);
+            let mut map = lock(&self.cursors);
             match map
                 .range(..=acked)
                 .next_back()
@@ -772,27 +756,14 @@ async fn run_checkpointer(
             }
         };
         match cursor {
-            Some(c) if written.as_ref() != Some(&c) => match store(&path, Some(&c)) {
-                Ok(()) => {
-                    debug!(path = %path.display(), sequence = acked, "Journal cursor written.");
-                    written = Some(c);
-                    progress.mark_persisted(covered);
-                }
-                Err(e) => {
-                    counters.checkpoint.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "Cannot write the journal cursor; retrying.");
-                }
-            },
+            Some(c) if self.written.as_ref() != Some(&c) => {
+                store(&self.path, Some(&c))?;
+                debug!(path = %self.path.display(), sequence = acked, "Journal cursor written.");
+                self.written = Some(c);
+                Ok(())
+            }
             // Nothing new acknowledged (or nothing with a cursor): the file on disk covers it.
-            _ => progress.mark_persisted(covered),
-        }
-        if stopping {
-            return;
-        }
-        tokio::select! {
-            () = progress.changed() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => {}
+            _ => Ok(()),
         }
     }
 }
