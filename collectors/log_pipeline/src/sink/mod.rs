@@ -377,7 +377,7 @@ struct Batcher {
     rx: Receiver<Arc<Chunk>>,
     tx: mpsc::Sender<Batch>,
     encoder: Encoder,
-    batch: crate::config::Batch,
+    batch: crate::config::BatchLimits,
     abort: watch::Receiver<bool>,
     items: Vec<BatchItem>,
     events: usize,
