@@ -14,10 +14,10 @@ use tracing::{info, warn};
 
 use crate::checkpoint::{self, CheckpointError, CheckpointWriter, FilesCheckpoint, SourceProgress};
 use crate::config::{Config, Writable};
-use crate::journald::{self, JournaldHandle, JournaldSetup};
 use crate::sink::{SinkError, SinkSetup, SinkTask};
+use crate::source::journald::{self, JournaldHandle, JournaldSetup};
+use crate::source::tailer::{self, TailerHandle, TailerSetup};
 use crate::stats::Stats;
-use crate::tailer::{self, TailerHandle, TailerSetup};
 
 /// How long tailers get to end once the sinks were aborted.
 const TAILER_ABORT_WAIT: Duration = Duration::from_secs(1);

@@ -488,7 +488,7 @@ proptest! {
         cursor in "s=[0-9a-f]{32};i=[0-9a-f]{1,6}",
         max in 1usize..300,
     ) {
-        use log_pipeline::journald::parse_entry;
+        use log_pipeline::source::journald::parse_entry;
         let bad_byte = bad_byte.filter(|_| as_bytes);
         let message = if as_bytes {
             let mut bytes = msg.clone().into_bytes();
@@ -534,7 +534,7 @@ proptest! {
     #[test]
     fn any_journal_line_ships(line in prop::collection::vec(any::<u8>(), 0..300)) {
         let max = 100;
-        let e = log_pipeline::journald::parse_entry(&line, &origin("syslog"), max);
+        let e = log_pipeline::source::journald::parse_entry(&line, &origin("syslog"), max);
         prop_assert_eq!(e.parse_error, e.record.parse_error.is_some());
         if e.parse_error {
             // The line itself, as text.

@@ -33,7 +33,7 @@
 //! exported here.
 //!
 //! A source of `type: journald` reads the systemd journal through `journalctl` (see
-//! [`crate::journald`]): `units: [pgbouncer.service]` and `identifiers: [...]` select entries
+//! [`crate::source::journald`]): `units: [pgbouncer.service]` and `identifiers: [...]` select entries
 //! (either matches), `directory:` or `files:` name other journal files, `journalctl:` the
 //! program; `read_from`, `fields` (job defaults to `syslog`), `min_level` and
 //! `message_max_length` apply as to file sources.
