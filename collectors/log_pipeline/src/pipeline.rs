@@ -15,8 +15,9 @@ use tracing::{info, warn};
 use crate::checkpoint::{self, CheckpointError, CheckpointWriter, FilesCheckpoint, SourceProgress};
 use crate::config::{Config, Writable};
 use crate::sink::{SinkError, SinkSetup, SinkTask};
-use crate::source::journald::{self, JournaldHandle, JournaldSetup};
-use crate::source::tailer::{self, TailerHandle, TailerSetup};
+use crate::source::SourceSetup;
+use crate::source::journald::{self, JournaldHandle};
+use crate::source::tailer::{self, TailerHandle};
 use crate::stats::Stats;
 
 /// How long tailers get to end once the sinks were aborted.
@@ -181,16 +182,15 @@ impl Pipeline {
             .zip(checkpoints)
             .enumerate()
         {
+            let setup = SourceSetup {
+                index: i,
+                source: source.clone(),
+                progress: progress[i].clone(),
+                outputs,
+                stats: stats.clone(),
+            };
             if let Some(start) = journal_starts[i].take() {
-                let (journal, cursor) = journald::spawn(JournaldSetup {
-                    index: i,
-                    source: source.clone(),
-                    progress: progress[i].clone(),
-                    outputs,
-                    stats: stats.clone(),
-                    checkpoint_dir: config.checkpoint_dir.clone(),
-                    start,
-                });
+                let (journal, cursor) = journald::spawn(setup, &config.checkpoint_dir, start);
                 journals.push(journal);
                 writers.push(Box::new(cursor));
                 continue;
@@ -199,14 +199,7 @@ impl Pipeline {
                 &config.checkpoint_dir,
                 &source.name,
             ))));
-            let handle = tailer::spawn(TailerSetup {
-                index: i,
-                source: source.clone(),
-                progress: progress[i].clone(),
-                outputs,
-                stats: stats.clone(),
-                checkpoint,
-            });
+            let handle = tailer::spawn(setup, checkpoint);
             match handle {
                 Ok(h) => tailers.push(h),
                 Err(e) => {

@@ -9,7 +9,7 @@ use super::units::{HumanDuration, check_duration};
 use super::{ConfigError, DEFAULT_LOG_LINE_PREFIX, invalid};
 use crate::format::Format;
 use crate::parse::prefix::LinePrefix;
-use crate::record::Level;
+use crate::record::{Level, Origin};
 
 /// Default `max_files` of a file source: each file read holds a descriptor and its metrics.
 pub const DEFAULT_MAX_FILES: usize = 1000;
@@ -133,6 +133,18 @@ pub struct Source {
     pub log_line_prefix: Option<String>,
     /// Set for a journald source (`type: journald`); the file settings are then unused.
     pub journald: Option<JournaldSource>,
+}
+
+impl Source {
+    /// The static fields of every record it reads.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            job: self.job.clone(),
+            ins: self.ins.clone(),
+            ip: self.ip.clone(),
+            cls: self.cls.clone(),
+        }
+    }
 }
 
 /// The settings of a journald source.

@@ -11,11 +11,32 @@
 pub mod journald;
 pub mod tailer;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::sync::mpsc::Sender;
+
+use crate::checkpoint::SourceProgress;
+use crate::chunk::Chunk;
+use crate::config::Source;
 use crate::parse::ParseFlags;
 use crate::record::{Level, Record};
-use crate::stats::SourceCounters;
+use crate::stats::{SourceCounters, Stats};
+
+/// What every source needs, whatever it reads.
+#[derive(Debug)]
+pub struct SourceSetup {
+    /// Index of the source in the config.
+    pub index: usize,
+    /// The source.
+    pub source: Source,
+    /// Shared with the sinks and the checkpointer.
+    pub progress: Arc<SourceProgress>,
+    /// One bounded channel per subscribed sink.
+    pub outputs: Vec<Sender<Arc<Chunk>>>,
+    /// Metrics.
+    pub stats: Arc<Stats>,
+}
 
 /// What every source does with a parsed record before handing it to the sinks: counts what
 /// parsing ran into (`flags`), and applies the level filter. Returns whether the record is

@@ -44,12 +44,12 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint::SourceProgress;
 use crate::chunk::Chunk;
-use crate::config::{JournaldSource, ReadFrom, Source};
+use crate::config::{JournaldSource, ReadFrom};
 use crate::identity::{FileId, StreamId, next_stream_id};
 use crate::parse::{ParseFlags, TRUNCATION_MARKER, cut_chars};
 use crate::record::{Level, Origin, Record};
-use crate::source::admit;
-use crate::stats::{SourceCounters, Stats};
+use crate::source::{SourceSetup, admit};
+use crate::stats::SourceCounters;
 use cursor::{Cursors, lock};
 
 pub use cursor::{CursorCheckpoint, Start, checkpoint_path, load, store};
@@ -66,25 +66,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A journalctl that ran this long before exiting is restarted after the shortest backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
-
-/// Everything a journald source needs.
-#[derive(Debug)]
-pub struct JournaldSetup {
-    /// Index of the source in the config.
-    pub index: usize,
-    /// The source (its `journald` settings are set).
-    pub source: Source,
-    /// Shared with the sinks.
-    pub progress: Arc<SourceProgress>,
-    /// One bounded channel per subscribed sink.
-    pub outputs: Vec<Sender<Arc<Chunk>>>,
-    /// Metrics.
-    pub stats: Arc<Stats>,
-    /// Where the cursor file goes (`checkpoint_dir`).
-    pub checkpoint_dir: PathBuf,
-    /// Where it starts, from [`load`].
-    pub start: Start,
-}
 
 /// A running journald source.
 #[derive(Debug)]
@@ -123,9 +104,14 @@ impl Drop for JournaldHandle {
     }
 }
 
-/// Starts the reader of a journald source, and returns with its handle the checkpoint writer
-/// of its cursor file. Must be called inside a tokio runtime.
-pub fn spawn(setup: JournaldSetup) -> (JournaldHandle, CursorCheckpoint) {
+/// Starts the reader of journald source `setup` (its `journald` settings are set), from
+/// `start` (see [`load`]), and returns with its handle the checkpoint writer of its cursor
+/// file in `checkpoint_dir`. Must be called inside a tokio runtime.
+pub fn spawn(
+    setup: SourceSetup,
+    checkpoint_dir: &Path,
+    start: Start,
+) -> (JournaldHandle, CursorCheckpoint) {
     let settings = setup
         .source
         .journald
@@ -149,14 +135,9 @@ pub fn spawn(setup: JournaldSetup) -> (JournaldHandle, CursorCheckpoint) {
         .register(stream, journal_id, Path::new("journal"), 0);
     let cursors: Cursors = Arc::default();
     let counters = setup.stats.source(&setup.source.name);
-    let path = checkpoint_path(&setup.checkpoint_dir, &setup.source.name);
+    let path = checkpoint_path(checkpoint_dir, &setup.source.name);
     let (stop, stop_rx) = watch::channel(false);
-    let origin = Arc::new(Origin {
-        job: setup.source.job.clone(),
-        ins: setup.source.ins.clone(),
-        ip: setup.source.ip.clone(),
-        cls: setup.source.cls.clone(),
-    });
+    let origin = Arc::new(setup.source.origin());
     let reader = Reader {
         index: setup.index,
         name: setup.source.name.clone(),
@@ -178,7 +159,7 @@ pub fn spawn(setup: JournaldSetup) -> (JournaldHandle, CursorCheckpoint) {
         stop: stop_rx,
         cursor_path: path.clone(),
     };
-    let reader = tokio::spawn(reader.run(setup.start));
+    let reader = tokio::spawn(reader.run(start));
     (
         JournaldHandle {
             stop,

@@ -41,6 +41,7 @@ use crate::identity::{FileId, StreamId, next_stream_id};
 use crate::parse::prefix::LinePrefix;
 use crate::parse::{Framer, Parser};
 use crate::record::Origin;
+use crate::source::SourceSetup;
 use crate::stats::{SourceCounters, Stats};
 
 /// Bytes read from one file per turn, so that one busy file does not starve the others.
@@ -83,30 +84,17 @@ impl TailerHandle {
     }
 }
 
-/// Everything a tailer needs.
-#[derive(Debug)]
-pub struct TailerSetup {
-    /// Index of the source in the config.
-    pub index: usize,
-    /// The source.
-    pub source: Source,
-    /// Shared with the sinks and the checkpointer.
-    pub progress: Arc<SourceProgress>,
-    /// One bounded channel per subscribed sink.
-    pub outputs: Vec<Sender<Arc<Chunk>>>,
-    /// Metrics.
-    pub stats: Arc<Stats>,
-    /// The last checkpoint (`None`: the very first start).
-    pub checkpoint: Option<Vec<FilePosition>>,
-}
-
-/// Starts the tailer thread. Call it inside a Tokio runtime (with its timer): the thread
+/// Starts the tailer thread of file source `setup`, resuming from its last `checkpoint`
+/// (`None`: the very first start). Call it inside a Tokio runtime (with its timer): the thread
 /// waits on the sinks' channels through it.
-pub fn spawn(setup: TailerSetup) -> std::io::Result<TailerHandle> {
+pub fn spawn(
+    setup: SourceSetup,
+    checkpoint: Option<Vec<FilePosition>>,
+) -> std::io::Result<TailerHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let (wake_tx, wake_rx) = sync_channel(1);
     let name = format!("tail-{}", setup.source.name);
-    let mut tailer = Tailer::new(setup, stop.clone(), wake_tx.clone(), wake_rx);
+    let mut tailer = Tailer::new(setup, checkpoint, stop.clone(), wake_tx.clone(), wake_rx);
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || tailer.run())?;
@@ -202,22 +190,18 @@ impl std::fmt::Debug for Tailer {
 
 impl Tailer {
     fn new(
-        setup: TailerSetup,
+        setup: SourceSetup,
+        checkpoint: Option<Vec<FilePosition>>,
         stop: Arc<AtomicBool>,
         wake_tx: SyncSender<()>,
         wake_rx: Receiver<()>,
     ) -> Tailer {
         let counters = setup.stats.source(&setup.source.name);
-        let origin = Arc::new(Origin {
-            job: setup.source.job.clone(),
-            ins: setup.source.ins.clone(),
-            ip: setup.source.ip.clone(),
-            cls: setup.source.cls.clone(),
-        });
-        let first_start = setup.checkpoint.is_none();
+        let origin = Arc::new(setup.source.origin());
+        let first_start = checkpoint.is_none();
         let mut known = Vec::new();
         let mut dead = Vec::new();
-        for e in setup.checkpoint.unwrap_or_default() {
+        for e in checkpoint.unwrap_or_default() {
             if e.dead {
                 setup.progress.register_dead(next_stream_id(), &e);
                 dead.push(DeadFile {
