@@ -12,7 +12,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -192,7 +192,7 @@ impl SourceProgress {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, StreamProgress>> {
-        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+        agent_kit::sync::lock(&self.streams)
     }
 
     /// Starts tracking a stream read from `start`.

@@ -18,8 +18,6 @@
 //! - [`parse`]: record framing (multi-line records) and the parsers of each format;
 //! - [`expand`]: glob expansion bounded under any tree (loops, links, limits, only regular
 //!   files, cancellable);
-//! - [`secrets`]: endpoints shown with their credentials masked, secret values scrubbed from
-//!   messages;
 //! - [`chunk`]: the records a source hands to its sinks in one turn (the data between stages);
 //! - [`record`]: the output schema Pigsty's log dashboards query;
 //! - [`identity`]: file identity (device + inode + head hash) and stream ids;
@@ -38,7 +36,6 @@ pub mod identity;
 pub mod parse;
 pub mod pipeline;
 pub mod record;
-pub mod secrets;
 pub mod sink;
 pub mod source;
 pub mod stats;

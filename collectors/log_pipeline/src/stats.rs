@@ -19,10 +19,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_kit::exposition::{MetricType, TextEncoder};
+use agent_kit::sync::lock;
 
 use tokio::sync::mpsc::{Sender, WeakSender};
 
@@ -295,10 +296,6 @@ impl Default for Stats {
             postgres: Mutex::default(),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Stats {

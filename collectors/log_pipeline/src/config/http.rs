@@ -6,11 +6,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agent_kit::redact::{Names, Secrets, is_secret_name, mask_endpoint};
 use serde::Deserialize;
 
 use super::units::{HumanDuration, check_duration};
 use super::{ConfigError, invalid};
-use crate::secrets::{Secrets, is_secret_key, mask_url};
 
 /// HTTP body compression for JSON bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -83,7 +83,7 @@ pub struct Tls {
 pub struct Http {
     /// Base URL (`http://host:9428`, maybe with a path prefix and a query): the API path is
     /// joined to its path, its query kept. May hold credentials: show it with
-    /// [`mask_url`].
+    /// [`mask_endpoint`].
     pub endpoint: url::Url,
     /// The secret values of the endpoint, auth and headers, scrubbed from every message.
     pub secrets: Secrets,
@@ -105,7 +105,7 @@ impl fmt::Debug for Http {
             .headers
             .iter()
             .map(|(k, v)| {
-                let v = if is_secret_key(k) {
+                let v = if is_secret_name(k, Names::Http) {
                     agent_kit::redact::MASK
                 } else {
                     v.as_str()
@@ -114,7 +114,7 @@ impl fmt::Debug for Http {
             })
             .collect();
         f.debug_struct("Http")
-            .field("endpoint", &mask_url(&self.endpoint))
+            .field("endpoint", &mask_endpoint(&self.endpoint))
             .field("compression", &self.compression)
             .field("headers", &headers)
             .field("auth", &self.auth)
@@ -202,7 +202,7 @@ pub(super) fn validate(
         None => {}
     }
     for (k, v) in &headers {
-        if is_secret_key(k) {
+        if is_secret_name(k, Names::Http) {
             secrets.add(v);
         }
     }

@@ -86,7 +86,8 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The YAML does not match the schema (the message names the field).
+    /// The YAML does not parse or does not match the schema (the message names the field,
+    /// and the line and column).
     #[error("{0}")]
     Syntax(String),
     /// A field has an invalid value.
@@ -167,8 +168,9 @@ impl Config {
 
     /// Parses and validates a config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        // As the collector and web configs: nesting bounded, errors placed at a line and column.
         let raw: RawConfig =
-            serde_norway::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+            agent_kit::yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         raw.validate()
     }
 }

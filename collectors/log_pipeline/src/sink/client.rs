@@ -5,10 +5,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agent_kit::redact::{Secrets, mask_endpoint};
+
 use super::SinkError;
 use super::encode::{Encoded, Encoder};
 use crate::config::{Auth, Sink, SinkKind};
-use crate::secrets::{Secrets, mask_url};
 
 /// How one delivery attempt went wrong.
 #[derive(Debug)]
@@ -71,7 +72,7 @@ impl Output {
                 let resp = req.send().await.map_err(|e| {
                     SendError::Retry(secrets.scrub(&format!(
                         "request to {} failed: {}",
-                        mask_url(url),
+                        mask_endpoint(url),
                         error_chain(&e.without_url())
                     )))
                 })?;

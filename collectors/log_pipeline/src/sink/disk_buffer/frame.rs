@@ -3,7 +3,7 @@
 //! origin, level, message, PostgreSQL fields, topic, parse error, extra fields).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::record::{Level, Origin, PgFields, Record};
 
@@ -120,10 +120,7 @@ fn intern(key: &str) -> &'static str {
             return k;
         }
     }
-    let mut set = KEYS
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let mut set = agent_kit::sync::lock(KEYS.get_or_init(Mutex::default));
     if let Some(k) = set.get(key) {
         return k;
     }

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
+use agent_kit::sync::lock;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
@@ -73,10 +74,6 @@ pub fn store(path: &Path, cursor: Option<&str>) -> Result<(), CheckpointError> {
 
 /// Cursors by record sequence number, from the oldest not yet acknowledged by every sink.
 pub(super) type Cursors = Arc<Mutex<BTreeMap<u64, String>>>;
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The checkpoint of a journald source: the cursor of the last record every sink
 /// acknowledged, in its cursor file, written by the source's [`checkpoint::run_checkpointer`]

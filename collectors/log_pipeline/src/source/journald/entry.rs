@@ -4,11 +4,11 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use agent_kit::redact::mask_passwords;
 use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::parse::cut_chars;
-use crate::parse::redact::redact;
 use crate::record::{Level, Origin, Record};
 
 /// One journal entry (a line of `journalctl --output=json`) as a record, with its cursor.
@@ -81,7 +81,7 @@ pub fn parse_entry(line: &[u8], origin: &Arc<Origin>, message_max_length: usize)
         Err(e) => {
             let text = String::from_utf8_lossy(line);
             let invalid_utf8 = matches!(text, Cow::Owned(_));
-            let mut message = redact(text.trim_end()).into_owned();
+            let mut message = mask_passwords(text.trim_end()).into_owned();
             let message_cut = cut_chars(&mut message, message_max_length);
             return JournalEntry {
                 record: Record {
@@ -106,7 +106,7 @@ pub fn parse_entry(line: &[u8], origin: &Arc<Origin>, message_max_length: usize)
         .get("MESSAGE")
         .and_then(field_text)
         .map_or((Cow::Borrowed(""), false), |(t, bad)| (t, bad));
-    let mut message = redact(&message).into_owned();
+    let mut message = mask_passwords(&message).into_owned();
     let message_cut = cut_chars(&mut message, message_max_length);
     let time = micros(map.get("_SOURCE_REALTIME_TIMESTAMP"))
         .or_else(|| micros(map.get("__REALTIME_TIMESTAMP")))

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use agent_kit::sync::lock;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc::Sender;
@@ -50,7 +51,7 @@ use crate::parse::{ParseFlags, TRUNCATION_MARKER, cut_chars};
 use crate::record::{Level, Origin, Record};
 use crate::source::{SourceSetup, admit};
 use crate::stats::SourceCounters;
-use cursor::{Cursors, lock};
+use cursor::Cursors;
 
 pub use cursor::{CursorCheckpoint, Start, checkpoint_path, load, store};
 pub use entry::{JournalEntry, parse_entry};
