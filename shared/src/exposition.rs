@@ -125,6 +125,44 @@ impl FamilyWriter<'_> {
         );
         write_sample(self.out, &self.name, suffix, pairs, value);
     }
+
+    /// Writes one histogram series: a `_bucket` sample per upper bound of `bounds` and for
+    /// `+Inf`, with an `le` label after `labels`, counting cumulatively the observations of
+    /// `counts` (one per bucket, not cumulative, the last for `+Inf`), then `_sum` and
+    /// `_count`.
+    pub fn histogram<K: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        labels: &[(K, V)],
+        bounds: &[f64],
+        counts: &[u64],
+        sum: f64,
+    ) {
+        debug_assert_eq!(
+            counts.len(),
+            bounds.len() + 1,
+            "a count per bucket and +Inf"
+        );
+        let les = bounds
+            .iter()
+            .map(f64::to_string)
+            .chain(std::iter::once("+Inf".to_owned()));
+        let mut cumulative = 0u64;
+        for (le, n) in les.zip(counts) {
+            cumulative += n;
+            let pairs = labels
+                .iter()
+                .map(|(k, v)| (k.as_ref(), v.as_ref()))
+                .chain(std::iter::once(("le", le.as_str())))
+                .chain(
+                    self.const_labels
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+            write_sample(self.out, &self.name, "_bucket", pairs, cumulative as f64);
+        }
+        self.sample_with_suffix("_sum", labels, sum);
+        self.sample_with_suffix("_count", labels, cumulative as f64);
+    }
 }
 
 /// Appends the `# HELP` and `# TYPE` lines of a family.
@@ -316,6 +354,26 @@ pg_query_duration_count{cls=\"pg-test\"} 4
 # HELP pg_setting s
 # TYPE pg_setting gauge
 pg_setting{name=\"a\\\"b\\\\c\\nd\",unit=\"\",cls=\"pg-test\"} NaN
+";
+        assert_eq!(body, want);
+    }
+
+    #[test]
+    fn a_histogram_series() {
+        let consts = vec![("cls".to_owned(), "pg-test".to_owned())];
+        let mut body = String::new();
+        let mut enc = TextEncoder::with_const_labels(&mut body, &consts);
+        enc.family("d_seconds", "d", MetricType::Histogram)
+            .histogram(&[("db", "app")], &[0.005, 1.0, 2.5], &[1, 0, 2, 3], 7.25);
+        let want = "\
+# HELP d_seconds d
+# TYPE d_seconds histogram
+d_seconds_bucket{db=\"app\",le=\"0.005\",cls=\"pg-test\"} 1
+d_seconds_bucket{db=\"app\",le=\"1\",cls=\"pg-test\"} 1
+d_seconds_bucket{db=\"app\",le=\"2.5\",cls=\"pg-test\"} 3
+d_seconds_bucket{db=\"app\",le=\"+Inf\",cls=\"pg-test\"} 6
+d_seconds_sum{db=\"app\",cls=\"pg-test\"} 7.25
+d_seconds_count{db=\"app\",cls=\"pg-test\"} 6
 ";
         assert_eq!(body, want);
     }
