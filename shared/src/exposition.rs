@@ -251,7 +251,10 @@ pub fn is_valid_metric_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
-/// Whether `name` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`).
+/// Whether `name` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`,
+/// which Prometheus reserves): the one rule of the suite, for collector labels, constant
+/// labels and log_shipper's source and sink names alike (Go's client_golang applies the same
+/// to pg_exporter's collector labels).
 pub fn is_valid_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     !name.starts_with("__")
@@ -407,8 +410,11 @@ d_seconds_count{db=\"app\",cls=\"pg-test\"} 6
         assert!(!is_valid_metric_name("1abc"));
         assert!(!is_valid_metric_name("a-b"));
         assert!(is_valid_label_name("datname"));
+        assert!(is_valid_label_name("_a1"));
         assert!(!is_valid_label_name("__name__"));
         assert!(!is_valid_label_name("a:b"));
+        assert!(!is_valid_label_name("1a"));
+        assert!(!is_valid_label_name(""));
     }
 
     #[test]
