@@ -56,15 +56,7 @@ fn crates() -> Vec<Crate> {
         while let Some(dir) = stack.pop() {
             let src = dir.join("src");
             if dir.join("Cargo.toml").is_file() && src.is_dir() {
-                let mut roots: Vec<PathBuf> = ["lib.rs", "main.rs"]
-                    .iter()
-                    .map(|f| src.join(f))
-                    .filter(|p| p.is_file())
-                    .collect();
-                if let Ok(entries) = std::fs::read_dir(src.join("bin")) {
-                    roots.extend(entries.flatten().map(|e| e.path()));
-                }
-                for crate_root in roots {
+                for crate_root in crate_roots(&src) {
                     found.push(load_crate(&root, &crate_root));
                 }
             }
@@ -85,6 +77,33 @@ fn crates() -> Vec<Crate> {
         root.display()
     );
     found
+}
+
+/// The crate roots under a package's `src`: `lib.rs`, `main.rs`, and each binary of `bin/`,
+/// a file (`bin/x.rs`) or a directory with its modules (`bin/x/main.rs`), as Cargo finds
+/// them.
+fn crate_roots(src: &Path) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = ["lib.rs", "main.rs"]
+        .iter()
+        .map(|f| src.join(f))
+        .filter(|p| p.is_file())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(src.join("bin")) {
+        let mut bins: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter_map(|p| {
+                if p.is_dir() {
+                    Some(p.join("main.rs")).filter(|m| m.is_file())
+                } else {
+                    (p.extension().and_then(|e| e.to_str()) == Some("rs")).then_some(p)
+                }
+            })
+            .collect();
+        bins.sort();
+        roots.extend(bins);
+    }
+    roots
 }
 
 /// The crate rooted at `crate_root`, following `mod x;` declarations (test modules excluded).
@@ -514,4 +533,28 @@ fn the_checker_sees_a_cycle_and_expands_use_trees() {
     assert_eq!(cycles.len(), 2);
     assert_eq!(cycles[0].len(), 3);
     assert_eq!(cycles[1].len(), 2);
+}
+
+#[test]
+fn binaries_in_directories_are_crates_of_their_own() {
+    let src = tempfile::tempdir().unwrap();
+    let bin = src.path().join("bin");
+    std::fs::create_dir_all(bin.join("tool")).unwrap();
+    for file in [
+        "lib.rs",
+        "bin/one.rs",
+        "bin/tool/main.rs",
+        "bin/tool/part.rs",
+    ] {
+        std::fs::write(src.path().join(file), "").unwrap();
+    }
+    std::fs::write(bin.join("notes.txt"), "").unwrap();
+    assert_eq!(
+        crate_roots(src.path()),
+        vec![
+            src.path().join("lib.rs"),
+            bin.join("one.rs"),
+            bin.join("tool/main.rs"),
+        ]
+    );
 }
