@@ -124,7 +124,7 @@ impl PatroniMember {
         let rest = format!("{LOCALHOST}:{}", self.rest_port);
         let pg = format!("{LOCALHOST}:{}", self.pg_port);
         format!(
-            "# Written by the test harness (tests/harness/src/patroni.rs).\n\
+            "# Written by the test harness (tests/harness/src/patroni/member.rs).\n\
              scope: {scope}\n\
              namespace: {NAMESPACE}\n\
              name: {name}\n\

@@ -20,6 +20,8 @@ use crate::identity::{FileId, HEAD_MAX, StreamId, file_id, next_stream_id, read_
 use crate::parse::{Framer, Parser};
 
 impl Tailer {
+    /// Starts the file-event watcher: a creation, removal or rename asks for a new expansion,
+    /// any event wakes the thread (without one, the rescans alone find new files).
     pub(super) fn start_watcher(&mut self) {
         let wake = self.wake_tx.clone();
         let rescan = self.rescan.clone();
@@ -367,6 +369,9 @@ impl Tailer {
         }
     }
 
+    /// Decides where the copies waiting on their original start: where the original ended
+    /// when it was truncated, at 0 when it is gone, at their end once they waited long enough
+    /// (a plain copy).
     pub(super) fn resolve_pending_copies(&mut self) {
         if self.ended.len() > 1000 {
             let wanted: HashSet<StreamId> =

@@ -54,7 +54,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// How often the files' sizes (their lag) are refreshed while reading waits on a full buffer.
 const LAG_REFRESH: Duration = Duration::from_secs(1);
 
-/// A running tailer; [`TailerHandle::stop`] ends it.
+/// A running tailer; [`TailerHandle::request_stop`] ends it.
 #[derive(Debug)]
 pub struct TailerHandle {
     stop: Arc<AtomicBool>,
@@ -189,6 +189,8 @@ impl std::fmt::Debug for Tailer {
 }
 
 impl Tailer {
+    /// A tailer for `setup`: the files of its last `checkpoint` registered with its progress
+    /// at once, so that the first checkpoint written keeps them.
     fn new(
         setup: SourceSetup,
         checkpoint: Option<Vec<FilePosition>>,
@@ -255,6 +257,8 @@ impl Tailer {
         }
     }
 
+    /// The thread's loop: globs expanded when due (file events, rescans), a turn over every
+    /// file, then a wait for the next event or deadline, until told to stop.
     fn run(&mut self) {
         self.start_watcher();
         let mut next_rescan = Instant::now();

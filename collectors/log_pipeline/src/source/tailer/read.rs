@@ -239,6 +239,8 @@ impl Tailer {
         }
     }
 
+    /// Numbers `chunk` as handed off and gives it to every subscribed sink, waiting while a
+    /// buffer is full (refreshing the files' lag meanwhile).
     fn send(&mut self, chunk: Chunk) {
         let mut chunk = chunk;
         chunk.sent = self.progress.sent(chunk.stream, chunk.end);
