@@ -430,17 +430,18 @@ fn the_config_watcher_reloads_only_when_a_config_file_changes_content() {
     std::fs::write(&file, collectors_with(3, "one")).unwrap();
     wait_for_value(&exp, 3, "a vim-style write");
 
-    // Ten edits within 200 ms: one reload, perhaps two, with the last text.
+    // Ten edits within 200 ms: one reload (more only if the machine stalls the edits past
+    // the 300 ms the watcher lets a burst settle), with the last text.
     std::thread::sleep(Duration::from_secs(1));
     let before = reloads(&exp);
     for v in 10..20 {
-        std::fs::write(&file, collectors_with(v, "one")).unwrap();
+        write(&conf, "pg_exporter.yml", &collectors_with(v, "one"));
         std::thread::sleep(Duration::from_millis(20));
     }
     wait_for_value(&exp, 19, "the last of ten edits");
     std::thread::sleep(Duration::from_secs(1));
     let burst = reloads(&exp) - before;
-    assert!((1..=2).contains(&burst), "{burst} reloads for one burst");
+    assert!((1..=3).contains(&burst), "{burst} reloads for ten edits");
 }
 
 /// [`COLLECTORS`] returning `v` and described as `help`.
