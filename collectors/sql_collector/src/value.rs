@@ -778,6 +778,56 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config({
+            let mut config = proptest::test_runner::Config::default();
+            if std::env::var_os("PROPTEST_CASES").is_none() {
+                config.cases = 2000;
+            }
+            config
+        })]
+
+        /// A hexadecimal mantissa of up to 32 digits (the last 16 only felt as "not zero")
+        /// rounds as Rust's `u128 as f64` does: to nearest, ties to even.
+        #[test]
+        fn hex_rounds_to_nearest_even(m in 1u128.., e in -700i64..700) {
+            let want = m as f64 * pow2(e);
+            proptest::prop_assert_eq!(
+                parse_number(&format!("0x{m:x}p{e}")).map(f64::to_bits),
+                Some(want.to_bits())
+            );
+            // Digits after the point move the exponent, underscores change nothing.
+            let digits = format!("{m:x}");
+            let (int, frac) = digits.split_at(digits.len().div_ceil(2));
+            let shifted = format!("0x{int}.{}p{}", frac.replace("", "_").trim_matches('_'), e + 4 * frac.len() as i64);
+            proptest::prop_assert_eq!(parse_number(&shifted).map(f64::to_bits), Some(want.to_bits()));
+        }
+
+        /// Every finite `f64`, written exactly in hexadecimal, subnormals included, or in
+        /// Rust's shortest decimal, reads back as itself.
+        #[test]
+        fn every_float_reads_back(bits in proptest::prelude::any::<u64>()) {
+            let f = f64::from_bits(bits);
+            proptest::prop_assume!(f.is_finite());
+            let fraction = bits & ((1 << 52) - 1);
+            let biased = (bits >> 52) & 0x7ff;
+            let sign = if f.is_sign_negative() { "-" } else { "" };
+            let hex = if biased == 0 {
+                format!("{sign}0x0.{fraction:013x}p-1022")
+            } else {
+                format!("{sign}0x1.{fraction:013x}p{}", biased as i64 - 1023)
+            };
+            proptest::prop_assert_eq!(parse_number(&hex).map(f64::to_bits), Some(bits));
+            proptest::prop_assert_eq!(parse_number(&format!("{f:?}")).map(f64::to_bits), Some(bits));
+        }
+
+        /// Any text is a number or not, without a panic.
+        #[test]
+        fn any_text(text in "[-+0-9a-fA-FxXpP._ inIN]{0,40}") {
+            let _ = parse_number(&text);
+        }
+    }
+
     #[test]
     fn label_conversion_rules() {
         assert_eq!(Value::Null.to_label(), "");
