@@ -468,6 +468,16 @@ impl ConnInfo {
         self.values.get("password").is_some_and(|p| !p.is_empty())
     }
 
+    /// The secret keywords (`password`, `sslpassword`, …) that have a non-empty value, by
+    /// name only: to warn about them without showing them.
+    pub fn secrets_given(&self) -> Vec<&'static str> {
+        self.values
+            .iter()
+            .filter(|(k, v)| keywords::is_secret(k) && !v.is_empty())
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// Whether `sslmode` is set (in the string or by the environment).
     pub fn has_sslmode(&self) -> bool {
         self.values.get("sslmode").is_some_and(|m| !m.is_empty())
