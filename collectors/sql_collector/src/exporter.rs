@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::config::CollectorSet;
 use crate::conninfo::ConnInfo;
 use crate::planner::ServerKind;
-use crate::server::{Collected, EngineSettings, Probe, Server, ServerScrape};
+use crate::server::{Collected, EngineSettings, OutcomeCache, Probe, Server, ServerScrape};
 
 /// How often the server's liveness and role are probed for `/up`, `/primary`, `/replica`.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -143,6 +143,8 @@ pub struct Exporter {
     forks: Mutex<BTreeMap<String, Arc<Server>>>,
     /// The budget of connections to discovered databases.
     budget: Arc<Semaphore>,
+    /// The outcomes of every server's collectors.
+    cache: OutcomeCache,
     /// Collectors already reported for repeating their series across databases (each is
     /// logged once, until the next reload).
     repeats_logged: Mutex<HashSet<Arc<str>>>,
@@ -185,7 +187,14 @@ impl Exporter {
         let engine = Arc::new(settings.engine.clone());
         let bad_files = collectors.skipped_files.len() as u64;
         let collectors = Arc::new(collectors);
-        let primary = Server::new(info.clone(), kind, engine.clone(), collectors.clone());
+        let cache = OutcomeCache::new();
+        let primary = Server::new(
+            info.clone(),
+            kind,
+            engine.clone(),
+            collectors.clone(),
+            cache.clone(),
+        );
         let budget = Arc::new(Semaphore::new(settings.discovery_connections.max(1)));
         let exporter = Exporter {
             settings,
@@ -196,6 +205,7 @@ impl Exporter {
             primary,
             forks: Mutex::default(),
             budget,
+            cache,
             repeats_logged: Mutex::default(),
             health: AtomicU8::new(Health::Unknown.as_u8()),
             version: AtomicU32::new(0),
@@ -357,7 +367,9 @@ impl Exporter {
             .cloned()
             .collect();
         for db in gone {
-            forks.remove(&db);
+            if let Some(server) = forks.remove(&db) {
+                server.forget();
+            }
             info!(database = %db, "Database gone; no longer scraped.");
         }
         for db in wanted {
@@ -372,6 +384,7 @@ impl Exporter {
                         self.budget.clone(),
                         self.engine.clone(),
                         collectors,
+                        self.cache.clone(),
                     ),
                 );
             }
@@ -427,17 +440,25 @@ impl Exporter {
             );
         }
 
-        let mut body = String::with_capacity(64 * 1024);
-        let scrapes: Vec<(&Arc<Server>, &ServerScrape)> = std::iter::once((&self.primary, &main))
-            .chain(forks.iter().zip(&fork_scrapes))
+        // Sized once: with hundreds of databases the body is megabytes, and a doubling
+        // String would reserve up to twice that.
+        let mut body = String::new();
+        let up = main.up;
+        let scrapes: Vec<(&Arc<Server>, ServerScrape)> = std::iter::once((&self.primary, main))
+            .chain(forks.iter().zip(fork_scrapes))
             .collect();
         self.render_collector_output(&mut body, &scrapes);
+        // The outcomes not cached are freed before the self-metrics are written.
+        drop(scrapes);
         *self.last_scrape_duration.lock().expect("lock") = started.elapsed().as_secs_f64();
         *self.last_scrape_time.lock().expect("lock") = unix_now();
         if !self.settings.disable_intro {
             let mut servers = vec![self.primary.clone()];
             servers.extend(forks);
-            self.render_self_metrics(&mut body, main.up, &servers);
+            let mut own = String::with_capacity(64 * 1024);
+            self.render_self_metrics(&mut own, up, &servers);
+            body.reserve_exact(own.len());
+            body.push_str(&own);
         }
         body
     }
@@ -665,11 +686,7 @@ impl Exporter {
     /// `cluster` tag or a `datname` label runs on every database) is dropped, as rows with a
     /// repeated label set are within one collector: counted as an error of the collector on
     /// the database that repeats it, and logged once per collector.
-    fn render_collector_output(
-        &self,
-        body: &mut String,
-        scrapes: &[(&Arc<Server>, &ServerScrape)],
-    ) {
+    fn render_collector_output(&self, body: &mut String, scrapes: &[(&Arc<Server>, ServerScrape)]) {
         struct Part<'a> {
             server: usize,
             collected: &'a Collected,
@@ -712,9 +729,21 @@ impl Exporter {
                 }
             }
         }
+        body.reserve_exact(
+            order
+                .iter()
+                .map(|name| {
+                    let group = &groups[name];
+                    let lines: usize = group.parts.iter().map(|p| p.lines.len()).sum();
+                    2 * name.len() + group.help.len() + 32 + lines
+                })
+                .sum::<usize>()
+                + 1024,
+        );
         // (repeating server, its collector, server that gave the series first)
         let mut repeats: Vec<(usize, &Collected, usize)> = Vec::new();
-        for name in order {
+        for name in &order {
+            let name = *name;
             let group = &groups[name];
             write_header(body, name, group.help, group.kind);
             if group.servers < 2 {

@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use moka::Expiry;
 use moka::future::Cache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::collector::{CollectError, Outcome, PredicateCache, execute};
+use crate::collector::{CollectError, FamilyOutput, Outcome, PredicateCache, execute};
 use crate::config::{CollectorConfig, CollectorSet};
 use crate::connection::{DbConnection, Protocol, QueryError};
 use crate::conninfo::{ConnInfo, ConnInfoError};
@@ -59,14 +60,16 @@ pub struct PlannedCollector {
     pub config: Arc<CollectorConfig>,
     /// Its counters since the last plan.
     pub stats: CollectorStats,
-    /// The latest outcome seen, for metric counts, durations and the remaining TTL.
+    /// The latest execution's outcome without its rendered lines (the cache keeps those for
+    /// the TTL), for sample counts, errors, durations and the remaining TTL.
     pub last: Mutex<Option<Arc<Outcome>>>,
 }
 
 /// The plan in force on a server.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Distinguishes plans, so cache entries of an old plan are never served.
+    /// Distinguishes plans of every server of the process (they share one cache), so cache
+    /// entries of an old plan are never served.
     pub generation: u64,
     /// The planned collectors in execution order.
     pub collectors: Vec<Arc<PlannedCollector>>,
@@ -137,7 +140,49 @@ impl Expiry<(u64, usize), (Arc<Outcome>, Duration)> for TtlExpiry {
     }
 }
 
-type OutcomeCache = Cache<(u64, usize), (Arc<Outcome>, Duration)>;
+/// The TTL cache of collector outcomes, keyed by plan generation and collector, shared by
+/// the servers of an exporter (a cache of its own per discovered database would cost tens of
+/// kilobytes each, and hundreds of databases are common). Cheap to clone.
+#[derive(Clone)]
+pub struct OutcomeCache(Cache<(u64, usize), (Arc<Outcome>, Duration)>);
+
+impl OutcomeCache {
+    /// An empty cache.
+    pub fn new() -> OutcomeCache {
+        OutcomeCache(
+            Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(TtlExpiry)
+                .support_invalidation_closures()
+                .build(),
+        )
+    }
+
+    /// Forgets the entries of the plan `generation`.
+    fn forget(&self, generation: u64) {
+        // Only fails without `support_invalidation_closures`, set above.
+        let _ = self
+            .0
+            .invalidate_entries_if(move |(g, _), _| *g == generation);
+    }
+}
+
+impl Default for OutcomeCache {
+    fn default() -> Self {
+        OutcomeCache::new()
+    }
+}
+
+impl std::fmt::Debug for OutcomeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutcomeCache")
+            .field("entries", &self.0.entry_count())
+            .finish()
+    }
+}
+
+/// The last plan generation given out, across all servers.
+static PLAN_GENERATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// An open connection and, to a discovered database, its place in the exporter's budget
 /// (given back when the connection is dropped).
@@ -204,7 +249,6 @@ pub struct Server {
     last_facts: RwLock<Option<Facts>>,
     last_planned_facts: RwLock<Option<Facts>>,
     plan: RwLock<Arc<Plan>>,
-    plan_generation: AtomicU64,
     cache: OutcomeCache,
     predicates: Arc<PredicateCache>,
     /// Scrape counters of this server.
@@ -222,14 +266,15 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// The main server for `info`, whose connections stay open.
+    /// The main server for `info`, whose connections stay open; its outcomes go to `cache`.
     pub fn new(
         info: ConnInfo,
         kind: ServerKind,
         settings: Arc<EngineSettings>,
         collectors: Arc<CollectorSet>,
+        cache: OutcomeCache,
     ) -> Arc<Server> {
-        Self::build(info, kind, None, settings, collectors)
+        Self::build(info, kind, None, settings, collectors, cache)
     }
 
     /// An auto-discovered database: connected only while a scrape needs it, with a permit
@@ -240,8 +285,9 @@ impl Server {
         budget: Arc<Semaphore>,
         settings: Arc<EngineSettings>,
         collectors: Arc<CollectorSet>,
+        cache: OutcomeCache,
     ) -> Arc<Server> {
-        Self::build(info, kind, Some(budget), settings, collectors)
+        Self::build(info, kind, Some(budget), settings, collectors, cache)
     }
 
     fn build(
@@ -250,6 +296,7 @@ impl Server {
         budget: Option<Arc<Semaphore>>,
         settings: Arc<EngineSettings>,
         collectors: Arc<CollectorSet>,
+        cache: OutcomeCache,
     ) -> Arc<Server> {
         Arc::new(Server {
             info,
@@ -265,11 +312,7 @@ impl Server {
             last_facts: RwLock::new(None),
             last_planned_facts: RwLock::new(None),
             plan: RwLock::new(Arc::default()),
-            plan_generation: AtomicU64::new(0),
-            cache: Cache::builder()
-                .max_capacity(10_000)
-                .expire_after(TtlExpiry)
-                .build(),
+            cache,
             predicates: Arc::default(),
             stats: ServerStats::default(),
         })
@@ -294,6 +337,11 @@ impl Server {
     /// The plan in force.
     pub fn plan(&self) -> Arc<Plan> {
         self.plan.read().expect("plan lock").clone()
+    }
+
+    /// Forgets the cached outcomes (the exporter no longer scrapes this server).
+    pub fn forget(&self) {
+        self.cache.forget(self.plan().generation);
     }
 
     /// Swaps in a new collector set (reload); the next scrape re-plans.
@@ -385,13 +433,13 @@ impl Server {
         };
         let conn = self.info.connect_db(protocol, timeout).await?;
         if self.kind == ServerKind::Postgres {
-            // Best effort, as upstream: the name only helps DBAs spot the exporter.
-            let set = conn
+            // Best effort, as upstream: the name only helps DBAs spot the exporter. Sent
+            // without waiting for its answer (which is discarded): it goes out ahead of the
+            // next query, one round trip less for every connection to a discovered database.
+            let _ = conn
                 .client()
-                .batch_execute("SET application_name = 'pg_exporter'");
-            if let Ok(Err(e)) = tokio::time::timeout(self.settings.connect_timeout, set).await {
-                debug!(error = %crate::connection::db_error_text(&e), "Cannot set application_name.");
-            }
+                .batch_execute("SET application_name = 'pg_exporter'")
+                .now_or_never();
         }
         let held = Arc::new(Held {
             conn,
@@ -453,7 +501,7 @@ impl Server {
         let plan = self.plan();
         let cached = plan.generation > 0
             && (0..plan.collectors.len())
-                .all(|idx| self.cache.contains_key(&(plan.generation, idx)));
+                .all(|idx| self.cache.0.contains_key(&(plan.generation, idx)));
         (same_role && cached).then_some(plan)
     }
 
@@ -478,7 +526,7 @@ impl Server {
                 exporter_tags: &self.settings.tags,
             },
         );
-        let generation = self.plan_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let generation = PLAN_GENERATIONS.fetch_add(1, Ordering::SeqCst) + 1;
         let new_plan = Plan {
             generation,
             collectors: planned
@@ -499,9 +547,12 @@ impl Server {
             collectors = new_plan.collectors.len(),
             "Planned collectors."
         );
-        *self.plan.write().expect("plan lock") = Arc::new(new_plan);
+        let old = std::mem::replace(
+            &mut *self.plan.write().expect("plan lock"),
+            Arc::new(new_plan),
+        );
         *self.last_planned_facts.write().expect("plan facts lock") = Some(facts.clone());
-        self.cache.invalidate_all();
+        self.cache.forget(old.generation);
         self.predicates.clear();
     }
 
@@ -566,18 +617,17 @@ impl Server {
     /// an execution connects (to a discovered database all cached when the scrape began);
     /// when the `deadline` has passed already (no connection of the budget came free), only
     /// cached outcomes are served.
+    ///
+    /// One task runs the plan, so that a scrape giving up at its deadline does not cancel
+    /// the executions: their results still land in the cache for the next scrape. What has
+    /// not completed at the deadline is served from the cache, else counted as cut off.
     async fn run_plan(
         self: &Arc<Self>,
-        plan: &Plan,
+        plan: &Arc<Plan>,
         conn: Option<Arc<Held>>,
         deadline: Option<Instant>,
     ) -> ServerScrape {
-        let cached_only = conn.is_none() && deadline.is_some_and(|d| d <= Instant::now());
-        let mut scrape = ServerScrape {
-            up: true,
-            ..ServerScrape::default()
-        };
-        let fatal_first = plan
+        let order: Vec<usize> = plan
             .collectors
             .iter()
             .enumerate()
@@ -587,25 +637,61 @@ impl Server {
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| !c.config.fatal),
-            );
-        for (idx, planned) in fatal_first {
-            match self
-                .run(plan, idx, planned, conn.as_ref(), deadline, cached_only)
-                .await
-            {
-                Some(outcome) => {
-                    if planned.config.fatal && outcome.error.is_some() {
-                        warn!(
-                            url = %self.info.masked(),
-                            collector = %planned.config.branch,
-                            error = %outcome.error.as_ref().map(ToString::to_string).unwrap_or_default(),
-                            "Fatal collector failed; server is down for this scrape."
-                        );
-                        return ServerScrape {
-                            fatal_failed: true,
-                            ..ServerScrape::default()
-                        };
+            )
+            .map(|(idx, _)| idx)
+            .collect();
+        let cached_only = conn.is_none() && deadline.is_some_and(|d| d <= Instant::now());
+        let progress: Arc<Mutex<ServerScrape>> = Arc::new(Mutex::new(ServerScrape {
+            up: true,
+            ..ServerScrape::default()
+        }));
+        if !cached_only {
+            let task = {
+                let (server, plan, order, progress) =
+                    (self.clone(), plan.clone(), order.clone(), progress.clone());
+                tokio::spawn(async move {
+                    for idx in order {
+                        let planned = &plan.collectors[idx];
+                        let outcome = server.run(&plan, idx, conn.as_ref()).await;
+                        let mut progress = progress.lock().expect("progress lock");
+                        if planned.config.fatal && outcome.error.is_some() {
+                            warn!(
+                                url = %server.info.masked(),
+                                collector = %planned.config.branch,
+                                error = %outcome.error.as_ref().map(ToString::to_string).unwrap_or_default(),
+                                "Fatal collector failed; server is down for this scrape."
+                            );
+                            progress.fatal_failed = true;
+                            return;
+                        }
+                        progress.outcomes.push(Collected {
+                            planned: planned.clone(),
+                            outcome,
+                        });
                     }
+                })
+            };
+            match deadline {
+                None => task.await.expect("plan task panicked"),
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), task).await;
+                }
+            }
+        }
+        let mut scrape = std::mem::take(&mut *progress.lock().expect("progress lock"));
+        if scrape.fatal_failed {
+            return ServerScrape {
+                fatal_failed: true,
+                ..ServerScrape::default()
+            };
+        }
+        scrape.up = true;
+        for &idx in &order[scrape.outcomes.len()..] {
+            let planned = &plan.collectors[idx];
+            match self.cache.0.get(&(plan.generation, idx)).await {
+                Some((outcome, _)) => {
+                    planned.stats.total.fetch_add(1, Ordering::Relaxed);
+                    count(&planned.stats, &outcome, false);
                     scrape.outcomes.push(Collected {
                         planned: planned.clone(),
                         outcome,
@@ -617,100 +703,98 @@ impl Server {
         scrape
     }
 
-    /// One invocation of a planned collector through the cache (only the cache with
-    /// `cached_only`), executed on `conn` or else a connection of its own. `None` when the
-    /// deadline passed before a result was available.
+    /// One invocation of a planned collector through the cache, executed on `conn` or else
+    /// a connection of its own.
     async fn run(
         self: &Arc<Self>,
         plan: &Plan,
         idx: usize,
-        planned: &Arc<PlannedCollector>,
         conn: Option<&Arc<Held>>,
-        deadline: Option<Instant>,
-        cached_only: bool,
-    ) -> Option<Arc<Outcome>> {
+    ) -> Arc<Outcome> {
+        let planned = &plan.collectors[idx];
         planned.stats.total.fetch_add(1, Ordering::Relaxed);
-        let executed = Arc::new(AtomicBool::new(false));
         let key = (plan.generation, idx);
         let ttl = if self.settings.disable_cache {
             Duration::ZERO
         } else {
             planned.config.ttl
         };
-        let exec = {
-            let server = self.clone();
-            let conn = conn.cloned();
-            let config = planned.config.clone();
-            let executed = executed.clone();
-            async move {
-                // Spawned so that a scrape giving up at its deadline does not cancel the
-                // execution: its result still lands in the cache for the next scrape.
-                let handle = tokio::spawn(async move {
-                    executed.store(true, Ordering::Relaxed);
-                    let started = Instant::now();
-                    let conn = match conn {
-                        Some(held) => Ok(held),
-                        None => server.connection(None).await,
-                    };
-                    let outcome = match conn {
-                        Ok(held) => {
-                            execute(
-                                &config,
-                                &held.conn,
-                                &server.settings.const_labels,
-                                &server.predicates,
-                            )
-                            .await
-                        }
-                        Err(e) => Outcome {
-                            families: Vec::new(),
-                            error: Some(CollectError::Query(format!("cannot connect: {e}"))),
-                            predicate_skipped: false,
-                            duplicate_rows: 0,
-                            started,
-                            duration: started.elapsed(),
-                        },
-                    };
-                    if let Some(e) = &outcome.error {
-                        warn!(collector = %config.branch, url = %server.info.masked(), error = %e, "Collector failed.");
-                    }
-                    // Cheap to clone: served to every scrape until it expires.
-                    let entry = (Arc::new(outcome), ttl);
-                    if !ttl.is_zero() {
-                        server.cache.insert(key, entry.clone()).await;
-                    }
-                    entry
-                });
-                handle.await.expect("collector execution task panicked")
+        let executed = AtomicBool::new(false);
+        let exec = async {
+            executed.store(true, Ordering::Relaxed);
+            let started = Instant::now();
+            let conn = match conn {
+                Some(held) => Ok(held.clone()),
+                None => self.connection(None).await,
+            };
+            let mut outcome = match conn {
+                Ok(held) => {
+                    execute(
+                        &planned.config,
+                        &held.conn,
+                        &self.settings.const_labels,
+                        &self.predicates,
+                    )
+                    .await
+                }
+                Err(e) => Outcome {
+                    families: Vec::new(),
+                    error: Some(CollectError::Query(format!("cannot connect: {e}"))),
+                    predicate_skipped: false,
+                    duplicate_rows: 0,
+                    started,
+                    duration: started.elapsed(),
+                },
+            };
+            if let Some(e) = &outcome.error {
+                warn!(collector = %planned.config.branch, url = %self.info.masked(), error = %e, "Collector failed.");
             }
-        };
-        let lookup = async {
-            if self.settings.disable_cache {
-                exec.await
-            } else {
-                self.cache.get_with(key, exec).await
+            for family in &mut outcome.families {
+                family.lines.shrink_to_fit();
             }
+            *planned.last.lock().expect("outcome lock") = Some(Arc::new(summary(&outcome)));
+            // Cheap to clone: served to every scrape until it expires.
+            (Arc::new(outcome), ttl)
         };
-        let entry = match deadline {
-            _ if cached_only => self.cache.get(&key).await?,
-            None => lookup.await,
-            Some(d) => match tokio::time::timeout_at(d.into(), lookup).await {
-                Ok(entry) => entry,
-                Err(_) => self.cache.get(&key).await?,
-            },
+        let (outcome, _) = if self.settings.disable_cache {
+            exec.await
+        } else {
+            self.cache.0.get_with(key, exec).await
         };
-        let outcome = entry.0;
-        let stats = &planned.stats;
-        if outcome.error.is_some() || outcome.duplicate_rows > 0 {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-        } else if !executed.load(Ordering::Relaxed) {
-            stats.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        if outcome.predicate_skipped {
-            stats.predicate_skips.fetch_add(1, Ordering::Relaxed);
-        }
-        *planned.last.lock().expect("outcome lock") = Some(outcome.clone());
-        Some(outcome)
+        count(&planned.stats, &outcome, executed.load(Ordering::Relaxed));
+        outcome
+    }
+}
+
+/// Counts one invocation's `outcome` in `stats` (an error, else a cache hit unless
+/// `executed`).
+fn count(stats: &CollectorStats, outcome: &Outcome, executed: bool) {
+    if outcome.error.is_some() || outcome.duplicate_rows > 0 {
+        stats.errors.fetch_add(1, Ordering::Relaxed);
+    } else if !executed {
+        stats.hits.fetch_add(1, Ordering::Relaxed);
+    }
+    if outcome.predicate_skipped {
+        stats.predicate_skips.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `outcome` without its rendered lines.
+fn summary(outcome: &Outcome) -> Outcome {
+    Outcome {
+        families: outcome
+            .families
+            .iter()
+            .map(|f| FamilyOutput {
+                name: f.name.clone(),
+                help: f.help.clone(),
+                kind: f.kind,
+                lines: String::new(),
+                samples: f.samples,
+            })
+            .collect(),
+        error: outcome.error.clone(),
+        ..*outcome
     }
 }
 
