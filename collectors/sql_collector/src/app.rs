@@ -108,6 +108,16 @@ pub struct Cli {
     )]
     pub include_database: String,
 
+    /// Connections open at once, at most, to auto-discovered databases; they are collected in
+    /// parallel within it, and each connection closes when its scrape ends.
+    #[arg(
+        long,
+        env = "PG_EXPORTER_DISCOVERY_CONNECTIONS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub discovery_connections: u16,
+
     /// Prefix of the built-in metrics (default `pg`, or `pgbouncer` in Pgbouncer mode).
     #[arg(short = 'n', long, env = "PG_EXPORTER_NAMESPACE", default_value = "")]
     pub namespace: String,
@@ -375,6 +385,7 @@ async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
         auto_discovery: cli.auto_discovery.unwrap_or(flavor.auto_discovery),
         exclude_databases: Cli::list(&cli.exclude_database),
         include_databases: Cli::list(&cli.include_database),
+        discovery_connections: usize::from(cli.discovery_connections),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let exporter = Exporter::new(settings, collectors, info);
