@@ -34,7 +34,9 @@ mod connect;
 mod keywords;
 mod parse;
 mod pgpass;
+mod signature;
 mod tls;
+mod trust;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -549,8 +549,13 @@ mod conninfo {
                 Some((keyword, file)) => format!(" {keyword}={}", certs.join(file).display()),
                 None => String::new(),
             };
+            // No host: hostaddr only.
+            let host = match host {
+                "" => String::new(),
+                host => format!("host={host} "),
+            };
             format!(
-                "host={host} hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres \
+                "{host}hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres \
                  sslmode={mode} sslrootcert={root}{extra}"
             )
         };
@@ -602,6 +607,9 @@ enum Want {
     Tls(bool),
     /// Refused, with these words.
     Refused(&'static [&'static str]),
+    /// Refused, with these words, where psql connects with TLS: what we cannot check as
+    /// libpq does.
+    RefusedUnlikeLibpq(&'static [&'static str]),
 }
 
 /// One case of [`CERTIFICATE_CASES`]: a name `n` is the file `n.crt` of
@@ -617,7 +625,7 @@ type CertificateCase = (
 
 /// (served certificate, host, sslmode, sslrootcert, another keyword=file, outcome).
 const CERTIFICATE_CASES: &[CertificateCase] = {
-    use Want::{Refused, Tls};
+    use Want::{Refused, RefusedUnlikeLibpq, Tls};
     &[
         // `openssl req -new -x509 … -subj "/CN=localhost"`, trusted as itself.
         ("docs", "localhost", "disable", "docs.crt", "", Tls(false)),
@@ -749,6 +757,16 @@ const CERTIFICATE_CASES: &[CertificateCase] = {
         // A CA and the certificate it signed (subjectAltName DNS:localhost, IP:127.0.0.1).
         ("leaf", "localhost", "verify-full", "ca.crt", "", Tls(true)),
         ("leaf", "127.0.0.1", "verify-full", "ca.crt", "", Tls(true)),
+        // hostaddr without host: no name for verify-full.
+        (
+            "leaf",
+            "",
+            "verify-full",
+            "ca.crt",
+            "",
+            Refused(&["needs a host name"]),
+        ),
+        ("leaf", "", "verify-ca", "ca.crt", "", Tls(true)),
         (
             "leaf",
             "wrong-name.example",
@@ -1065,6 +1083,24 @@ const CERTIFICATE_CASES: &[CertificateCase] = {
             "",
             Tls(true),
         ),
+        // Name constraints, which we do not check: refused, and prefer does not then go
+        // without TLS.
+        (
+            "by-ncca",
+            "localhost",
+            "verify-full",
+            "ncca.crt",
+            "",
+            RefusedUnlikeLibpq(&["\"CN=pgsuite constrained CA\"", "has name constraints"]),
+        ),
+        (
+            "by-ncca",
+            "localhost",
+            "prefer",
+            "ncca.crt",
+            "",
+            RefusedUnlikeLibpq(&["has name constraints", "not retried without TLS"]),
+        ),
     ]
 };
 
@@ -1076,7 +1112,7 @@ fn judge(
 ) -> Result<(), String> {
     match (want, ours) {
         (Want::Tls(tls), Ok(ours)) if tls == ours => {}
-        (Want::Refused(words), Err(e)) => {
+        (Want::Refused(words) | Want::RefusedUnlikeLibpq(words), Err(e)) => {
             if let Some(word) = words.iter().find(|w| !e.contains(**w)) {
                 return Err(format!("our refusal lacks {word:?}: {e}"));
             }
@@ -1088,7 +1124,7 @@ fn judge(
     }
     match (want, libpq) {
         (Want::Tls(tls), Ok(libpq)) if tls == libpq => Ok(()),
-        (Want::Refused(_), Err(_)) => Ok(()),
+        (Want::Refused(_), Err(_)) | (Want::RefusedUnlikeLibpq(_), Ok(true)) => Ok(()),
         (want, libpq) => Err(format!("psql: {}, expected {want:?}", outcome(libpq))),
     }
 }
@@ -1183,7 +1219,9 @@ fn openssl_certificates() -> tempfile::TempDir {
          [ any_eku ]\nsubjectAltName = DNS:localhost\nextendedKeyUsage = anyExtendedKeyUsage\n\
          [ unkcrit ]\nsubjectAltName = DNS:localhost\n1.2.3.4 = critical, ASN1:NULL\n\
          [ wild ]\nsubjectAltName = DNS:*.example.com\n\
-         [ dotted ]\nsubjectAltName = DNS:localhost.\n";
+         [ dotted ]\nsubjectAltName = DNS:localhost.\n\
+         [ nc_ca ]\nbasicConstraints = critical, CA:TRUE\n\
+         nameConstraints = critical, permitted;DNS:localhost\n";
     fs::write(path("ca.cnf"), config).unwrap();
     // `docs` keeps its own database to revoke itself.
     fs::write(
@@ -1294,6 +1332,8 @@ fn openssl_certificates() -> tempfile::TempDir {
     sign("by-notca", localhost, "notca", "leaf", now);
     sign("by-rootcafalse", localhost, "rootcafalse", "leaf", now);
     sign("by-leaf", localhost, "leaf", "leaf", now);
+    sign("ncca", "/CN=pgsuite constrained CA", "ncca", "nc_ca", now);
+    sign("by-ncca", localhost, "ncca", "leaf", now);
     sign("caexp", "/CN=pgsuite expired CA", "caexp", "self", past);
     sign("by-caexp", localhost, "caexp", "leaf", now);
     for chain in ["by-inter", "by-notca"] {
