@@ -218,11 +218,14 @@ impl TlsSettings {
                 None => ConnInfoError::Tls(format!("no PEM certificate in the {source}")),
             });
         }
-        let roots: Vec<Cert> = pem
-            .certificates
-            .iter()
-            .filter_map(|der| Cert::parse(der).ok())
-            .collect();
+        let mut roots = Vec::new();
+        let mut unreadable = Vec::new();
+        for (i, der) in pem.certificates.iter().enumerate() {
+            match Cert::parse(der) {
+                Ok(cert) => roots.push(cert),
+                Err(e) => unreadable.push(format!("certificate {} {e}", i + 1)),
+            }
+        }
         if roots.is_empty() {
             return Err(ConnInfoError::Tls(format!(
                 "no usable CA certificate in the {source}"
@@ -234,7 +237,7 @@ impl TlsSettings {
             None => None,
         };
         Ok(Some(Check {
-            trust: Trust::new(roots, source, crls, algorithms),
+            trust: Trust::new(roots, source, crls, algorithms).with_unreadable(unreadable),
             host_name: self.verify == Verify::Full,
         }))
     }
@@ -1174,6 +1177,36 @@ Ue65QidzfNeDME9/Ltqd4QOAyuAC4S/f2gxarEawD6LiQV11Y9AZ/zb99sOIFQN1
         );
         let err = check(None, Some("no-such-dir")).unwrap_err();
         assert!(err.contains("no-such-dir\" does not exist"), "{err}");
+    }
+
+    #[test]
+    fn roots_we_cannot_read_make_a_refusal_uncertain() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root.crt");
+        let ca_cert = make("CA", None, ca);
+        let other = make("other CA", None, ca);
+        // A certificate x509-cert cannot parse (OpenSSL might) beside another CA.
+        let garbage = "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n";
+        fs::write(&root, format!("{garbage}{}", other.cert.pem())).unwrap();
+        let check = settings(Verify::Chain, Some(root))
+            .check(rustls::crypto::ring::default_provider().signature_verification_algorithms)
+            .unwrap()
+            .unwrap();
+        let leaf = with_names(&ca_cert, &["localhost"]);
+        let refusal = check
+            .trust
+            .verify(&leaf.parsed(), &[], 1_893_456_000)
+            .unwrap_err();
+        assert!(refusal.unsupported, "{refusal}");
+        assert!(
+            refusal.message.contains(
+                "(unknown issuer \"CN=CA\"); 1 certificate(s) of the root certificate file"
+            ) && refusal.message.contains(
+                "could not be read here, one of which might be the \
+                                           issuer (first: certificate 1 cannot be parsed"
+            ),
+            "{refusal}"
+        );
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub(super) struct Trust {
     /// `None`: no revocation checks.
     crls: Option<Crls>,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Why root certificates we could not parse (OpenSSL might) were left out.
+    unreadable: Vec<String>,
 }
 
 /// A certificate of the chain, and whether it is one of the root certificates.
@@ -130,7 +132,15 @@ impl Trust {
             source,
             crls,
             algorithms,
+            unreadable: Vec::new(),
         }
+    }
+
+    /// Notes root certificates left out because they could not be parsed: a chain without
+    /// trust anchor is then refused as something libpq might accept.
+    pub(super) fn with_unreadable(mut self, unreadable: Vec<String>) -> Self {
+        self.unreadable = unreadable;
+        self
     }
 
     /// Whether `leaf`, sent with `intermediates`, is trusted at `now` (Unix seconds).
@@ -206,6 +216,20 @@ impl Trust {
 
     /// Why the chain built so far ends without a trusted self-signed root.
     fn no_trust_anchor(&self, chain: &[Link<'_>]) -> Refusal {
+        let refusal = self.why_no_trust_anchor(chain);
+        match self.unreadable.first() {
+            None => refusal,
+            Some(first) => unsupported(&format!(
+                "{}; {} certificate(s) of the {} could not be read here, one of which might be \
+                 the issuer (first: {first})",
+                refusal.message,
+                self.unreadable.len(),
+                self.source
+            )),
+        }
+    }
+
+    fn why_no_trust_anchor(&self, chain: &[Link<'_>]) -> Refusal {
         let (leaf, top) = (chain[0].cert, chain[chain.len() - 1]);
         let source = &self.source;
         if top.root {
