@@ -100,7 +100,7 @@ impl Crls {
 }
 
 /// The root certificates, CRLs and algorithms a server certificate is checked with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct Trust {
     roots: Vec<Cert>,
     /// Where the roots come from, for messages: `root certificate file "…"`, `system's CA
@@ -111,6 +111,20 @@ pub(super) struct Trust {
     algorithms: WebPkiSupportedAlgorithms,
     /// Why root certificates we could not parse (OpenSSL might) were left out.
     unreadable: Vec<String>,
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trust")
+            .field("source", &self.source)
+            .field("roots", &self.roots.len())
+            .field(
+                "crls",
+                &self.crls.as_ref().map(|c| c.listed.len() + c.hashed.len()),
+            )
+            .field("unreadable", &self.unreadable.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A certificate of the chain, and whether it is one of the root certificates.
