@@ -949,6 +949,88 @@ ytzs9wKJ
     }
 
     #[test]
+    fn crls_libpq_would_not_use_as_they_are() {
+        let ca_cert = make("CA", None, ca);
+        let leaf = make("localhost", Some(&ca_cert), |_| {});
+        let roots = [ca_cert.parsed()];
+        // Not yet valid.
+        let mut early = crl(&ca_cert, &[], 2090);
+        early.this_update = NOW + 1;
+        assert_refused(
+            verdict(&trust(&roots, Some(vec![early])), &leaf.parsed(), &[]),
+            &["the certificate revocation list \"root.crl\" of \"CN=CA\" is not valid before"],
+        );
+        // An issuing distribution point: a scope we do not check.
+        let scoped = rcgen::CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 1, 1),
+            next_update: date_time_ymd(2090, 1, 1),
+            crl_number: SerialNumber::from_slice(&[2]),
+            issuing_distribution_point: Some(rcgen::CrlIssuingDistributionPoint {
+                distribution_point: rcgen::CrlDistributionPoint {
+                    uris: vec!["http://crl.example/ca.crl".to_owned()],
+                },
+                scope: Some(rcgen::CrlScope::UserCertsOnly),
+            }),
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca_cert.cert, &ca_cert.key)
+        .unwrap();
+        let scoped = Crl::parse(scoped.der(), "root.crl".into()).unwrap();
+        let refusal = trust(&roots, Some(vec![scoped]))
+            .verify(&leaf.parsed(), &[], NOW)
+            .unwrap_err();
+        assert!(refusal.unsupported, "{refusal}");
+        assert!(
+            refusal
+                .message
+                .contains("has an issuing distribution point"),
+            "{refusal}"
+        );
+        // A CA whose key usage does not allow CRLs.
+        let no_crl_sign = make("CA without cRLSign", None, |p| {
+            ca(p);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        });
+        let leaf = make("localhost", Some(&no_crl_sign), |_| {});
+        // (rcgen signs CRLs only for issuers with cRLSign: a twin with it and the same key.)
+        let mut twin = CertificateParams::new(Vec::<String>::new()).unwrap();
+        twin.distinguished_name = no_crl_sign.cert.params().distinguished_name.clone();
+        twin.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let twin = Made {
+            cert: twin.self_signed(&no_crl_sign.key).unwrap(),
+            key: KeyPair::from_pem(&no_crl_sign.key.serialize_pem()).unwrap(),
+        };
+        let by_it = crl(&twin, &[], 2090);
+        assert_refused(
+            verdict(
+                &trust(&[no_crl_sign.parsed()], Some(vec![by_it])),
+                &leaf.parsed(),
+                &[],
+            ),
+            &[
+                "the certificate \"CN=CA without cRLSign\" of the root certificate file \
+               \"root.crt\" may not sign certificate revocation lists: its key usage lacks \
+               cRLSign",
+            ],
+        );
+        // A path length that holds.
+        let one = make("one-level CA", None, |p| {
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        });
+        let inter = make("intermediate", Some(&one), ca);
+        let leaf = make("localhost", Some(&inter), |_| {});
+        assert_eq!(
+            verdict(
+                &trust(&[one.parsed()], None),
+                &leaf.parsed(),
+                &[inter.parsed()]
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn key_usages_of_a_tls_server() {
         let ca_cert = make("CA", None, ca);
         let roots = [ca_cert.parsed()];
