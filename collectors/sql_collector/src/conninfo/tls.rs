@@ -1076,6 +1076,22 @@ Ue65QidzfNeDME9/Ltqd4QOAyuAC4S/f2gxarEawD6LiQV11Y9AZ/zb99sOIFQN1
             "{err}"
         );
         assert!(v.progress.unsupported.load(Ordering::Relaxed));
+        // The self-signed CA certificate with keyUsage keyCertSign and cRLSign that an earlier
+        // version trusted as itself: OpenSSL refuses it as a server certificate (D4).
+        let ecdsa = pem_cert(ECDSA_SHA256_CERT);
+        let err = verdict(
+            &verifier(std::slice::from_ref(&ecdsa), Verify::Chain, None),
+            &ecdsa.der,
+        )
+        .unwrap_err();
+        assert!(
+            err.ends_with(
+                "the server certificate \"CN=unrelated test CA\" is not for TLS servers: its \
+                 key usage (keyCertSign, cRLSign) has none of digitalSignature, \
+                 keyEncipherment, keyAgreement"
+            ),
+            "{err}"
+        );
         // Version 1 server certificates are verified (D5).
         let v1 = verifier(&[pem_cert(V1_CA)], Verify::Full, Some("db.example"));
         assert_eq!(verdict(&v1, &pem_cert(V1_LEAF).der), Ok(()));
