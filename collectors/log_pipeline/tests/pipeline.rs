@@ -86,14 +86,35 @@ async fn wait_distinct_where(
     secs: u64,
     keep: impl Fn(&Received) -> bool,
 ) {
-    rx.wait_for(secs, &format!("{n} distinct records {what}"), |rs| {
-        let mut seen = std::collections::HashSet::new();
-        for r in rs.iter().filter(|r| keep(r)) {
-            seen.insert(r.seq());
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let seen: std::collections::BTreeSet<u64> = rx
+            .records()
+            .iter()
+            .filter(|r| keep(r))
+            .map(Received::seq)
+            .collect();
+        if seen.len() as u64 >= n {
+            return;
         }
-        seen.len() as u64 >= n
-    })
-    .await;
+        if std::time::Instant::now() > deadline {
+            // Which ranges are missing tells a lost file from a slow reader.
+            let mut ranges: Vec<(u64, u64)> = Vec::new();
+            for i in (0..n).filter(|i| !seen.contains(i)) {
+                match ranges.last_mut() {
+                    Some((_, end)) if *end + 1 == i => *end = i,
+                    _ => ranges.push((i, i)),
+                }
+            }
+            panic!(
+                "timed out after {secs} s waiting for {n} distinct records {what}: have {}, missing {} in ranges {:?}",
+                seen.len(),
+                n - seen.len() as u64,
+                &ranges[..ranges.len().min(10)]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The entries of `source`'s checkpoint file (none while there is no file).

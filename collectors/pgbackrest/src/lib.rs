@@ -2,7 +2,8 @@
 //! the names and labels of woblerr/pgbackrest_exporter v0.23.
 //!
 //! Modules, each using only those listed after it:
-//! - [`http`]: the metrics route;
+//! - [`app`]: the program `pgbackrest_exporter` (flags, routes, wiring); the binary only calls
+//!   [`app::main`];
 //! - [`collector`]: the background collection loop, which runs the commands and records what
 //!   they print in its [`state::State`];
 //! - [`metrics`]: renders the state at scrape time;
@@ -20,13 +21,13 @@
 //! use pgbackrest_collector::settings::Settings;
 //! let collector = Collector::new(Settings::default());
 //! tokio::spawn(collector.clone().run(std::future::pending()));
-//! let app = pgbackrest_collector::http::router(collector, "/metrics");
+//! let app = pgbackrest_collector::app::router(collector, "/metrics");
 //! # let _ = app; }
 //! ```
 
+pub mod app;
 pub mod collector;
 pub mod command;
-pub mod http;
 pub mod info;
 pub mod metrics;
 pub mod settings;

@@ -52,8 +52,9 @@ pub struct Flavor {
 pub struct Cli {
     /// PostgreSQL URL or libpq key=value string (also PG_EXPORTER_URL, PGURL, or a file named
     /// by PG_EXPORTER_URL_FILE). A database named `pgbouncer` selects Pgbouncer mode. A
-    /// password given here is visible to every local user in `ps`: put the URL in
-    /// PG_EXPORTER_URL or in the PG_EXPORTER_URL_FILE file, or the password in ~/.pgpass.
+    /// password (or sslpassword) given here is visible to every local user in `ps`: put the
+    /// URL in PG_EXPORTER_URL or in the PG_EXPORTER_URL_FILE file, or the password in
+    /// ~/.pgpass.
     #[arg(short = 'u', long, env = "PG_EXPORTER_URL", hide_env_values = true)]
     pub url: Option<String>,
 
@@ -106,6 +107,16 @@ pub struct Cli {
         default_value = ""
     )]
     pub include_database: String,
+
+    /// Connections open at once, at most, to auto-discovered databases; they are collected in
+    /// parallel within it, and each connection closes when its scrape ends.
+    #[arg(
+        long,
+        env = "PG_EXPORTER_DISCOVERY_CONNECTIONS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub discovery_connections: u16,
 
     /// Prefix of the built-in metrics (default `pg`, or `pgbouncer` in Pgbouncer mode).
     #[arg(short = 'n', long, env = "PG_EXPORTER_NAMESPACE", default_value = "")]
@@ -329,9 +340,11 @@ async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
     let url = cli.resolve_url(flavor)?;
     let info = ConnInfo::parse(&url)
         .map_err(|e| anyhow::anyhow!("invalid URL {}: {e}", mask_password(&url)))?;
-    if cli.url_on_command_line && info.has_password() {
+    let secrets = info.secrets_given();
+    if cli.url_on_command_line && !secrets.is_empty() {
         warn!(
-            "The password given in --url is visible to every local user (ps, /proc/<pid>/cmdline): \
+            secrets = %secrets.join(","),
+            "A secret given in --url is visible to every local user (ps, /proc/<pid>/cmdline): \
              pass the URL in PG_EXPORTER_URL or in a file named by PG_EXPORTER_URL_FILE, or keep \
              the password in ~/.pgpass (or PGPASSFILE)."
         );
@@ -372,6 +385,7 @@ async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
         auto_discovery: cli.auto_discovery.unwrap_or(flavor.auto_discovery),
         exclude_databases: Cli::list(&cli.exclude_database),
         include_databases: Cli::list(&cli.include_database),
+        discovery_connections: usize::from(cli.discovery_connections),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let exporter = Exporter::new(settings, collectors, info);
@@ -497,7 +511,8 @@ impl AppState {
     }
 }
 
-/// SIGHUP and SIGUSR1 reload, as does any change of the config files (debounced).
+/// SIGHUP and SIGUSR1 reload, as does a change of the config files' content (debounced),
+/// wherever symlinks and swapped directories lead the config path.
 fn spawn_reload_triggers(state: &Arc<AppState>, lifecycle: &Lifecycle) -> anyhow::Result<()> {
     let mut hup = lifecycle.subscribe_reload();
     let s = state.clone();
@@ -515,85 +530,16 @@ fn spawn_reload_triggers(state: &Arc<AppState>, lifecycle: &Lifecycle) -> anyhow
         }
     });
     if let Some(path) = state.config_path.clone() {
-        use notify::Watcher as _;
-        let directory = path.is_dir();
-        // Watch the directory holding a config file, so editors that replace the file
-        // (write a temp file, rename) are seen too.
-        let watched = if directory {
-            path.clone()
-        } else {
-            path.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-        };
-        let relevant = ConfigEvents::new(&path, directory);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(e) = event
-                    && (e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove())
-                    && relevant.concern(&e.paths)
-                {
-                    let _ = tx.send(());
-                }
-            })?;
-        watcher.watch(&watched, notify::RecursiveMode::NonRecursive)?;
         let s = state.clone();
-        tokio::spawn(async move {
-            let _watcher = watcher;
-            while rx.recv().await.is_some() {
-                // Let a burst of writes settle before reading the files.
-                tokio::time::sleep(CONFIG_SETTLE).await;
-                while rx.try_recv().is_ok() {}
-                let _ = s.reload_if_changed();
-            }
-        });
+        config::watch::watch(path, CONFIG_SETTLE, move || {
+            let _ = s.reload_if_changed();
+        })?;
     }
     Ok(())
 }
 
 /// How long the config watcher lets a burst of file events settle before reading the files.
 const CONFIG_SETTLE: Duration = Duration::from_millis(300);
-
-/// Which file-system events of the watched directory may change the config: those naming the
-/// config file (a config file's directory also holds other files, such as the exporter's own
-/// log), a `*.yml`/`*.yaml` file (a config directory), or an entry of a Kubernetes-style
-/// atomic update (`..data`); every event when the config file is a symlink, whose target
-/// may change through any entry. A reload then still needs the content to differ.
-#[derive(Debug)]
-struct ConfigEvents {
-    /// The config file's name; `None` for a config directory.
-    file_name: Option<std::ffi::OsString>,
-    any: bool,
-}
-
-impl ConfigEvents {
-    fn new(path: &Path, directory: bool) -> Self {
-        ConfigEvents {
-            file_name: if directory {
-                None
-            } else {
-                path.file_name().map(ToOwned::to_owned)
-            },
-            any: !directory && path.is_symlink(),
-        }
-    }
-
-    fn concern(&self, paths: &[PathBuf]) -> bool {
-        self.any
-            || paths.iter().any(|p| {
-                let Some(name) = p.file_name() else {
-                    return false;
-                };
-                let text = name.to_string_lossy();
-                text.starts_with("..")
-                    || match &self.file_name {
-                        Some(file) => name == file,
-                        None => config::is_config_file_name(&text),
-                    }
-            })
-    }
-}
 
 /// The built-in endpoints and their aliases, as upstream serves them.
 pub const ROUTES: [(&[&str], &str); 7] = [
@@ -813,25 +759,6 @@ mod tests {
                 "postgres://h/db?sslmode=require"
             );
         }
-    }
-
-    #[test]
-    fn config_events_of_a_file_or_a_directory() {
-        let paths = |names: &[&str]| -> Vec<PathBuf> {
-            names.iter().map(|n| Path::new("/etc/pg").join(n)).collect()
-        };
-        let file = ConfigEvents::new(Path::new("/etc/pg/pg_exporter.yml"), false);
-        assert!(file.concern(&paths(&["pg_exporter.yml"])));
-        assert!(file.concern(&paths(&[".pg_exporter.yml.swp", "pg_exporter.yml"])));
-        assert!(file.concern(&paths(&["..data"])), "Kubernetes' atomic swap");
-        assert!(!file.concern(&paths(&["exporter.log"])));
-        assert!(!file.concern(&paths(&["other.yml"])));
-        assert!(!file.concern(&[]));
-        let dir = ConfigEvents::new(Path::new("/etc/pg"), true);
-        assert!(dir.concern(&paths(&["0100-a.yml"])));
-        assert!(dir.concern(&paths(&["0100-a.yaml"])));
-        assert!(!dir.concern(&paths(&["exporter.log"])));
-        assert!(!dir.concern(&paths(&["0100-a.yml.swp"])));
     }
 
     #[test]

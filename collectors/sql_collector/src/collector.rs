@@ -97,7 +97,8 @@ impl Outcome {
         self.error.is_some() || self.duplicate_rows > 0 || self.not_a_number > 0
     }
 
-    fn failed(started: Instant, error: CollectError) -> Outcome {
+    /// The outcome of an execution that failed with `error` before producing anything.
+    pub(crate) fn failed(started: Instant, error: CollectError) -> Outcome {
         Outcome {
             families: Vec::new(),
             error: Some(error),

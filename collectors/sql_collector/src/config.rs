@@ -35,6 +35,7 @@ mod explain;
 mod load;
 mod locate;
 mod parse;
+pub mod watch;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

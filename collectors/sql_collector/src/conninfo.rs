@@ -31,10 +31,13 @@
 
 mod certificate;
 mod connect;
+mod der;
 mod keywords;
 mod parse;
 mod pgpass;
+mod signature;
 mod tls;
+mod trust;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,7 +79,9 @@ pub enum SslMode {
     /// Plain first; TLS only if the server rejects the plain connection.
     Allow,
     /// TLS if the server offers it, else plain; also plain again if the TLS attempt fails
-    /// (handshake or authentication), as libpq does. The certificate is checked as for
+    /// (handshake or authentication), as libpq does, except after refusing a server
+    /// certificate for a reason libpq might not have (something we cannot check as it does):
+    /// never plain where libpq would use TLS. The certificate is checked as for
     /// [`SslMode::Require`]. The default.
     Prefer,
     /// TLS, without checking the server certificate, unless a root certificate file exists
@@ -84,8 +89,9 @@ pub enum SslMode {
     Require,
     /// TLS, the server certificate chain checked against `sslrootcert`, any host name.
     VerifyCa,
-    /// TLS, the chain checked and the host name (or IP address) matched against the
-    /// certificate's subject alternative names.
+    /// TLS, the chain checked and the host as written (name or IP address) matched against the
+    /// certificate's subject alternative names, or its Common Name when it has none of the
+    /// host's kind; `hostaddr` without `host` leaves no name to match and is refused.
     VerifyFull,
 }
 
@@ -466,6 +472,16 @@ impl ConnInfo {
     /// only read by [`connect`](Self::connect).
     pub fn has_password(&self) -> bool {
         self.values.get("password").is_some_and(|p| !p.is_empty())
+    }
+
+    /// The secret keywords (`password`, `sslpassword`, …) that have a non-empty value, by
+    /// name only: to warn about them without showing them.
+    pub fn secrets_given(&self) -> Vec<&'static str> {
+        self.values
+            .iter()
+            .filter(|(k, v)| keywords::is_secret(k) && !v.is_empty())
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     /// Whether `sslmode` is set (in the string or by the environment).

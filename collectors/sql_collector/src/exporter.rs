@@ -1,3 +1,5 @@
+// Longer than 800 lines: one scrape end to end (main server, discovered databases, budget,
+// self-metrics) and the reload and health state it reads, kept together so the order is visible.
 //! The exporter: the main server and the auto-discovered databases, the whole scrape with its
 //! self-metrics, the health state from a background probe, and config reloads.
 //!
@@ -10,26 +12,23 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_kit::exposition::{MetricType, TextEncoder, write_header};
-use futures_util::StreamExt as _;
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::config::CollectorSet;
 use crate::conninfo::ConnInfo;
 use crate::planner::ServerKind;
-use crate::server::{EngineSettings, Probe, Server, ServerScrape};
+use crate::server::{Collected, EngineSettings, OutcomeCache, Probe, Server, ServerScrape};
 
 /// How often the server's liveness and role are probed for `/up`, `/primary`, `/replica`.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
-
-/// How many discovered databases are scraped at once.
-const DISCOVERY_CONCURRENCY: usize = 4;
 
 /// Everything the exporter's flags decide.
 #[derive(Debug, Clone)]
@@ -46,6 +45,9 @@ pub struct ExporterSettings {
     pub exclude_databases: Vec<String>,
     /// When non-empty, only these databases are discovered.
     pub include_databases: Vec<String>,
+    /// Connections open at once to discovered databases, at most (`--discovery-connections`;
+    /// at least 1). Discovered databases are collected in parallel within it.
+    pub discovery_connections: usize,
     /// Version string for build info.
     pub version: String,
 }
@@ -64,6 +66,7 @@ impl Default for ExporterSettings {
             auto_discovery: true,
             exclude_databases: vec!["template0".into(), "template1".into(), "postgres".into()],
             include_databases: Vec::new(),
+            discovery_connections: 4,
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }
@@ -140,6 +143,13 @@ pub struct Exporter {
     collectors: RwLock<Arc<CollectorSet>>,
     primary: Arc<Server>,
     forks: Mutex<BTreeMap<String, Arc<Server>>>,
+    /// The budget of connections to discovered databases.
+    budget: Arc<Semaphore>,
+    /// The outcomes of every server's collectors.
+    cache: OutcomeCache,
+    /// Collectors already reported for repeating their series across databases (each is
+    /// logged once, until the next reload).
+    repeats_logged: Mutex<HashSet<Arc<str>>>,
     health: AtomicU8,
     version: AtomicU32,
     in_recovery: AtomicBool,
@@ -179,13 +189,15 @@ impl Exporter {
         let engine = Arc::new(settings.engine.clone());
         let bad_files = collectors.skipped_files.len() as u64;
         let collectors = Arc::new(collectors);
+        let cache = OutcomeCache::new();
         let primary = Server::new(
             info.clone(),
             kind,
-            false,
             engine.clone(),
             collectors.clone(),
+            cache.clone(),
         );
+        let budget = Arc::new(Semaphore::new(settings.discovery_connections.max(1)));
         let exporter = Exporter {
             settings,
             kind,
@@ -194,6 +206,9 @@ impl Exporter {
             collectors: RwLock::new(collectors),
             primary,
             forks: Mutex::default(),
+            budget,
+            cache,
+            repeats_logged: Mutex::default(),
             health: AtomicU8::new(Health::Unknown.as_u8()),
             version: AtomicU32::new(0),
             in_recovery: AtomicBool::new(false),
@@ -287,6 +302,7 @@ impl Exporter {
         for fork in self.forks.lock().expect("forks lock").values() {
             fork.set_collectors(collectors.clone());
         }
+        self.repeats_logged.lock().expect("repeats lock").clear();
         self.config_stats.bad_files.store(bad, Ordering::Relaxed);
         self.config_stats
             .last_reload_ok
@@ -331,7 +347,8 @@ impl Exporter {
             .collect()
     }
 
-    /// Adds servers for new databases and drops those of vanished ones.
+    /// Adds servers for new databases and drops those of vanished ones (a dropped one's
+    /// connection, if a scrape still runs on it, closes when that scrape ends).
     fn discover(&self, databases: &[String], main_db: &str) {
         if !self.settings.auto_discovery || self.kind == ServerKind::Pgbouncer {
             return;
@@ -353,9 +370,9 @@ impl Exporter {
             .collect();
         for db in gone {
             if let Some(server) = forks.remove(&db) {
-                info!(database = %db, "Database gone; no longer scraped.");
-                tokio::spawn(async move { server.close().await });
+                server.forget();
             }
+            info!(database = %db, "Database gone; no longer scraped.");
         }
         for db in wanted {
             if !forks.contains_key(db) {
@@ -363,26 +380,29 @@ impl Exporter {
                 let collectors = self.collectors.read().expect("collectors lock").clone();
                 forks.insert(
                     db.clone(),
-                    Server::new(
+                    Server::discovered(
                         self.info.with_dbname(db),
                         self.kind,
-                        true,
+                        self.budget.clone(),
                         self.engine.clone(),
                         collectors,
+                        self.cache.clone(),
                     ),
                 );
             }
         }
     }
 
-    /// One whole scrape: the main server, then the discovered databases concurrently, then the
-    /// self-metrics. Stops waiting at `deadline` (from the scraper's timeout header).
+    /// One whole scrape: the main server, then the discovered databases in parallel within
+    /// the connection budget, then the self-metrics. Stops waiting at `deadline` (from the
+    /// scraper's timeout header).
     pub async fn scrape(&self, deadline: Option<Instant>) -> String {
         let started = Instant::now();
-        let main = self.primary.scrape(deadline).await;
+        let main = self.primary.scrape(deadline, None).await;
         self.fatal_failed.store(main.fatal_failed, Ordering::SeqCst);
-        match self.primary.facts() {
-            Some(facts) if main.up => {
+        let instance = self.primary.facts().filter(|_| main.up);
+        match &instance {
+            Some(facts) => {
                 self.version.store(facts.version, Ordering::Relaxed);
                 self.in_recovery.store(facts.in_recovery, Ordering::Relaxed);
                 self.set_health(if facts.in_recovery {
@@ -392,7 +412,7 @@ impl Exporter {
                 });
                 self.discover(&facts.databases, &facts.dbname);
             }
-            _ => self.set_health(Health::Down),
+            None => self.set_health(Health::Down),
         }
         let forks: Vec<Arc<Server>> = self
             .forks
@@ -401,11 +421,13 @@ impl Exporter {
             .values()
             .cloned()
             .collect();
-        let fork_scrapes: Vec<ServerScrape> = futures_util::stream::iter(forks.iter().cloned())
-            .map(|server| async move { server.scrape(deadline).await })
-            .buffered(DISCOVERY_CONCURRENCY)
-            .collect()
-            .await;
+        // Each waits for a connection of the budget only when it has something to execute.
+        let fork_scrapes: Vec<ServerScrape> = futures_util::future::join_all(
+            forks
+                .iter()
+                .map(|server| server.scrape(deadline, instance.as_ref())),
+        )
+        .await;
 
         self.scrapes.fetch_add(1, Ordering::Relaxed);
         if !main.up {
@@ -420,14 +442,25 @@ impl Exporter {
             );
         }
 
-        let mut body = String::with_capacity(64 * 1024);
-        render_collector_output(&mut body, std::iter::once(&main).chain(fork_scrapes.iter()));
+        // Sized once: with hundreds of databases the body is megabytes, and a doubling
+        // String would reserve up to twice that.
+        let mut body = String::new();
+        let up = main.up;
+        let scrapes: Vec<(&Arc<Server>, ServerScrape)> = std::iter::once((&self.primary, main))
+            .chain(forks.iter().zip(fork_scrapes))
+            .collect();
+        self.render_collector_output(&mut body, &scrapes);
+        // The outcomes not cached are freed before the self-metrics are written.
+        drop(scrapes);
         *self.last_scrape_duration.lock().expect("lock") = started.elapsed().as_secs_f64();
         *self.last_scrape_time.lock().expect("lock") = unix_now();
         if !self.settings.disable_intro {
             let mut servers = vec![self.primary.clone()];
             servers.extend(forks);
-            self.render_self_metrics(&mut body, main.up, &servers);
+            let mut own = String::with_capacity(64 * 1024);
+            self.render_self_metrics(&mut own, up, &servers);
+            body.reserve_exact(own.len());
+            body.push_str(&own);
         }
         body
     }
@@ -474,7 +507,7 @@ impl Exporter {
                     ("builddate", option_env!("BUILD_DATE").unwrap_or("unknown")),
                     ("goversion", concat!("rust", env!("CARGO_PKG_RUST_VERSION"))),
                     ("goos", std::env::consts::OS),
-                    ("goarch", if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+                    ("goarch", agent_kit::process_metrics::goarch()),
                 ],
                 1.0,
             );
@@ -650,6 +683,135 @@ impl Exporter {
         agent_kit::process_metrics::encode(&mut enc);
     }
 
+    /// Writes every collector family once, with the samples of all servers grouped under it,
+    /// in first-seen order. A series another server already gave (a collector without the
+    /// `cluster` tag or a `datname` label runs on every database) is dropped, as rows with a
+    /// repeated label set are within one collector: counted as an error of the collector on
+    /// the database that repeats it, and logged once per collector.
+    fn render_collector_output(&self, body: &mut String, scrapes: &[(&Arc<Server>, ServerScrape)]) {
+        struct Part<'a> {
+            server: usize,
+            collected: &'a Collected,
+            lines: &'a str,
+        }
+        struct Group<'a> {
+            help: &'a str,
+            kind: MetricType,
+            parts: Vec<Part<'a>>,
+            samples: usize,
+            servers: usize,
+        }
+        let mut order: Vec<&str> = Vec::new();
+        let mut groups: HashMap<&str, Group<'_>> = HashMap::new();
+        for (server, (_, scrape)) in scrapes.iter().enumerate() {
+            for collected in &scrape.outcomes {
+                for family in &collected.outcome.families {
+                    if family.samples == 0 {
+                        continue;
+                    }
+                    let group = groups.entry(&family.name).or_insert_with(|| {
+                        order.push(&family.name);
+                        Group {
+                            help: &family.help,
+                            kind: family.kind,
+                            parts: Vec::new(),
+                            samples: 0,
+                            servers: 0,
+                        }
+                    });
+                    if group.parts.last().is_none_or(|p| p.server != server) {
+                        group.servers += 1;
+                    }
+                    group.samples += family.samples;
+                    group.parts.push(Part {
+                        server,
+                        collected,
+                        lines: &family.lines,
+                    });
+                }
+            }
+        }
+        body.reserve_exact(
+            order
+                .iter()
+                .map(|name| {
+                    let group = &groups[name];
+                    let lines: usize = group.parts.iter().map(|p| p.lines.len()).sum();
+                    2 * name.len() + group.help.len() + 32 + lines
+                })
+                .sum::<usize>()
+                + 1024,
+        );
+        // (repeating server, its collector, server that gave the series first)
+        let mut repeats: Vec<(usize, &Collected, usize)> = Vec::new();
+        for name in &order {
+            let name = *name;
+            let group = &groups[name];
+            write_header(body, name, group.help, group.kind);
+            if group.servers < 2 {
+                for part in &group.parts {
+                    body.push_str(part.lines);
+                }
+                continue;
+            }
+            // Series (the line without its value) to the server that gave it first.
+            let mut first: HashMap<&str, usize> = HashMap::with_capacity(group.samples);
+            for part in &group.parts {
+                let mut repeated_from = None;
+                for line in part.lines.split_inclusive('\n') {
+                    let series = line
+                        .trim_end()
+                        .rsplit_once(' ')
+                        .map_or(line, |(series, _)| series);
+                    match first.entry(series) {
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(part.server);
+                            body.push_str(line);
+                        }
+                        std::collections::hash_map::Entry::Occupied(e) => {
+                            if *e.get() != part.server {
+                                repeated_from.get_or_insert(*e.get());
+                            }
+                        }
+                    }
+                }
+                if let Some(from) = repeated_from
+                    && !repeats
+                        .iter()
+                        .any(|(s, c, _)| *s == part.server && std::ptr::eq(*c, part.collected))
+                {
+                    repeats.push((part.server, part.collected, from));
+                }
+            }
+        }
+        for (server, collected, from) in repeats {
+            let outcome = &collected.outcome;
+            // An invocation counts one error, whatever went wrong.
+            if outcome.error.is_none() && outcome.duplicate_rows == 0 {
+                collected
+                    .planned
+                    .stats
+                    .errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let config = &collected.planned.config;
+            let first_time = self
+                .repeats_logged
+                .lock()
+                .expect("repeats lock")
+                .insert(config.branch.as_str().into());
+            if first_time {
+                warn!(
+                    collector = %config.branch,
+                    database = %scrapes[server].0.dbname(),
+                    first = %scrapes[from].0.dbname(),
+                    "Collector gives the same series on several databases; only the first \
+                     copy is kept. Tag it `cluster` to run it once, or give it a `datname` label."
+                );
+            }
+        }
+    }
+
     /// The `/explain` text: every planned collector of the main server.
     pub fn explain(&self) -> String {
         let plan = self.primary.plan();
@@ -686,46 +848,6 @@ impl Exporter {
             );
         }
         out
-    }
-}
-
-/// Writes every collector family once, with the samples of all servers grouped under it, in
-/// first-seen order.
-fn render_collector_output<'a>(body: &mut String, scrapes: impl Iterator<Item = &'a ServerScrape>) {
-    struct Group<'a> {
-        help: &'a str,
-        kind: MetricType,
-        lines: Vec<&'a str>,
-    }
-    let mut order: Vec<&str> = Vec::new();
-    let mut groups: HashMap<&str, Group<'_>> = HashMap::new();
-    for scrape in scrapes {
-        for outcome in &scrape.outcomes {
-            for family in &outcome.families {
-                if family.samples == 0 {
-                    continue;
-                }
-                groups
-                    .entry(&family.name)
-                    .or_insert_with(|| {
-                        order.push(&family.name);
-                        Group {
-                            help: &family.help,
-                            kind: family.kind,
-                            lines: Vec::new(),
-                        }
-                    })
-                    .lines
-                    .push(&family.lines);
-            }
-        }
-    }
-    for name in order {
-        let group = &groups[name];
-        write_header(body, name, group.help, group.kind);
-        for lines in &group.lines {
-            body.push_str(lines);
-        }
     }
 }
 

@@ -1,22 +1,32 @@
+// Longer than 800 lines: a server's pre-check, plan, cache and connection lifetime decide
+// together when a connection to a discovered database may exist; apart they would hide that.
 //! One monitored database connection ("server"): its pre-check (facts), its plan, its TTL
 //! cache of collector outcomes and its scrape.
 //!
 //! A scrape of a [`Server`] gathers facts, re-plans when they changed, runs the fatal
 //! collectors first and then the others, each through the cache: concurrent scrapes coalesce
 //! into one execution per collector and a scrape waits only for expired entries.
+//!
+//! The main server keeps its connection (and the health probe's) open. An auto-discovered
+//! database is connected only while a scrape needs it, within the exporter's budget of
+//! connections to discovered databases, and closed as soon as the last execution on it ends:
+//! no session of ours is left for a DBA's `DROP DATABASE` to wait for. When every collector
+//! of a discovered database is still cached, its scrape does not connect at all.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use moka::Expiry;
 use moka::future::Cache;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::collector::{Outcome, PredicateCache, execute};
+use crate::collector::{CollectError, FamilyOutput, Outcome, PredicateCache, execute};
 use crate::config::{CollectorConfig, CollectorSet};
 use crate::connection::{DbConnection, Protocol, QueryError};
-use crate::conninfo::ConnInfo;
+use crate::conninfo::{ConnInfo, ConnInfoError};
 use crate::planner::{Facts, PlanTarget, ServerKind, plan};
 
 /// Settings shared by every server of one exporter.
@@ -52,14 +62,16 @@ pub struct PlannedCollector {
     pub config: Arc<CollectorConfig>,
     /// Its counters since the last plan.
     pub stats: CollectorStats,
-    /// The latest outcome seen, for metric counts, durations and the remaining TTL.
+    /// The latest execution's outcome without its rendered lines (the cache keeps those for
+    /// the TTL), for sample counts, errors, durations and the remaining TTL.
     pub last: Mutex<Option<Arc<Outcome>>>,
 }
 
 /// The plan in force on a server.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Distinguishes plans, so cache entries of an old plan are never served.
+    /// Distinguishes plans of every server of the process (they share one cache), so cache
+    /// entries of an old plan are never served.
     pub generation: u64,
     /// The planned collectors in execution order.
     pub collectors: Vec<Arc<PlannedCollector>>,
@@ -78,13 +90,22 @@ pub struct ServerStats {
     pub last_micros: AtomicU64,
 }
 
+/// One collector's outcome in a scrape.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    /// The planned collector (its statistics count what the exporter drops later).
+    pub planned: Arc<PlannedCollector>,
+    /// Its outcome, executed or cached.
+    pub outcome: Arc<Outcome>,
+}
+
 /// What one scrape of a server produced.
 #[derive(Debug, Default)]
 pub struct ServerScrape {
     /// Pre-check and fatal collectors succeeded.
     pub up: bool,
     /// Outcomes in plan order (only for collectors that finished before the deadline).
-    pub outcomes: Vec<Arc<Outcome>>,
+    pub outcomes: Vec<Collected>,
     /// Collectors left out because the scrape deadline passed first.
     pub cut_off: usize,
     /// The pre-check passed but a fatal collector failed.
@@ -121,7 +142,97 @@ impl Expiry<(u64, usize), (Arc<Outcome>, Duration)> for TtlExpiry {
     }
 }
 
-type OutcomeCache = Cache<(u64, usize), (Arc<Outcome>, Duration)>;
+/// The TTL cache of collector outcomes, keyed by plan generation and collector, shared by
+/// the servers of an exporter (a cache of its own per discovered database would cost tens of
+/// kilobytes each, and hundreds of databases are common). Cheap to clone.
+#[derive(Clone)]
+pub struct OutcomeCache(Cache<(u64, usize), (Arc<Outcome>, Duration)>);
+
+impl OutcomeCache {
+    /// An empty cache.
+    pub fn new() -> OutcomeCache {
+        OutcomeCache(
+            Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(TtlExpiry)
+                .support_invalidation_closures()
+                .build(),
+        )
+    }
+
+    /// Forgets the entries of the plan `generation`.
+    fn forget(&self, generation: u64) {
+        // Only fails without `support_invalidation_closures`, set above.
+        let _ = self
+            .0
+            .invalidate_entries_if(move |(g, _), _| *g == generation);
+    }
+}
+
+impl Default for OutcomeCache {
+    fn default() -> Self {
+        OutcomeCache::new()
+    }
+}
+
+impl std::fmt::Debug for OutcomeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutcomeCache")
+            .field("entries", &self.0.entry_count())
+            .finish()
+    }
+}
+
+/// The last plan generation given out, across all servers.
+static PLAN_GENERATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// An open connection and, to a discovered database, its place in the exporter's budget
+/// (given back when the connection is dropped).
+#[derive(Debug)]
+struct Held {
+    conn: DbConnection,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a server finds its open connection: kept (main server and probe), or shared by the
+/// scrapes in flight and closed when the last one drops it (discovered databases).
+#[derive(Debug, Default)]
+struct Slot {
+    kept: Option<Arc<Held>>,
+    shared: Weak<Held>,
+}
+
+impl Slot {
+    fn live(&self) -> Option<Arc<Held>> {
+        self.kept
+            .clone()
+            .or_else(|| self.shared.upgrade())
+            .filter(|held| !held.conn.is_closed())
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// Every connection of the budget for discovered databases stayed in use until the
+    /// scrape's deadline.
+    #[error(
+        "no connection of the budget for discovered databases became free before the scrape's deadline"
+    )]
+    Budget,
+    /// Connecting failed.
+    #[error(transparent)]
+    Connect(#[from] ConnInfoError),
+}
+
+impl OpenError {
+    /// The database no longer exists (dropped or renamed since it was discovered).
+    fn database_gone(&self) -> bool {
+        matches!(self, OpenError::Connect(e) if e.db_error().is_some_and(|db| {
+            db.code() == &tokio_postgres::error::SqlState::UNDEFINED_DATABASE
+        }))
+    }
+}
 
 /// One database connection target: the main one, or one per auto-discovered database.
 pub struct Server {
@@ -131,14 +242,15 @@ pub struct Server {
     settings: Arc<EngineSettings>,
     collectors: RwLock<Arc<CollectorSet>>,
     needs_plan: AtomicBool,
-    connection: tokio::sync::Mutex<Option<Arc<DbConnection>>>,
+    /// Bounds the connections open at once to discovered databases (`None`: main server).
+    budget: Option<Arc<Semaphore>>,
+    connection: tokio::sync::Mutex<Slot>,
     /// The health probe's own connection: a slow collector query must not delay it.
-    probe_connection: tokio::sync::Mutex<Option<Arc<DbConnection>>>,
+    probe_connection: tokio::sync::Mutex<Slot>,
     facts: tokio::sync::Mutex<Option<(Instant, Facts)>>,
     last_facts: RwLock<Option<Facts>>,
     last_planned_facts: RwLock<Option<Facts>>,
     plan: RwLock<Arc<Plan>>,
-    plan_generation: AtomicU64,
     cache: OutcomeCache,
     predicates: Arc<PredicateCache>,
     /// Scrape counters of this server.
@@ -155,36 +267,54 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// How long gathered facts are reused by concurrent scrapes.
-const FACTS_REUSE: Duration = Duration::from_millis(250);
-
 impl Server {
-    /// A server for `info`; `forked` marks auto-discovered databases.
+    /// The main server for `info`, whose connections stay open; its outcomes go to `cache`.
     pub fn new(
         info: ConnInfo,
         kind: ServerKind,
-        forked: bool,
         settings: Arc<EngineSettings>,
         collectors: Arc<CollectorSet>,
+        cache: OutcomeCache,
+    ) -> Arc<Server> {
+        Self::build(info, kind, None, settings, collectors, cache)
+    }
+
+    /// An auto-discovered database: connected only while a scrape needs it, with a permit
+    /// of `budget` for as long as the connection is open.
+    pub fn discovered(
+        info: ConnInfo,
+        kind: ServerKind,
+        budget: Arc<Semaphore>,
+        settings: Arc<EngineSettings>,
+        collectors: Arc<CollectorSet>,
+        cache: OutcomeCache,
+    ) -> Arc<Server> {
+        Self::build(info, kind, Some(budget), settings, collectors, cache)
+    }
+
+    fn build(
+        info: ConnInfo,
+        kind: ServerKind,
+        budget: Option<Arc<Semaphore>>,
+        settings: Arc<EngineSettings>,
+        collectors: Arc<CollectorSet>,
+        cache: OutcomeCache,
     ) -> Arc<Server> {
         Arc::new(Server {
             info,
             kind,
-            forked,
+            forked: budget.is_some(),
             settings,
             collectors: RwLock::new(collectors),
             needs_plan: AtomicBool::new(true),
-            connection: tokio::sync::Mutex::new(None),
-            probe_connection: tokio::sync::Mutex::new(None),
+            budget,
+            connection: tokio::sync::Mutex::default(),
+            probe_connection: tokio::sync::Mutex::default(),
             facts: tokio::sync::Mutex::new(None),
             last_facts: RwLock::new(None),
             last_planned_facts: RwLock::new(None),
             plan: RwLock::new(Arc::default()),
-            plan_generation: AtomicU64::new(0),
-            cache: Cache::builder()
-                .max_capacity(10_000)
-                .expire_after(TtlExpiry)
-                .build(),
+            cache,
             predicates: Arc::default(),
             stats: ServerStats::default(),
         })
@@ -211,31 +341,32 @@ impl Server {
         self.plan.read().expect("plan lock").clone()
     }
 
+    /// Forgets the cached outcomes (the exporter no longer scrapes this server).
+    pub fn forget(&self) {
+        self.cache.forget(self.plan().generation);
+    }
+
     /// Swaps in a new collector set (reload); the next scrape re-plans.
     pub fn set_collectors(&self, collectors: Arc<CollectorSet>) {
         *self.collectors.write().expect("collectors lock") = collectors;
         self.needs_plan.store(true, Ordering::SeqCst);
     }
 
-    /// Drops the connection (e.g. when the exporter forgets a dropped database).
-    pub async fn close(&self) {
-        self.connection.lock().await.take();
-    }
-
     /// Returns the open scrape connection, connecting first when there is none or it broke.
-    async fn connection(&self) -> Result<Arc<DbConnection>, String> {
-        self.open(&self.connection).await.map_err(|e| e.to_string())
+    /// A discovered database waits for a permit of the budget until `deadline`.
+    async fn connection(&self, deadline: Option<Instant>) -> Result<Arc<Held>, OpenError> {
+        self.open(&self.connection, deadline).await
     }
 
     /// Probes liveness and role on the probe connection: `SELECT pg_is_in_recovery()`, or
     /// `SHOW VERSION` on Pgbouncer (which answers with no rows on some versions: still up).
     pub async fn probe(&self) -> Probe {
-        let conn = match self.open(&self.probe_connection).await {
+        let conn = match self.open(&self.probe_connection, None).await {
             Ok(c) => c,
             Err(e) => {
-                let starting = e.db_error().is_some_and(|db| {
+                let starting = matches!(&e, OpenError::Connect(e) if e.db_error().is_some_and(|db| {
                     db.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW
-                });
+                }));
                 return if starting {
                     Probe::Starting
                 } else {
@@ -248,7 +379,7 @@ impl Server {
             ServerKind::Postgres => "SELECT pg_is_in_recovery()",
             ServerKind::Pgbouncer => "SHOW VERSION",
         };
-        match conn.query(sql, deadline).await {
+        match conn.conn.query(sql, deadline).await {
             Ok(result) => Probe::Up {
                 in_recovery: matches!(
                     result.rows.first().and_then(|r| r.first()),
@@ -256,55 +387,90 @@ impl Server {
                 ),
             },
             Err(e) => {
-                self.probe_connection.lock().await.take();
+                self.probe_connection.lock().await.kept.take();
                 Probe::Down(e.to_string())
             }
         }
     }
 
+    /// The open connection of `slot`, else a new one: kept in the slot for the main server,
+    /// shared until its last user drops it for a discovered database, which first waits
+    /// (until `deadline`) for a permit of the budget. Connecting is bounded by the connect
+    /// timeout and `deadline`: a database being dropped makes new sessions wait for the
+    /// `DROP` to end.
     async fn open(
         &self,
-        slot: &tokio::sync::Mutex<Option<Arc<DbConnection>>>,
-    ) -> Result<Arc<DbConnection>, crate::conninfo::ConnInfoError> {
+        slot: &tokio::sync::Mutex<Slot>,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<Held>, OpenError> {
         let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref()
-            && !conn.is_closed()
-        {
-            return Ok(conn.clone());
+        if let Some(held) = slot.live() {
+            return Ok(held);
         }
-        slot.take();
+        *slot = Slot::default();
+        let permit = match &self.budget {
+            None => None,
+            Some(budget) => {
+                let acquire = budget.clone().acquire_owned();
+                let permit = match deadline {
+                    None => acquire.await,
+                    Some(d) => tokio::time::timeout_at(d.into(), acquire)
+                        .await
+                        .map_err(|_| OpenError::Budget)?,
+                };
+                Some(permit.expect("the budget semaphore is never closed"))
+            }
+        };
         let protocol = match self.kind {
             ServerKind::Postgres => Protocol::Extended,
             ServerKind::Pgbouncer => Protocol::Simple,
         };
-        let conn = self
-            .info
-            .connect_db(protocol, self.settings.connect_timeout)
-            .await?;
+        let timeout = match deadline {
+            Some(d) => self
+                .settings
+                .connect_timeout
+                .min(d.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(1)),
+            None => self.settings.connect_timeout,
+        };
+        let conn = self.info.connect_db(protocol, timeout).await?;
         if self.kind == ServerKind::Postgres {
-            // Best effort, as upstream: the name only helps DBAs spot the exporter.
-            let set = conn
+            // Best effort, as upstream: the name only helps DBAs spot the exporter. Sent
+            // without waiting for its answer (which is discarded): it goes out ahead of the
+            // next query, one round trip less for every connection to a discovered database.
+            let _ = conn
                 .client()
-                .batch_execute("SET application_name = 'pg_exporter'");
-            if let Ok(Err(e)) = tokio::time::timeout(self.settings.connect_timeout, set).await {
-                debug!(error = %crate::connection::db_error_text(&e), "Cannot set application_name.");
-            }
+                .batch_execute("SET application_name = 'pg_exporter'")
+                .now_or_never();
         }
-        let conn = Arc::new(conn);
-        *slot = Some(conn.clone());
+        let held = Arc::new(Held {
+            conn,
+            _permit: permit,
+        });
+        if self.forked {
+            slot.shared = Arc::downgrade(&held);
+        } else {
+            slot.kept = Some(held.clone());
+        }
         debug!(url = %self.info.masked(), "Connected.");
-        Ok(conn)
+        Ok(held)
     }
 
-    /// Gathers facts (reusing very recent ones, so concurrent scrapes ask once).
-    pub async fn refresh_facts(&self) -> Result<Facts, String> {
+    /// Gathers facts on `conn`, or takes those a concurrent scrape gathered after `since`
+    /// (so concurrent scrapes ask once, and every scrape sees databases created or dropped
+    /// before it started).
+    async fn refresh_facts(&self, conn: &Held, since: Instant) -> Result<Facts, String> {
         let mut cached = self.facts.lock().await;
         if let Some((at, facts)) = cached.as_ref()
-            && at.elapsed() < FACTS_REUSE
+            && *at >= since
         {
             return Ok(facts.clone());
         }
-        let result = self.gather_facts().await;
+        let deadline = Some(Instant::now() + self.settings.connect_timeout);
+        let result = match self.kind {
+            ServerKind::Pgbouncer => crate::pgbouncer::facts(&conn.conn, deadline).await,
+            ServerKind::Postgres => postgres_facts(&conn.conn, self.forked, deadline).await,
+        };
         match &result {
             Ok(facts) => {
                 *cached = Some((Instant::now(), facts.clone()));
@@ -313,19 +479,32 @@ impl Server {
             Err(_) => {
                 cached.take();
                 // A broken connection is replaced at the next attempt.
-                self.connection.lock().await.take();
+                self.connection.lock().await.kept.take();
             }
         }
         result
     }
 
-    async fn gather_facts(&self) -> Result<Facts, String> {
-        let conn = self.connection().await?;
-        let deadline = Some(Instant::now() + self.settings.connect_timeout);
-        match self.kind {
-            ServerKind::Pgbouncer => crate::pgbouncer::facts(&conn, deadline).await,
-            ServerKind::Postgres => postgres_facts(&conn, deadline).await,
+    /// The plan of a discovered database when its scrape needs no connection: planned for
+    /// the instance's current version and role, and every collector's outcome cached.
+    fn plan_served_from_cache(&self, instance: Option<&Facts>) -> Option<Arc<Plan>> {
+        if !self.forked || self.settings.disable_cache || self.needs_plan.load(Ordering::SeqCst) {
+            return None;
         }
+        let instance = instance?;
+        let same_role = self
+            .last_planned_facts
+            .read()
+            .expect("plan facts lock")
+            .as_ref()
+            .is_some_and(|f| {
+                f.version == instance.version && f.in_recovery == instance.in_recovery
+            });
+        let plan = self.plan();
+        let cached = plan.generation > 0
+            && (0..plan.collectors.len())
+                .all(|idx| self.cache.0.contains_key(&(plan.generation, idx)));
+        (same_role && cached).then_some(plan)
     }
 
     /// Re-plans if the facts or the config changed since the last plan.
@@ -349,7 +528,7 @@ impl Server {
                 exporter_tags: &self.settings.tags,
             },
         );
-        let generation = self.plan_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let generation = PLAN_GENERATIONS.fetch_add(1, Ordering::SeqCst) + 1;
         let new_plan = Plan {
             generation,
             collectors: planned
@@ -370,17 +549,26 @@ impl Server {
             collectors = new_plan.collectors.len(),
             "Planned collectors."
         );
-        *self.plan.write().expect("plan lock") = Arc::new(new_plan);
+        let old = std::mem::replace(
+            &mut *self.plan.write().expect("plan lock"),
+            Arc::new(new_plan),
+        );
         *self.last_planned_facts.write().expect("plan facts lock") = Some(facts.clone());
-        self.cache.invalidate_all();
+        self.cache.forget(old.generation);
         self.predicates.clear();
     }
 
     /// Scrapes this server: pre-check, plan, fatal collectors, then the others. Stops waiting
-    /// at `deadline` and reports what was left out.
-    pub async fn scrape(self: &Arc<Self>, deadline: Option<Instant>) -> ServerScrape {
+    /// at `deadline` and reports what was left out. `instance` is the main server's facts of
+    /// this scrape (for a discovered database: when its version and role are those it was
+    /// planned for and every outcome is cached, it is not connected to).
+    pub async fn scrape(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        instance: Option<&Facts>,
+    ) -> ServerScrape {
         let started = Instant::now();
-        let result = self.scrape_inner(deadline).await;
+        let result = self.scrape_inner(started, deadline, instance).await;
         let micros = started.elapsed().as_micros() as u64;
         self.stats.scrapes.fetch_add(1, Ordering::Relaxed);
         self.stats.total_micros.fetch_add(micros, Ordering::Relaxed);
@@ -391,8 +579,31 @@ impl Server {
         result
     }
 
-    async fn scrape_inner(self: &Arc<Self>, deadline: Option<Instant>) -> ServerScrape {
-        let facts = match self.refresh_facts().await {
+    async fn scrape_inner(
+        self: &Arc<Self>,
+        started: Instant,
+        deadline: Option<Instant>,
+        instance: Option<&Facts>,
+    ) -> ServerScrape {
+        if let Some(plan) = self.plan_served_from_cache(instance) {
+            return self.run_plan(&plan, None, deadline).await;
+        }
+        let conn = match self.connection(deadline).await {
+            Ok(conn) => conn,
+            Err(OpenError::Budget) => {
+                // Whatever is cached is served; the rest is left out.
+                return self.run_plan(&self.plan(), None, deadline).await;
+            }
+            Err(e) if self.forked && e.database_gone() => {
+                info!(url = %self.info.masked(), "Database gone before its scrape.");
+                return ServerScrape::default();
+            }
+            Err(e) => {
+                warn!(url = %self.info.masked(), error = %e, "Pre-check failed; server is down.");
+                return ServerScrape::default();
+            }
+        };
+        let facts = match self.refresh_facts(&conn, started).await {
             Ok(f) => f,
             Err(e) => {
                 warn!(url = %self.info.masked(), error = %e, "Pre-check failed; server is down.");
@@ -401,14 +612,24 @@ impl Server {
         };
         self.ensure_plan(&facts);
         let plan = self.plan();
-        let Ok(conn) = self.connection().await else {
-            return ServerScrape::default();
-        };
-        let mut scrape = ServerScrape {
-            up: true,
-            ..ServerScrape::default()
-        };
-        let fatal_first = plan
+        self.run_plan(&plan, Some(conn), deadline).await
+    }
+
+    /// Runs `plan`'s collectors through the cache, fatal ones first, on `conn`. Without it,
+    /// an execution connects (to a discovered database all cached when the scrape began);
+    /// when the `deadline` has passed already (no connection of the budget came free), only
+    /// cached outcomes are served.
+    ///
+    /// One task runs the plan, so that a scrape giving up at its deadline does not cancel
+    /// the executions: their results still land in the cache for the next scrape. What has
+    /// not completed at the deadline is served from the cache, else counted as cut off.
+    async fn run_plan(
+        self: &Arc<Self>,
+        plan: &Arc<Plan>,
+        conn: Option<Arc<Held>>,
+        deadline: Option<Instant>,
+    ) -> ServerScrape {
+        let order: Vec<usize> = plan
             .collectors
             .iter()
             .enumerate()
@@ -418,23 +639,65 @@ impl Server {
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| !c.config.fatal),
-            );
-        for (idx, planned) in fatal_first {
-            match self.run(&plan, idx, planned, &conn, deadline).await {
-                Some(outcome) => {
-                    if planned.config.fatal && outcome.error.is_some() {
-                        warn!(
-                            url = %self.info.masked(),
-                            collector = %planned.config.branch,
-                            error = %outcome.error.as_ref().map(ToString::to_string).unwrap_or_default(),
-                            "Fatal collector failed; server is down for this scrape."
-                        );
-                        return ServerScrape {
-                            fatal_failed: true,
-                            ..ServerScrape::default()
-                        };
+            )
+            .map(|(idx, _)| idx)
+            .collect();
+        let cached_only = conn.is_none() && deadline.is_some_and(|d| d <= Instant::now());
+        let progress: Arc<Mutex<ServerScrape>> = Arc::new(Mutex::new(ServerScrape {
+            up: true,
+            ..ServerScrape::default()
+        }));
+        if !cached_only {
+            let task = {
+                let (server, plan, order, progress) =
+                    (self.clone(), plan.clone(), order.clone(), progress.clone());
+                tokio::spawn(async move {
+                    for idx in order {
+                        let planned = &plan.collectors[idx];
+                        let outcome = server.run(&plan, idx, conn.as_ref()).await;
+                        let mut progress = progress.lock().expect("progress lock");
+                        if planned.config.fatal && outcome.error.is_some() {
+                            warn!(
+                                url = %server.info.masked(),
+                                collector = %planned.config.branch,
+                                error = %outcome.error.as_ref().map(ToString::to_string).unwrap_or_default(),
+                                "Fatal collector failed; server is down for this scrape."
+                            );
+                            progress.fatal_failed = true;
+                            return;
+                        }
+                        progress.outcomes.push(Collected {
+                            planned: planned.clone(),
+                            outcome,
+                        });
                     }
-                    scrape.outcomes.push(outcome);
+                })
+            };
+            match deadline {
+                None => task.await.expect("plan task panicked"),
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), task).await;
+                }
+            }
+        }
+        let mut scrape = std::mem::take(&mut *progress.lock().expect("progress lock"));
+        if scrape.fatal_failed {
+            return ServerScrape {
+                fatal_failed: true,
+                ..ServerScrape::default()
+            };
+        }
+        scrape.up = true;
+        for &idx in &order[scrape.outcomes.len()..] {
+            let planned = &plan.collectors[idx];
+            match self.cache.0.get(&(plan.generation, idx)).await {
+                Some((outcome, _)) => {
+                    planned.stats.total.fetch_add(1, Ordering::Relaxed);
+                    count(&planned.stats, &outcome, false);
+                    scrape.outcomes.push(Collected {
+                        planned: planned.clone(),
+                        outcome,
+                    });
                 }
                 None => scrape.cut_off += 1,
             }
@@ -442,91 +705,126 @@ impl Server {
         scrape
     }
 
-    /// One invocation of a planned collector through the cache. `None` when the deadline
-    /// passed before a result was available.
+    /// One invocation of a planned collector through the cache, executed on `conn` or else
+    /// a connection of its own.
     async fn run(
         self: &Arc<Self>,
         plan: &Plan,
         idx: usize,
-        planned: &Arc<PlannedCollector>,
-        conn: &Arc<DbConnection>,
-        deadline: Option<Instant>,
-    ) -> Option<Arc<Outcome>> {
+        conn: Option<&Arc<Held>>,
+    ) -> Arc<Outcome> {
+        let planned = &plan.collectors[idx];
         planned.stats.total.fetch_add(1, Ordering::Relaxed);
-        let executed = Arc::new(AtomicBool::new(false));
         let key = (plan.generation, idx);
         let ttl = if self.settings.disable_cache {
             Duration::ZERO
         } else {
             planned.config.ttl
         };
-        let exec = {
-            let server = self.clone();
-            let conn = conn.clone();
-            let config = planned.config.clone();
-            let executed = executed.clone();
-            async move {
-                // Spawned so that a scrape giving up at its deadline does not cancel the
-                // execution: its result still lands in the cache for the next scrape.
-                let handle = tokio::spawn(async move {
-                    executed.store(true, Ordering::Relaxed);
-                    let outcome = execute(
-                        &config,
-                        &conn,
-                        &server.settings.const_labels,
-                        &server.predicates,
+        let executed = AtomicBool::new(false);
+        let exec = async {
+            executed.store(true, Ordering::Relaxed);
+            let started = Instant::now();
+            let conn = match conn {
+                Some(held) => Ok(held.clone()),
+                None => self.connection(None).await,
+            };
+            let mut outcome = match conn {
+                Ok(held) => {
+                    execute(
+                        &planned.config,
+                        &held.conn,
+                        &self.settings.const_labels,
+                        &self.predicates,
                     )
-                    .await;
-                    if let Some(e) = &outcome.error {
-                        warn!(collector = %config.branch, url = %server.info.masked(), error = %e, "Collector failed.");
-                    }
-                    // Cheap to clone: served to every scrape until it expires.
-                    let entry = (Arc::new(outcome), ttl);
-                    if !ttl.is_zero() {
-                        server.cache.insert(key, entry.clone()).await;
-                    }
-                    entry
-                });
-                handle.await.expect("collector execution task panicked")
+                    .await
+                }
+                Err(e) => {
+                    Outcome::failed(started, CollectError::Query(format!("cannot connect: {e}")))
+                }
+            };
+            if let Some(e) = &outcome.error {
+                warn!(collector = %planned.config.branch, url = %self.info.masked(), error = %e, "Collector failed.");
             }
-        };
-        let lookup = async {
-            if self.settings.disable_cache {
-                exec.await
-            } else {
-                self.cache.get_with(key, exec).await
+            for family in &mut outcome.families {
+                family.lines.shrink_to_fit();
             }
+            *planned.last.lock().expect("outcome lock") = Some(Arc::new(summary(&outcome)));
+            // Cheap to clone: served to every scrape until it expires.
+            (Arc::new(outcome), ttl)
         };
-        let entry = match deadline {
-            None => lookup.await,
-            Some(d) => match tokio::time::timeout_at(d.into(), lookup).await {
-                Ok(entry) => entry,
-                Err(_) => self.cache.get(&key).await?,
-            },
+        let (outcome, _) = if self.settings.disable_cache {
+            exec.await
+        } else {
+            self.cache.0.get_with(key, exec).await
         };
-        let outcome = entry.0;
-        let stats = &planned.stats;
-        if outcome.has_errors() {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-        } else if !executed.load(Ordering::Relaxed) {
-            stats.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        if outcome.predicate_skipped {
-            stats.predicate_skips.fetch_add(1, Ordering::Relaxed);
-        }
-        *planned.last.lock().expect("outcome lock") = Some(outcome.clone());
-        Some(outcome)
+        count(&planned.stats, &outcome, executed.load(Ordering::Relaxed));
+        outcome
     }
 }
 
-/// The facts query of a PostgreSQL server, in one round trip.
-async fn postgres_facts(conn: &DbConnection, deadline: Option<Instant>) -> Result<Facts, String> {
-    const FACTS_SQL: &str = "SELECT current_setting('server_version_num')::int AS version, \
-        pg_is_in_recovery() AS in_recovery, current_database()::text AS dbname, current_user::text AS username, \
-        array_to_string(ARRAY(SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1), chr(1)) AS databases, \
-        array_to_string(ARRAY(SELECT nspname FROM pg_namespace ORDER BY 1), chr(1)) AS schemas, \
-        array_to_string(ARRAY(SELECT extname FROM pg_extension ORDER BY 1), chr(1)) AS extensions";
-    let result = conn.query(FACTS_SQL, deadline).await.map_err(|e| match e {
+/// Counts one invocation's `outcome` in `stats` (an error, else a cache hit unless
+/// `executed`).
+fn count(stats: &CollectorStats, outcome: &Outcome, executed: bool) {
+    if outcome.has_errors() {
+        stats.errors.fetch_add(1, Ordering::Relaxed);
+    } else if !executed {
+        stats.hits.fetch_add(1, Ordering::Relaxed);
+    }
+    if outcome.predicate_skipped {
+        stats.predicate_skips.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `outcome` without its rendered lines.
+fn summary(outcome: &Outcome) -> Outcome {
+    Outcome {
+        families: outcome
+            .families
+            .iter()
+            .map(|f| FamilyOutput {
+                name: f.name.clone(),
+                help: f.help.clone(),
+                kind: f.kind,
+                lines: String::new(),
+                samples: f.samples,
+            })
+            .collect(),
+        error: outcome.error.clone(),
+        ..*outcome
+    }
+}
+
+/// The facts query of a PostgreSQL server, in one round trip. The main server's also lists
+/// the databases, for discovery (one catalog query per scrape, whatever their number); a
+/// discovered database's does not.
+async fn postgres_facts(
+    conn: &DbConnection,
+    discovered: bool,
+    deadline: Option<Instant>,
+) -> Result<Facts, String> {
+    /// The query, with the expression of the `databases` column.
+    macro_rules! facts_sql {
+        ($databases:literal) => {
+            concat!(
+                "SELECT current_setting('server_version_num')::int AS version, ",
+                "pg_is_in_recovery() AS in_recovery, current_database()::text AS dbname, ",
+                "current_user::text AS username, ",
+                $databases,
+                " AS databases, ",
+                "array_to_string(ARRAY(SELECT nspname FROM pg_namespace ORDER BY 1), chr(1)) AS schemas, ",
+                "array_to_string(ARRAY(SELECT extname FROM pg_extension ORDER BY 1), chr(1)) AS extensions"
+            )
+        };
+    }
+    let sql = if discovered {
+        facts_sql!("''")
+    } else {
+        facts_sql!(
+            "array_to_string(ARRAY(SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1), chr(1))"
+        )
+    };
+    let result = conn.query(sql, deadline).await.map_err(|e| match e {
         QueryError::Timeout(d) => format!("pre-check timed out after {d:?}"),
         QueryError::Db(msg) => msg,
     })?;

@@ -90,19 +90,167 @@ impl std::fmt::Display for NotANumber {
     }
 }
 
-/// Parses text as Go's `strconv.ParseFloat` does for upstream (after trimming blanks): an
-/// infinity only when spelled out (`Inf`, `+Infinity`, …); a number beyond `f64`'s range is
-/// an error, not ±Inf.
+/// Parses text as Go's `strconv.ParseFloat(text, 64)`, which upstream applies to text
+/// values:
+/// - the whole text is the number: no blank before or after it;
+/// - an optional sign, then decimal digits with an optional `.` and `e` exponent, or after
+///   `0x` hexadecimal digits with an optional `.` and a **required** `p` exponent (a
+///   decimal power of two): `0x1p4` is 16, `0x1` is no number;
+/// - `_` may group digits (`1_000`, `0x_1p4`): only between two digits, or between the
+///   `0x` prefix and a digit;
+/// - `inf`, `infinity` (signed or not) and `nan` (unsigned) in any case;
+/// - beyond `f64`'s range is an error, not ±Inf; below it rounds to 0.
 fn parse_number(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let v: f64 = text.parse().ok()?;
-    if v.is_infinite() {
-        let word = text.trim_start_matches(['+', '-']).to_ascii_lowercase();
-        if word != "inf" && word != "infinity" {
-            return None;
+    let (negative, unsigned) = match text.as_bytes().first() {
+        Some(b'+') => (false, &text[1..]),
+        Some(b'-') => (true, &text[1..]),
+        _ => (false, text),
+    };
+    let sign = |v: f64| if negative { -v } else { v };
+    if unsigned.eq_ignore_ascii_case("inf") || unsigned.eq_ignore_ascii_case("infinity") {
+        return Some(sign(f64::INFINITY));
+    }
+    if text.eq_ignore_ascii_case("nan") {
+        return Some(f64::NAN);
+    }
+    if text.contains('_') && !underscores_group_digits(unsigned) {
+        return None;
+    }
+    let v = match unsigned.as_bytes() {
+        [b'0', b'x' | b'X', _, ..] => parse_hex(&unsigned[2..])?,
+        _ => {
+            // Rust's grammar for decimals is Go's once the words (above) and the grouping
+            // underscores are out of the way.
+            let digits = if unsigned.contains('_') {
+                std::borrow::Cow::Owned(unsigned.replace('_', ""))
+            } else {
+                std::borrow::Cow::Borrowed(unsigned)
+            };
+            if !digits.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+                return None;
+            }
+            digits.parse::<f64>().ok()?
+        }
+    };
+    v.is_finite().then(|| sign(v))
+}
+
+/// Go's rule for `_` in a number (after its sign): each one between two digits, or between
+/// a `0x`/`0o`/`0b` prefix and a digit (hexadecimal digits count after `0x`).
+fn underscores_group_digits(unsigned: &str) -> bool {
+    let bytes = unsigned.as_bytes();
+    let (hex, body, mut after_digit) = match bytes {
+        [b'0', p, ..] if matches!(p.to_ascii_lowercase(), b'x' | b'o' | b'b') => {
+            (p.eq_ignore_ascii_case(&b'x'), &bytes[2..], true)
+        }
+        _ => (false, bytes, false),
+    };
+    let mut after_underscore = false;
+    for &c in body {
+        if c.is_ascii_digit() || (hex && c.is_ascii_hexdigit()) {
+            (after_digit, after_underscore) = (true, false);
+        } else if c == b'_' {
+            if !after_digit {
+                return false;
+            }
+            (after_digit, after_underscore) = (false, true);
+        } else if after_underscore {
+            return false;
+        } else {
+            after_digit = false;
         }
     }
-    Some(v)
+    !after_underscore
+}
+
+/// A hexadecimal float after its `0x` (grouping underscores already checked): digits with at
+/// most one `.`, then `p`, an optional sign and decimal digits; rounded to nearest, ties to
+/// even; `None` if malformed or beyond `f64`'s range.
+fn parse_hex(text: &str) -> Option<f64> {
+    let (mantissa, exponent) = text.split_once(['p', 'P'])?;
+    let exponent = exponent.replace('_', "");
+    let (exp_negative, exp_digits) = match exponent.as_bytes().first()? {
+        b'+' => (false, &exponent[1..]),
+        b'-' => (true, &exponent[1..]),
+        _ => (false, exponent.as_str()),
+    };
+    if exp_digits.is_empty() || !exp_digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    // Beyond ±100000 the result is 0 or out of range whatever the mantissa's 64 bits.
+    let exp2 = exp_digits
+        .bytes()
+        .fold(0i64, |e, c| (e * 10 + i64::from(c - b'0')).min(100_000));
+    let exp2 = if exp_negative { -exp2 } else { exp2 };
+
+    // The first 60-odd significant bits, exactly; `sticky` if a later digit is not 0.
+    let (mut bits, mut scale, mut sticky) = (0u64, exp2, false);
+    let (mut dot, mut any_digit) = (false, false);
+    for c in mantissa.chars().filter(|&c| c != '_') {
+        if c == '.' && !dot {
+            dot = true;
+            continue;
+        }
+        let d = u64::from(c.to_digit(16)?);
+        any_digit = true;
+        if bits >> 60 == 0 {
+            bits = bits << 4 | d;
+            if dot {
+                scale -= 4;
+            }
+        } else {
+            sticky |= d != 0;
+            if !dot {
+                scale += 4;
+            }
+        }
+    }
+    if !any_digit {
+        return None;
+    }
+    round_binary(bits, sticky, scale)
+}
+
+/// `bits × 2^scale` (plus less than one unit of `bits` when `sticky`) rounded to the nearest
+/// `f64`, ties to even, subnormals included; `None` beyond `f64::MAX`.
+fn round_binary(bits: u64, sticky: bool, scale: i64) -> Option<f64> {
+    if bits == 0 {
+        return Some(0.0);
+    }
+    let shift = bits.leading_zeros();
+    let bits = bits << shift;
+    let scale = scale - i64::from(shift);
+    // The value is in [2^top, 2^(top+1)).
+    let top = scale + 63;
+    if top > 1023 {
+        return None;
+    }
+    // Significant bits kept: 53, fewer for a subnormal; none left means below half of the
+    // smallest subnormal, which rounds to 0.
+    let keep = 53 - (-1022 - top).max(0);
+    if keep < 0 {
+        return Some(0.0);
+    }
+    let dropped = 64 - keep as u32;
+    let wide = u128::from(bits);
+    let kept = (wide >> dropped) as u64;
+    let rest = wide & ((1u128 << dropped) - 1);
+    let half = 1u128 << (dropped - 1);
+    let up = rest > half || (rest == half && (sticky || kept & 1 == 1));
+    let kept = kept + u64::from(up);
+    // Exact: `kept` has at most 54 bits and the result is representable (or overflows).
+    let exponent = scale + i64::from(dropped);
+    let v = if exponent < -1022 {
+        kept as f64 * pow2(exponent + 64) * pow2(-64)
+    } else {
+        kept as f64 * pow2(exponent)
+    };
+    v.is_finite().then_some(v)
+}
+
+/// 2^`e` for `e` in the normal range, -1022 ..= 1023.
+fn pow2(e: i64) -> f64 {
+    f64::from_bits(((e + 1023) as u64) << 52)
 }
 
 impl Value {
@@ -359,7 +507,8 @@ mod tests {
         );
         assert!(metric(Value::Null, None, None).is_nan());
         assert_eq!(metric(Value::Null, Some(2.0), Some(3.0)), 6.0);
-        assert_eq!(metric(Value::Text(" 12.5".into()), None, None), 12.5);
+        assert_eq!(metric(Value::Text("12.5".into()), None, None), 12.5);
+        assert_eq!(metric(Value::Text("0x1p4".into()), Some(2.0), None), 32.0);
         assert_eq!(metric(Value::Text("1e3".into()), Some(2.0), None), 2000.0);
         assert!(metric(Value::Text("NaN".into()), None, None).is_nan());
         for inf in ["Inf", "+inf", "Infinity", "-INFINITY"] {
@@ -401,6 +550,282 @@ mod tests {
         assert_eq!(shown, format!("{}…", "x".repeat(NotANumber::SHOWN)));
         let shown = bad(Value::Text("host=h password=secret".into())).to_string();
         assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    /// `parse_number` against Go's `strconv.ParseFloat(s, 64)`: `Some(v)` where Go returns
+    /// `v` without error, `None` where it returns an error (upstream's NaN). The expected
+    /// values are those of Go's own test table.
+    fn go_parse_float(cases: &[(&str, Option<f64>)]) {
+        for &(text, want) in cases {
+            let got = parse_number(text);
+            let same = match (got, want) {
+                (Some(g), Some(w)) => g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                (None, None) => true,
+                _ => false,
+            };
+            assert!(same, "{text:?}: got {got:?}, Go gives {want:?}");
+        }
+    }
+
+    #[test]
+    fn go_decimal_numbers() {
+        go_parse_float(&[
+            ("1", Some(1.0)),
+            ("+1", Some(1.0)),
+            ("-0.1", Some(-0.1)),
+            ("-0", Some(-0.0)),
+            ("1e23", Some(1e23)),
+            ("1E23", Some(1e23)),
+            ("625e-3", Some(0.625)),
+            ("1.", Some(1.0)),
+            (".5", Some(0.5)),
+            ("+.5", Some(0.5)),
+            ("0e+01234567890123456789", Some(0.0)),
+            ("-0.00e-01234567890123456789", Some(-0.0)),
+            ("1.7976931348623157e308", Some(f64::MAX)),
+            ("5e-324", Some(5e-324)),
+            ("2e-324", Some(0.0)),
+            ("1e-18446744073709551616", Some(0.0)),
+            ("2.2250738585072012e-308", Some(2.2250738585072014e-308)),
+            ("", None),
+            (".", None),
+            ("1x", None),
+            ("1.1.", None),
+            ("1e", None),
+            ("1e-", None),
+            (".e-1", None),
+            ("1\x00.2", None),
+            ("1p2", None),
+            ("e5", None),
+            ("+-1", None),
+            ("0b1", None),
+            ("0o17", None),
+        ]);
+    }
+
+    #[test]
+    fn go_out_of_range_is_an_error_not_an_infinity() {
+        go_parse_float(&[
+            ("1.7976931348623159e308", None),
+            ("-1.7976931348623159e308", None),
+            ("1e309", None),
+            ("1e400", None),
+            ("-1e400", None),
+            ("1e+18446744073709551616", None),
+            ("0x1p1024", None),
+            ("-0x1p1024", None),
+            ("0x1.fffffffffffff8p1023", None),
+            ("0x1p+18446744073709551616", None),
+        ]);
+    }
+
+    #[test]
+    fn go_words() {
+        go_parse_float(&[
+            ("inf", Some(f64::INFINITY)),
+            ("-Inf", Some(f64::NEG_INFINITY)),
+            ("+INF", Some(f64::INFINITY)),
+            ("Infinity", Some(f64::INFINITY)),
+            ("-Infinity", Some(f64::NEG_INFINITY)),
+            ("+INFINITY", Some(f64::INFINITY)),
+            ("nan", Some(f64::NAN)),
+            ("NaN", Some(f64::NAN)),
+            ("NAN", Some(f64::NAN)),
+            // NaN takes no sign; a word is whole or nothing.
+            ("+nan", None),
+            ("-NaN", None),
+            ("infin", None),
+            ("infinityy", None),
+            ("nan(1)", None),
+            ("in_f", None),
+        ]);
+    }
+
+    #[test]
+    fn go_hexadecimal_numbers_need_a_binary_exponent() {
+        go_parse_float(&[
+            ("0x1p4", Some(16.0)),
+            ("0X1P4", Some(16.0)),
+            ("+0x1p4", Some(16.0)),
+            ("0x1p0", Some(1.0)),
+            ("0x1p-1", Some(0.5)),
+            ("0x1ep-1", Some(15.0)),
+            ("-0x1ep-1", Some(-15.0)),
+            ("0x1p-200", Some(6.223015277861142e-61)),
+            ("0x1p200", Some(1.6069380442589903e60)),
+            ("0x1fFe2.p0", Some(131042.0)),
+            ("0x1fFe2.P0", Some(131042.0)),
+            ("-0x2p3", Some(-16.0)),
+            ("0x0.fp4", Some(15.0)),
+            ("0x0.fp0", Some(0.9375)),
+            ("0x1p+2", Some(4.0)),
+            ("0x.1p+2", Some(0.25)),
+            ("0x.1p-2", Some(0.015625)),
+            ("-0x0p+01234567890123456789", Some(-0.0)),
+            ("0x0.00p-01234567890123456789", Some(0.0)),
+            ("0x1.fffffffffffffp1023", Some(f64::MAX)),
+            ("0x1fffffffffffffp+971", Some(f64::MAX)),
+            ("0x.1fffffffffffffp1027", Some(f64::MAX)),
+            ("0x1.fffffffffffff7fffp1023", Some(f64::MAX)),
+            ("0x1.1111111111111p222", Some(7.18931911124017e66)),
+            ("0x1p-4294967296", Some(0.0)),
+            // No `p` exponent, no digit, or no exponent digit: no number.
+            ("0x1e2", None),
+            ("0x1", None),
+            ("0x", None),
+            ("0x.", None),
+            ("0x.1", None),
+            ("0x1p", None),
+            ("0x.1p", None),
+            ("0x1p+", None),
+            ("0x1p-", None),
+            ("0xp4", None),
+            ("0x1.2.3p4", None),
+            ("0x1g", None),
+            ("0x-1p4", None),
+        ]);
+    }
+
+    #[test]
+    fn go_hexadecimal_rounding_and_subnormals() {
+        let next_after_one = f64::from_bits(1f64.to_bits() + 1);
+        go_parse_float(&[
+            // Halfway: ties to even; anything beyond half rounds up.
+            ("0x1.00000000000008p0", Some(1.0)),
+            ("0x1.00000000000007Fp0", Some(1.0)),
+            ("0x1.000000000000081p0", Some(next_after_one)),
+            ("0x1.00000000000009p0", Some(next_after_one)),
+            (
+                "0x1.00000000000018p0",
+                Some(f64::from_bits(1f64.to_bits() + 2)),
+            ),
+            ("0x2.00000000000000p-1010", Some(1.8227805048890994e-304)),
+            ("0x1.fffffffffffff7p-1010", Some(1.8227805048890992e-304)),
+            ("0x1.fffffffffffff8p-1010", Some(1.8227805048890994e-304)),
+            ("0x1.00000000000000p-1022", Some(2.2250738585072014e-308)),
+            ("0x0.fffffffffffff0p-1022", Some(2.225073858507201e-308)),
+            ("0x0.ffffffffffffe7p-1022", Some(2.2250738585072004e-308)),
+            ("0x1.ffffffffffffe8p-1023", Some(2.225073858507201e-308)),
+            ("0x0.00000003456788p-1022", Some(1.694649e-317)),
+            ("0x0.00000003456789p-1022", Some(1.6946496e-317)),
+            (
+                "0x0.0000000345678800000000000000000000000001p-1022",
+                Some(1.6946496e-317),
+            ),
+            ("0x0.00000000000058p-1022", Some(3e-323)),
+            ("0x0.00000000000057p-1022", Some(2.5e-323)),
+            ("0x0.00000000000010p-1022", Some(5e-324)),
+            ("0x0.000000000000081p-1022", Some(5e-324)),
+            ("0x0.00000000000008p-1022", Some(0.0)),
+            ("0x0.00000000000007fp-1022", Some(0.0)),
+        ]);
+        let long = format!("0x1.00000000000008{}1p0", "0".repeat(10_000));
+        go_parse_float(&[(&long, Some(next_after_one))]);
+        let long = format!("0x2.{}p221", "2".repeat(4000));
+        go_parse_float(&[(&long, Some(7.18931911124017e66))]);
+    }
+
+    #[test]
+    fn go_underscores_only_between_digits() {
+        go_parse_float(&[
+            ("1_000", Some(1000.0)),
+            ("1_23.50_0_0e+1_2", Some(1.235e14)),
+            ("0x_1_2.3_4_5p+1_2", Some(74565.0)),
+            ("-0x1_ep-1", Some(-15.0)),
+            ("0x_1p4", Some(16.0)),
+            ("-_123.5e+12", None),
+            ("+_123.5e+12", None),
+            ("_123.5e+12", None),
+            ("1__23.5e+12", None),
+            ("123_.5e+12", None),
+            ("123._5e+12", None),
+            ("123.5_e+12", None),
+            ("123.5__0e+12", None),
+            ("123.5e_+12", None),
+            ("123.5e+_12", None),
+            ("123.5e-_12", None),
+            ("123.5e+1__2", None),
+            ("123.5e+12_", None),
+            ("-_0x12.345p+12", None),
+            ("_0x12.345p+12", None),
+            ("0x__12.345p+12", None),
+            ("0x1__2.345p+12", None),
+            ("0x12_.345p+12", None),
+            ("0x12._345p+12", None),
+            ("0x12.345_p+12", None),
+            ("0x12.345p_+12", None),
+            ("0x12.345p+_12", None),
+            ("0x12.345p+12_", None),
+        ]);
+    }
+
+    #[test]
+    fn go_takes_no_blank_around_a_number() {
+        // Upstream hands the text to ParseFloat as it is, so a padded number is no number.
+        go_parse_float(&[
+            (" 12.5", None),
+            ("12.5 ", None),
+            (" 0x1p4 ", None),
+            ("\t1", None),
+            ("1\n", None),
+            ("1 000", None),
+            (" inf", None),
+            ("nan ", None),
+        ]);
+        assert_eq!(
+            Value::Text(" 0x1p4 ".into()).to_metric(None, None),
+            Err(NotANumber::Text(" 0x1p4 ".into()))
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config({
+            let mut config = proptest::test_runner::Config::default();
+            if std::env::var_os("PROPTEST_CASES").is_none() {
+                config.cases = 2000;
+            }
+            config
+        })]
+
+        /// A hexadecimal mantissa of up to 32 digits (the last 16 only felt as "not zero")
+        /// rounds as Rust's `u128 as f64` does: to nearest, ties to even.
+        #[test]
+        fn hex_rounds_to_nearest_even(m in 1u128.., e in -700i64..700) {
+            let want = m as f64 * pow2(e);
+            proptest::prop_assert_eq!(
+                parse_number(&format!("0x{m:x}p{e}")).map(f64::to_bits),
+                Some(want.to_bits())
+            );
+            // Digits after the point move the exponent, underscores change nothing.
+            let digits = format!("{m:x}");
+            let (int, frac) = digits.split_at(digits.len().div_ceil(2));
+            let shifted = format!("0x{int}.{}p{}", frac.replace("", "_").trim_matches('_'), e + 4 * frac.len() as i64);
+            proptest::prop_assert_eq!(parse_number(&shifted).map(f64::to_bits), Some(want.to_bits()));
+        }
+
+        /// Every finite `f64`, written exactly in hexadecimal, subnormals included, or in
+        /// Rust's shortest decimal, reads back as itself.
+        #[test]
+        fn every_float_reads_back(bits in proptest::prelude::any::<u64>()) {
+            let f = f64::from_bits(bits);
+            proptest::prop_assume!(f.is_finite());
+            let fraction = bits & ((1 << 52) - 1);
+            let biased = (bits >> 52) & 0x7ff;
+            let sign = if f.is_sign_negative() { "-" } else { "" };
+            let hex = if biased == 0 {
+                format!("{sign}0x0.{fraction:013x}p-1022")
+            } else {
+                format!("{sign}0x1.{fraction:013x}p{}", biased as i64 - 1023)
+            };
+            proptest::prop_assert_eq!(parse_number(&hex).map(f64::to_bits), Some(bits));
+            proptest::prop_assert_eq!(parse_number(&format!("{f:?}")).map(f64::to_bits), Some(bits));
+        }
+
+        /// Any text is a number or not, without a panic.
+        #[test]
+        fn any_text(text in "[-+0-9a-fA-FxXpP._ inIN]{0,40}") {
+            let _ = parse_number(&text);
+        }
     }
 
     #[test]

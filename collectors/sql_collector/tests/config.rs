@@ -810,3 +810,104 @@ fn merged_yaml_round_trips() {
         }
     }
 }
+
+/// The inotify watches this process holds (the `inotify wd:` lines of the fdinfo of its
+/// inotify descriptors), and its threads running notify's event loop.
+fn inotify_use() -> (usize, usize) {
+    let mut watches = 0;
+    for fd in fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if fs::read_link(fd.path()).is_ok_and(|l| l == Path::new("anon_inode:inotify")) {
+            let info = fs::read_to_string(Path::new("/proc/self/fdinfo").join(fd.file_name()))
+                .unwrap_or_default();
+            watches += info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    let threads = fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("notify-rs"))
+        })
+        .count();
+    (watches, threads)
+}
+
+/// The only test of this binary that watches files, so the process's watches are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_watch_follows_fifty_swaps_without_leaking_watches() {
+    use std::os::unix::fs::symlink;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().canonicalize().unwrap();
+    let release = |n: usize| base.join(format!("releases/{n}"));
+    fs::create_dir_all(release(0)).unwrap();
+    fs::write(release(0).join("pg.yml"), "0").unwrap();
+    symlink("releases/0", base.join("current")).unwrap();
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    // The config file is reached through the swapped link, a directory on its way.
+    let task = sql_collector::config::watch::watch(
+        base.join("current/pg.yml"),
+        Duration::from_millis(20),
+        move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        },
+    )
+    .unwrap();
+    let (watches_at_start, threads) = inotify_use();
+    assert_eq!(
+        (watches_at_start, threads),
+        (2, 1),
+        "the link's directory and the file's"
+    );
+
+    let called_since = |seen: usize, what: &str| {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while calls.load(Ordering::SeqCst) == seen {
+            assert!(std::time::Instant::now() < until, "no call after {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    for n in 1..=50 {
+        let seen = calls.load(Ordering::SeqCst);
+        fs::create_dir(release(n)).unwrap();
+        fs::write(release(n).join("pg.yml"), n.to_string()).unwrap();
+        symlink(format!("releases/{n}"), base.join("current.tmp")).unwrap();
+        fs::rename(base.join("current.tmp"), base.join("current")).unwrap();
+        fs::remove_dir_all(release(n - 1)).unwrap();
+        called_since(seen, &format!("swap {n}"));
+        // Wait for the burst to be over, so the next swap is a burst of its own.
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    // The watches followed: an edit under the 50th release is seen, and the process holds
+    // as many watches and threads as at the start.
+    std::thread::sleep(Duration::from_millis(100));
+    let seen = calls.load(Ordering::SeqCst);
+    fs::write(release(50).join("pg.yml"), "edited").unwrap();
+    called_since(seen, "an edit under the last release");
+    assert_eq!(inotify_use(), (watches_at_start, 1));
+
+    // Other files, and reading the config, are no change.
+    std::thread::sleep(Duration::from_millis(100));
+    let seen = calls.load(Ordering::SeqCst);
+    fs::write(release(50).join("notes.txt"), "x").unwrap();
+    fs::write(base.join("exporter.log"), "x").unwrap();
+    let _ = fs::read(base.join("current/pg.yml")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(calls.load(Ordering::SeqCst), seen);
+
+    // Stopping the task ends the watcher's thread.
+    task.abort();
+    let _ = task.await;
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while inotify_use() != (0, 0) {
+        assert!(std::time::Instant::now() < until, "{:?}", inotify_use());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -15,12 +15,21 @@ const COLLECTORS: &str = "t_basic:\n  name: t_basic\n  query: \"SELECT 1 AS v\"\
 /// (`conf` in its own directory) and `extra` arguments; ready once `/up` answers, whatever its
 /// status.
 fn start(url: &str, collectors: &str, extra: &[&str]) -> Agent {
+    start_configured(url, extra, |dir| {
+        let conf = config_dir(dir);
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(conf.join("0100-test.yml"), collectors).unwrap();
+        conf
+    })
+}
+
+/// Starts pg_exporter for `url` with `extra` arguments and the config path that `setup`
+/// lays out in the agent's directory (given) and returns; ready once `/up` answers.
+fn start_configured(url: &str, extra: &[&str], setup: impl FnOnce(&Path) -> PathBuf) -> Agent {
     let b = Agent::builder("pg_exporter", env!("CARGO_BIN_EXE_pg_exporter"));
-    let conf = config_dir(b.dir());
-    std::fs::create_dir(&conf).unwrap();
-    std::fs::write(conf.join("0100-test.yml"), collectors).unwrap();
+    let config = setup(b.dir());
     b.arg(format!("--url={url}"))
-        .arg(format!("--config={}", conf.display()))
+        .arg(format!("--config={}", config.display()))
         .args([
             "--connect-timeout=3000",
             "--log.level=debug",
@@ -384,6 +393,22 @@ fn the_config_watcher_reloads_only_when_a_config_file_changes_content() {
         exp.log_tail(30)
     );
 
+    // `touch`, and `sed -i` that changes nothing (it still renames a new file over it): no
+    // reload.
+    let file = conf.join("pg_exporter.yml");
+    assert_no_reload(&exp, 1, "touch", || {
+        assert!(Command::new("touch").arg(&file).status().unwrap().success());
+    });
+    assert_no_reload(&exp, 1, "sed -i without a change", || {
+        let sed = Command::new("sed")
+            .args(["-i", "s/no such text/other text/"])
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(sed.success());
+    });
+    assert_eq!(reloads(&exp), 0, "{}", exp.log_tail(30));
+
     // An edit of the config file: exactly one reload.
     write(
         &conf,
@@ -399,6 +424,252 @@ fn the_config_watcher_reloads_only_when_a_config_file_changes_content() {
         metric(&exp, "pg_exporter_config_reload_failure_count"),
         Some(0.0)
     );
+
+    // Vim's way: the file renamed to a backup, the new text written under the old name.
+    std::fs::rename(&file, conf.join("pg_exporter.yml~")).unwrap();
+    std::fs::write(&file, collectors_with(3, "one")).unwrap();
+    wait_for_value(&exp, 3, "a vim-style write");
+
+    // Ten edits within 200 ms: one reload (more only if the machine stalls the edits past
+    // the 300 ms the watcher lets a burst settle), with the last text.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = reloads(&exp);
+    for v in 10..20 {
+        write(&conf, "pg_exporter.yml", &collectors_with(v, "one"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_for_value(&exp, 19, "the last of ten edits");
+    std::thread::sleep(Duration::from_secs(1));
+    let burst = reloads(&exp) - before;
+    assert!((1..=3).contains(&burst), "{burst} reloads for ten edits");
+}
+
+/// [`COLLECTORS`] returning `v` and described as `help`.
+fn collectors_with(v: u32, help: &str) -> String {
+    COLLECTORS
+        .replace("SELECT 1", &format!("SELECT {v}"))
+        .replace("description: one", &format!("description: {help}"))
+}
+
+/// Waits at most 10 s for `t_basic_v` to be `v`.
+fn wait_for_value(exp: &Agent, v: u32, what: &str) {
+    exp.wait_until(what, Duration::from_secs(10), || {
+        metric(exp, "t_basic_v") == Some(f64::from(v))
+    });
+}
+
+/// No reload for 1.5 s after `change` (once earlier events settled), and `t_basic_v` still
+/// `v`.
+fn assert_no_reload(exp: &Agent, v: u32, what: &str, change: impl FnOnce()) {
+    std::thread::sleep(Duration::from_secs(1));
+    let before = reloads(exp);
+    change();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(reloads(exp), before, "{what}:\n{}", exp.log_tail(30));
+    assert_eq!(metric(exp, "t_basic_v"), Some(f64::from(v)), "{what}");
+}
+
+/// Replaces (or creates) the symlink `link` by one to `target` atomically, as
+/// `ln -s target link.tmp && mv -T link.tmp link` does.
+fn relink(target: &Path, link: &Path) {
+    let mut tmp = link.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// The inotify watches the process `pid` holds (the `inotify wd:` lines of the fdinfo of its
+/// inotify descriptors), and its threads running notify's event loop.
+fn inotify_use(pid: u32) -> (usize, usize) {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let mut watches = 0;
+    for fd in std::fs::read_dir(proc.join("fd")).unwrap().flatten() {
+        if std::fs::read_link(fd.path()).is_ok_and(|l| l == Path::new("anon_inode:inotify")) {
+            let info = std::fs::read_to_string(proc.join("fdinfo").join(fd.file_name()))
+                .unwrap_or_default();
+            watches += info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    let threads = std::fs::read_dir(proc.join("task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("notify-rs"))
+        })
+        .count();
+    (watches, threads)
+}
+
+#[test]
+fn the_config_watcher_follows_a_file_linked_from_another_directory() {
+    let cluster = shared_cluster();
+    let exp = start_configured(&cluster.primary().url("postgres"), &[], |dir| {
+        for d in ["link", "real", "other"] {
+            std::fs::create_dir(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("real/pg.yml"), COLLECTORS).unwrap();
+        std::os::unix::fs::symlink(dir.join("real/pg.yml"), dir.join("link/pg.yml")).unwrap();
+        dir.join("link/pg.yml")
+    });
+    wait_for_value(&exp, 1, "the first collector");
+    let dir = exp.dir();
+
+    // The target edited with `sed -i` (a new file renamed over it): the HELP text follows.
+    let sed = Command::new("sed")
+        .args(["-i", "s/description: one/description: uno/"])
+        .arg(dir.join("real/pg.yml"))
+        .status()
+        .unwrap();
+    assert!(sed.success());
+    exp.wait_until(
+        "the HELP text of the edited target",
+        Duration::from_secs(10),
+        || {
+            exp.scrape()
+                .is_some_and(|body| body.contains("# HELP t_basic_v uno"))
+        },
+    );
+    // The target written in place.
+    std::fs::write(dir.join("real/pg.yml"), collectors_with(2, "one")).unwrap();
+    wait_for_value(&exp, 2, "the target written in place");
+
+    // The link now leads to a file of a third directory: followed, and so are its edits.
+    std::fs::write(dir.join("other/pg.yml"), collectors_with(3, "one")).unwrap();
+    relink(&dir.join("other/pg.yml"), &dir.join("link/pg.yml"));
+    wait_for_value(&exp, 3, "the link changed");
+    write(&dir.join("other"), "pg.yml", &collectors_with(4, "one"));
+    wait_for_value(&exp, 4, "an edit of the new target");
+
+    // The old target is no config any more.
+    assert_no_reload(&exp, 4, "an edit of the former target", || {
+        std::fs::write(dir.join("real/pg.yml"), collectors_with(5, "one")).unwrap();
+    });
+    let (watches, threads) = inotify_use(exp.pid());
+    assert!(
+        watches <= 2 && threads == 1,
+        "{watches} watches, {threads} threads"
+    );
+}
+
+#[test]
+fn the_config_watcher_watches_a_replaced_config_directory_anew() {
+    let cluster = shared_cluster();
+    let exp = start(&cluster.primary().url("postgres"), COLLECTORS, &[]);
+    wait_for_value(&exp, 1, "the first collector");
+    let conf = config_dir(exp.dir());
+    for round in 0..3 {
+        let v = 10 * (round + 1);
+        // `rm -rf conf; mkdir conf; write a.yml`: one reload...
+        std::fs::remove_dir_all(&conf).unwrap();
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(conf.join("a.yml"), collectors_with(v, "one")).unwrap();
+        wait_for_value(&exp, v, "the replaced directory");
+        // ... and the edits in the new directory are seen too.
+        std::fs::write(conf.join("a.yml"), collectors_with(v + 1, "one")).unwrap();
+        wait_for_value(&exp, v + 1, "an edit in the new directory");
+        write(&conf, "b.yml", &collectors_with(v + 2, "one"));
+        wait_for_value(&exp, v + 2, "a new file in the new directory");
+    }
+    let (watches, threads) = inotify_use(exp.pid());
+    assert!(
+        watches <= 2 && threads == 1,
+        "{watches} watches, {threads} threads"
+    );
+}
+
+#[test]
+fn the_config_watcher_follows_a_config_directory_swapped_through_a_symlink() {
+    let cluster = shared_cluster();
+    let exp = start_configured(&cluster.primary().url("postgres"), &[], |dir| {
+        let release = dir.join("releases/1");
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::write(release.join("pg_exporter.yml"), COLLECTORS).unwrap();
+        std::os::unix::fs::symlink("releases/1", dir.join("current")).unwrap();
+        dir.join("current")
+    });
+    wait_for_value(&exp, 1, "the first collector");
+    let dir = exp.dir();
+    for n in 2..=4 {
+        // A new release, swapped in as Capistrano and Kubernetes do.
+        let release = dir.join(format!("releases/{n}"));
+        std::fs::create_dir(&release).unwrap();
+        std::fs::write(
+            release.join("pg_exporter.yml"),
+            collectors_with(10 * n, "one"),
+        )
+        .unwrap();
+        relink(Path::new(&format!("releases/{n}")), &dir.join("current"));
+        wait_for_value(&exp, 10 * n, "the swapped directory");
+        write(
+            &release,
+            "pg_exporter.yml",
+            &collectors_with(10 * n + 1, "one"),
+        );
+        wait_for_value(&exp, 10 * n + 1, "an edit under the new target");
+    }
+    assert_no_reload(&exp, 41, "an edit of a release swapped out", || {
+        write(
+            &dir.join("releases/3"),
+            "pg_exporter.yml",
+            &collectors_with(99, "one"),
+        );
+    });
+    let (watches, threads) = inotify_use(exp.pid());
+    assert!(
+        watches <= 3 && threads == 1,
+        "{watches} watches, {threads} threads"
+    );
+}
+
+#[test]
+fn the_config_watcher_follows_a_kubernetes_config_map() {
+    // The kubelet's layout: the file links through `..data`, a link to the current
+    // timestamped directory, swapped by renaming `..data_tmp` over it.
+    let cluster = shared_cluster();
+    let exp = start_configured(&cluster.primary().url("postgres"), &[], |dir| {
+        let conf = config_dir(dir);
+        std::fs::create_dir_all(conf.join("..2024_01_01_00_00_00.1")).unwrap();
+        std::fs::write(
+            conf.join("..2024_01_01_00_00_00.1/pg_exporter.yml"),
+            COLLECTORS,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("..2024_01_01_00_00_00.1", conf.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/pg_exporter.yml", conf.join("pg_exporter.yml")).unwrap();
+        conf.join("pg_exporter.yml")
+    });
+    wait_for_value(&exp, 1, "the first collector");
+    let conf = config_dir(exp.dir());
+    for n in 2..=3 {
+        let stamp = format!("..2024_01_0{n}_00_00_00.1");
+        std::fs::create_dir(conf.join(&stamp)).unwrap();
+        std::fs::write(
+            conf.join(&stamp).join("pg_exporter.yml"),
+            collectors_with(n, "one"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&stamp, conf.join("..data_tmp")).unwrap();
+        std::fs::rename(conf.join("..data_tmp"), conf.join("..data")).unwrap();
+        let old = format!("..2024_01_0{}_00_00_00.1", n - 1);
+        std::fs::remove_dir_all(conf.join(old)).unwrap();
+        wait_for_value(&exp, n, "the swapped config map");
+    }
+    // An update that leaves the file as it was: no reload.
+    assert_no_reload(&exp, 3, "a config map update without change", || {
+        std::fs::create_dir(conf.join("..2024_01_04_00_00_00.1")).unwrap();
+        std::fs::write(
+            conf.join("..2024_01_04_00_00_00.1/pg_exporter.yml"),
+            collectors_with(3, "one"),
+        )
+        .unwrap();
+        relink(Path::new("..2024_01_04_00_00_00.1"), &conf.join("..data"));
+    });
+    assert_eq!(reloads(&exp), 2, "{}", exp.log_tail(30));
 }
 
 #[test]
@@ -511,15 +782,40 @@ fn a_password_in_the_url_flag_is_warned_about_without_showing_it() {
     write(dir.path(), "0100-test.yml", COLLECTORS);
     let config = format!("--config={}", dir.path().display());
 
+    // The warning's line, and whether it names exactly `secrets`.
+    let warned = |logs: &str, secrets: &str| {
+        logs.lines()
+            .find(|l| l.contains("secret given in --url is visible"))
+            .is_some_and(|l| {
+                l.split_whitespace()
+                    .any(|field| field == format!("secrets={secrets}"))
+            })
+    };
     let logs = explain(&[&config, &format!("--url={url}")], &[]);
     assert!(
-        logs.contains("password given in --url is visible")
+        warned(&logs, "password")
             && logs.contains("PG_EXPORTER_URL_FILE")
             && logs.contains("~/.pgpass"),
         "{logs}"
     );
-    assert_eq!(logs.matches("password given in --url").count(), 1, "{logs}");
+    assert_eq!(logs.matches("secret given in --url").count(), 1, "{logs}");
     assert!(!logs.contains(secret), "{logs}");
+
+    // Any secret keyword, in either form, is warned about by name, never shown.
+    for (url, names) in [
+        (
+            format!("host=127.0.0.1 port=1 sslpassword={secret} sslmode=disable"),
+            "sslpassword",
+        ),
+        (
+            format!("postgres://someone:{secret}@127.0.0.1:1/postgres?sslpassword={secret}"),
+            "password,sslpassword",
+        ),
+    ] {
+        let logs = explain(&[&config, &format!("--url={url}")], &[]);
+        assert!(warned(&logs, names), "{names}: {logs}");
+        assert!(!logs.contains(secret), "{logs}");
+    }
 
     // From the environment (not in ps), or without a password: no warning.
     for (args, envs) in [
@@ -538,7 +834,7 @@ fn a_password_in_the_url_flag_is_warned_about_without_showing_it() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let logs = explain(&args, &envs);
         assert!(logs.contains("Target."), "{logs}");
-        assert!(!logs.contains("password given in --url"), "{logs}");
+        assert!(!logs.contains("given in --url"), "{logs}");
         assert!(!logs.contains(secret), "{logs}");
     }
 
@@ -605,7 +901,7 @@ fn run_briefly(args: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn text_in_a_value_column_is_nan_logged_once_and_counted_as_an_error() {
     let cluster = shared_cluster();
-    let collectors = "t_text:\n  name: t_text\n  query: \"SELECT 'hello'::text AS word, '1e400'::text AS huge, 1e400::numeric AS huge_numeric, ' 12.5'::text AS fine, 'Infinity'::text AS inf\"\n  metrics:\n    - word: { usage: GAUGE, description: text }\n    - huge: { usage: COUNTER, description: beyond f64 }\n    - huge_numeric: { usage: GAUGE, description: beyond f64 }\n    - fine: { usage: GAUGE, description: a number as text }\n    - inf: { usage: GAUGE, description: an infinity spelled out }\n";
+    let collectors = "t_text:\n  name: t_text\n  query: \"SELECT 'hello'::text AS word, '1e400'::text AS huge, 1e400::numeric AS huge_numeric, '12.5'::text AS fine, 'Infinity'::text AS inf, '0x1p4'::text AS hex, '1_000.5'::text AS grouped, ' 0x1p4 '::text AS padded\"\n  metrics:\n    - word: { usage: GAUGE, description: text }\n    - huge: { usage: COUNTER, description: beyond f64 }\n    - huge_numeric: { usage: GAUGE, description: beyond f64 }\n    - fine: { usage: GAUGE, description: a number as text }\n    - inf: { usage: GAUGE, description: an infinity spelled out }\n    - hex: { usage: GAUGE, description: a hexadecimal float }\n    - grouped: { usage: GAUGE, description: digits grouped by underscores }\n    - padded: { usage: GAUGE, description: blanks around a number }\n";
     let exp = start(&cluster.primary().url("postgres"), collectors, &[]);
     exp.wait_for("the collector", || {
         metric(&exp, "t_text_fine") == Some(12.5)
@@ -614,14 +910,23 @@ fn text_in_a_value_column_is_nan_logged_once_and_counted_as_an_error() {
         exp.scrape().unwrap();
     }
     let body = exp.scrape().unwrap();
-    // Upstream's value: NaN (Go's ParseFloat refuses `hello` and, out of range, `1e400`).
-    for family in ["t_text_word", "t_text_huge", "t_text_huge_numeric"] {
+    // Upstream's value: NaN (Go's ParseFloat refuses `hello`, out of range `1e400`, and
+    // blanks around a number).
+    for family in [
+        "t_text_word",
+        "t_text_huge",
+        "t_text_huge_numeric",
+        "t_text_padded",
+    ] {
         assert!(
             value(&body, family, &[]).is_some_and(f64::is_nan),
             "{family}:\n{body}"
         );
     }
     assert_eq!(value(&body, "t_text_inf", &[]), Some(f64::INFINITY));
+    // What Go's ParseFloat reads besides plain decimals.
+    assert_eq!(value(&body, "t_text_hex", &[]), Some(16.0));
+    assert_eq!(value(&body, "t_text_grouped", &[]), Some(1000.5));
     // Counted at every scrape in the collector's error count...
     let errors = value(
         &body,
@@ -636,11 +941,12 @@ fn text_in_a_value_column_is_nan_logged_once_and_counted_as_an_error() {
         .lines()
         .filter(|l| l.contains("holds a value that is no number"))
         .collect();
-    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    assert_eq!(warnings.len(), 4, "{warnings:#?}");
     for (column, shown) in [
         ("word", "\\\"hello\\\""),
         ("huge", "\\\"1e400\\\""),
         ("huge_numeric", "0.0001e404"),
+        ("padded", "\\\" 0x1p4 \\\""),
     ] {
         assert!(
             warnings

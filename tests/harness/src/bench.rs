@@ -1,5 +1,7 @@
 //! Measuring an exporter process for the suite's benchmarks: start it, scrape it repeatedly,
-//! and read its CPU time and peak RSS from `/proc` (the exporter process only).
+//! and read its CPU time and peak RSS from `/proc` (the exporter process only); also the
+//! connections it holds to a port and the CPU of a process tree (a postmaster and its
+//! backends).
 //!
 //! ```no_run
 //! let figures = test_harness::bench::measure_exporter(
@@ -39,6 +41,93 @@ impl ExporterFigures {
     }
 }
 
+/// An exporter process started for a benchmark: listening on the loopback port named by its
+/// `--web.listen-address=127.0.0.1:PORT` argument, stopped on [`stop`](Self::stop) or drop.
+#[derive(Debug)]
+pub struct BenchedExporter {
+    child: ManagedChild,
+    name: String,
+    port: u16,
+}
+
+impl BenchedExporter {
+    /// Starts `bin` with `args` (which must contain `--web.listen-address=127.0.0.1:PORT`)
+    /// and `env`, logging to `dir/<name>.log`, and waits until it answers on `/` (which does
+    /// not scrape). Panics with the exporter's log tail when it does not come up in 30 s.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        bin: &str,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> BenchedExporter {
+        let port: u16 = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--web.listen-address=127.0.0.1:"))
+            .and_then(|p| p.parse().ok())
+            .expect("--web.listen-address=127.0.0.1:PORT in args");
+        let mut cmd = Command::new(bin);
+        cmd.args(args).env_remove("PG_EXPORTER_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = ManagedChild::spawn(name, &mut cmd, &dir.join(format!("{name}.log")))
+            .expect("exporter starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while crate::http::get(&format!("http://127.0.0.1:{port}/"), &[]).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not listen: {}",
+                child.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        BenchedExporter {
+            child,
+            name: name.to_owned(),
+            port,
+        }
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// One scrape of `/metrics`: the body and its wall time in milliseconds. Panics when it
+    /// does not answer.
+    pub fn scrape(&self) -> (String, f64) {
+        let t = Instant::now();
+        let body = crate::http::get(&format!("http://127.0.0.1:{}/metrics", self.port), &[])
+            .unwrap_or_else(|e| panic!("{}: scrape failed: {e:#}", self.name))
+            .body;
+        (body, t.elapsed().as_secs_f64() * 1e3)
+    }
+
+    /// Stops it (SIGTERM, SIGKILL after 5 s).
+    pub fn stop(self) {
+        self.child.stop(Duration::from_secs(5));
+    }
+}
+
+/// Samples in a text exposition body.
+pub fn series_count(body: &str) -> usize {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count()
+}
+
+/// The value at quantile `q` (0 to 1) of `values`, nearest rank; 0 when empty.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// Starts `bin` with `args` (which must contain `--web.listen-address=127.0.0.1:PORT`) and
 /// `env`, waits until it answers, scrapes `/metrics` once, then `scrapes` more times, and
 /// stops it. Panics with the exporter's log tail when it does not come up.
@@ -50,48 +139,18 @@ pub fn measure_exporter(
     env: &[(&str, String)],
     scrapes: usize,
 ) -> ExporterFigures {
-    let port: u16 = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--web.listen-address=127.0.0.1:"))
-        .and_then(|p| p.parse().ok())
-        .expect("--web.listen-address=127.0.0.1:PORT in args");
-    let mut cmd = Command::new(bin);
-    cmd.args(args).env_remove("PG_EXPORTER_CONFIG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = ManagedChild::spawn(name, &mut cmd, &dir.join(format!("{name}.log")))
-        .expect("exporter starts");
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Any answer on the landing page means it listens; it does not scrape.
-    while crate::http::get(&format!("http://127.0.0.1:{port}/"), &[]).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not listen: {}",
-            child.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let scrape = || crate::http::get(&url, &[]).expect("scrape").body;
-    let t = Instant::now();
-    let first = scrape();
-    let first_ms = t.elapsed().as_secs_f64() * 1e3;
-    let series = first
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .count();
+    let exporter = BenchedExporter::start(dir, name, bin, args, env);
+    let (first, first_ms) = exporter.scrape();
+    let series = series_count(&first);
 
-    let cpu_before = cpu_seconds(child.pid());
+    let cpu_before = cpu_seconds(exporter.pid());
     let mut times = Vec::with_capacity(scrapes);
     for _ in 0..scrapes.max(1) {
-        let t = Instant::now();
-        let _ = scrape();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        times.push(exporter.scrape().1);
     }
-    let cpu = (cpu_seconds(child.pid()) - cpu_before) / times.len() as f64;
-    let peak = peak_rss_mib(child.pid());
-    child.stop(Duration::from_secs(5));
+    let cpu = (cpu_seconds(exporter.pid()) - cpu_before) / times.len() as f64;
+    let peak = peak_rss_mib(exporter.pid());
+    exporter.stop();
     times.sort_by(f64::total_cmp);
     ExporterFigures {
         series,
@@ -128,6 +187,37 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// CPU seconds of process `root`, its live children and the children it has reaped (the
+/// postmaster and its backends, also those that came and went).
+pub fn tree_cpu_seconds(root: u32) -> f64 {
+    let stat = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields = |stat: &str| -> Vec<String> {
+        stat.rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let ticks =
+        |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let own = fields(&stat(&root.to_string()));
+    // utime, stime, cutime, cstime (fields 14–17 of proc(5), counted after the name).
+    let mut total = ticks(&own, 11) + ticks(&own, 12) + ticks(&own, 13) + ticks(&own, 14);
+    let root = root.to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let pid = name.to_string_lossy();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let f = fields(&stat(&pid));
+        if f.get(1) == Some(&root) {
+            total += ticks(&f, 11) + ticks(&f, 12);
+        }
+    }
+    total / 100.0
 }
 
 /// Current resident set size of a process (VmRSS), MiB; NaN when it is gone.

@@ -1,38 +1,91 @@
-//! What a server certificate says, as libpq (OpenSSL) reads it: its names for `verify-full`,
-//! its validity period, and the words a DBA needs when it is not trusted.
+//! What a certificate and a certificate revocation list say, read as OpenSSL (libpq) reads
+//! them: names compared in OpenSSL's canonical form, the extensions its verification uses,
+//! the signed bytes as they were sent, and libpq's host name rules for `verify-full`.
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rustls::pki_types::{ServerName, UnixTime};
-use x509_cert::Certificate;
-use x509_cert::der::asn1::ObjectIdentifier;
+use ring::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
+use x509_cert::attr::AttributeTypeAndValue;
+use x509_cert::crl::CertificateList;
+use x509_cert::der::asn1::{Any, BitString, ObjectIdentifier};
 use x509_cert::der::oid::AssociatedOid as _;
 use x509_cert::der::{DateTime, Decode as _, Encode as _, Tag, Tagged as _};
+use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, SubjectAltName};
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
+};
+use x509_cert::name::Name as X509Name;
+use x509_cert::{Certificate, Version};
+
+use super::der::der_header;
+use super::signature::{Signed, key_fits_algorithm};
 
 /// `commonName` (2.5.4.3).
 const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 /// `id-kp-serverAuth` (1.3.6.1.5.5.7.3.1).
 const SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
-/// `anyExtendedKeyUsage` (2.5.29.37.0).
-const ANY_EXTENDED_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37.0");
+/// Netscape and Microsoft Server Gated Cryptography, which OpenSSL takes for serverAuth.
+const NETSCAPE_SGC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.113730.4.1");
+const MICROSOFT_SGC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.10.3.3");
+/// Netscape certificate type, and its bits for an SSL server and an SSL CA.
+const NETSCAPE_CERT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.113730.1.1");
+const NS_SSL_SERVER: u8 = 0x40;
+const NS_SSL_CA: u8 = 0x04;
+const NS_ANY_CA: u8 = 0x07;
+/// `proxyCertInfo`, refused by OpenSSL unless proxy certificates are allowed (never in libpq).
+const PROXY_CERT_INFO: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.1.14");
+/// `nameConstraints`, and RFC 3779's IP address and AS number delegations: OpenSSL checks
+/// them and we do not, so a chain that has them is refused.
+const NAME_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.30");
+const IP_ADDR_BLOCKS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.1.7");
+const AS_IDENTIFIERS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.1.8");
+
+/// The extensions OpenSSL 3 handles (`X509_supported_extension`): any other one marked
+/// critical makes it refuse the certificate.
+const SUPPORTED_CRITICAL: [&str; 15] = [
+    "2.16.840.1.113730.1.1", // Netscape certificate type
+    "2.5.29.15",             // keyUsage
+    "2.5.29.17",             // subjectAltName
+    "2.5.29.19",             // basicConstraints
+    "2.5.29.32",             // certificatePolicies
+    "2.5.29.31",             // cRLDistributionPoints
+    "2.5.29.37",             // extendedKeyUsage
+    "1.3.6.1.5.5.7.1.7",     // IP address delegation (RFC 3779)
+    "1.3.6.1.5.5.7.1.8",     // AS identifiers (RFC 3779)
+    "1.3.6.1.5.5.7.48.1.5",  // OCSP no check
+    "2.5.29.36",             // policyConstraints
+    "1.3.6.1.5.5.7.1.14",    // proxyCertInfo
+    "2.5.29.30",             // nameConstraints
+    "2.5.29.33",             // policyMappings
+    "2.5.29.54",             // inhibitAnyPolicy
+];
+
+/// CRL extensions: the issuing distribution point, the authority key identifier and the
+/// delta CRL indicator are the critical ones OpenSSL handles; an entry's certificate issuer
+/// (indirect CRLs).
+const ISSUING_DISTRIBUTION_POINT: &str = "2.5.29.28";
+const AUTHORITY_KEY_ID: &str = "2.5.29.35";
+const DELTA_CRL_INDICATOR: &str = "2.5.29.27";
+const CERTIFICATE_ISSUER: &str = "2.5.29.29";
 
 /// A name the certificate is valid for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum CertName {
     /// A subjectAltName dNSName (maybe `*.` wildcard).
     Dns(String),
-    /// A subjectAltName iPAddress (4 or 16 bytes).
+    /// A subjectAltName iPAddress (4 or 16 bytes; others are refused by libpq).
     Ip(Vec<u8>),
 }
 
 impl fmt::Display for CertName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CertName::Dns(name) => write!(f, "DNS:{name}"),
+            CertName::Dns(name) => write!(f, "DNS:{}", name.escape_default()),
             CertName::Ip(bytes) => match ip_from_bytes(bytes) {
                 Some(ip) => write!(f, "IP:{ip}"),
                 None => write!(f, "IP:<{} bytes>", bytes.len()),
@@ -41,32 +94,111 @@ impl fmt::Display for CertName {
     }
 }
 
-/// The parts of a server certificate that verification and its messages need.
+/// A distinguished name: as written (RFC 4514) for messages, and in OpenSSL's canonical form
+/// (`x509_name_canon`: strings as UTF-8, spaces trimmed and collapsed, ASCII lower case) to
+/// compare, as `X509_NAME_cmp` does, and to hash, as `X509_NAME_hash` does for `sslcrldir`.
 #[derive(Debug, Clone)]
-pub(super) struct ServerCertificate {
-    /// Subject, RFC 4514 (`CN=db1,O=Example`).
-    pub(super) subject: String,
-    /// Issuer, RFC 4514.
-    pub(super) issuer: String,
-    /// DER of the subject and issuer names, to compare them exactly.
-    subject_der: Vec<u8>,
-    issuer_der: Vec<u8>,
+pub(super) struct Name {
+    pub(super) text: String,
+    canonical: Vec<u8>,
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        self.canonical == other.canonical
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", self.text)
+    }
+}
+
+impl Name {
+    fn new(name: &X509Name) -> Result<Self, String> {
+        Ok(Name {
+            text: name.to_string(),
+            canonical: canonical_name(name)?,
+        })
+    }
+
+    /// OpenSSL's `X509_NAME_hash`: the first four bytes of the SHA-1 of the canonical form,
+    /// little-endian; `openssl rehash` names a CRL file `<hash as %08x>.r<n>`.
+    pub(super) fn hash(&self) -> u32 {
+        let sha1 = digest(&SHA1_FOR_LEGACY_USE_ONLY, &self.canonical);
+        let b = sha1.as_ref();
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+/// `AuthorityKeyIdentifier`: which key, or which issuer and serial, signed the certificate.
+#[derive(Debug, Clone, Default)]
+struct AuthorityKeyId {
+    key_id: Option<Vec<u8>>,
+    issuer: Option<Name>,
+    serial: Option<Vec<u8>>,
+}
+
+/// OpenSSL's answer to "may this certificate be a CA?" (`X509_check_ca`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CaKind {
+    /// No: basicConstraints CA:FALSE, a key usage without keyCertSign, or nothing that says
+    /// it is a CA.
+    No,
+    /// basicConstraints CA:TRUE (and keyCertSign if there is a key usage).
+    Yes,
+    /// Only tolerated as the root of a chain: a self-signed version 1 certificate, a key
+    /// usage with keyCertSign but no basicConstraints, or a Netscape CA type.
+    Tolerated { netscape_only: bool },
+}
+
+/// A parsed X.509 certificate, with what verification and its messages need.
+#[derive(Debug, Clone)]
+pub(super) struct Cert {
+    /// The certificate as it came (DER), to compare certificates exactly.
+    pub(super) der: Vec<u8>,
+    pub(super) signed: Signed,
+    /// The `SubjectPublicKeyInfo` (DER).
+    pub(super) spki: Vec<u8>,
+    /// 1, 2 or 3.
+    pub(super) version: u8,
+    /// The serial number's DER content, compared as bytes (DER integers are minimal).
+    pub(super) serial: Vec<u8>,
+    pub(super) subject: Name,
+    pub(super) issuer: Name,
     /// The first commonName of the subject, as libpq uses it.
     common_name: Option<String>,
     names: Vec<CertName>,
-    not_before: u64,
-    not_after: u64,
-    /// basicConstraints CA:TRUE.
-    pub(super) is_ca: bool,
-    /// The extended key usages, when the extension is present.
+    pub(super) not_before: u64,
+    pub(super) not_after: u64,
+    /// basicConstraints: CA or not, and its path length.
+    basic_constraints: Option<(bool, Option<u8>)>,
+    /// keyUsage bits (x509-cert's `KeyUsages`).
+    key_usage: Option<u16>,
     extended_key_usage: Option<Vec<ObjectIdentifier>>,
+    ns_cert_type: Option<u8>,
+    subject_key_id: Option<Vec<u8>>,
+    authority_key_id: Option<AuthorityKeyId>,
+    /// Critical extensions OpenSSL does not know (dotted OIDs).
+    pub(super) unknown_critical: Vec<String>,
+    pub(super) proxy: bool,
+    pub(super) name_constraints: bool,
+    /// RFC 3779 delegations (IP addresses or AS numbers).
+    pub(super) rfc3779: bool,
 }
 
-impl ServerCertificate {
+impl Cert {
     /// Parses a DER certificate.
     pub(super) fn parse(der: &[u8]) -> Result<Self, String> {
         let cert = Certificate::from_der(der).map_err(|e| format!("cannot be parsed: {e}"))?;
         let tbs = &cert.tbs_certificate;
+        let inner = tbs.signature.to_der().unwrap_or_default();
+        let signed = Signed::split(der, &inner).ok_or("cannot be parsed: not DER")?;
+        let spki = tbs
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| format!("has a malformed public key: {e}"))?;
         let common_name = tbs
             .subject
             .0
@@ -81,161 +213,312 @@ impl ServerCertificate {
                 }
                 _ => None,
             });
-        let mut names = Vec::new();
-        let mut is_ca = false;
-        let mut extended_key_usage = None;
-        for ext in tbs.extensions.iter().flatten() {
-            let value = ext.extn_value.as_bytes();
-            let bad = |what: &str, e: x509_cert::der::Error| format!("has a malformed {what}: {e}");
-            if ext.extn_id == SubjectAltName::OID {
-                let san = SubjectAltName::from_der(value).map_err(|e| bad("subjectAltName", e))?;
-                for name in san.0 {
-                    match name {
-                        GeneralName::DnsName(dns) => names.push(CertName::Dns(dns.to_string())),
-                        GeneralName::IpAddress(ip) => {
-                            names.push(CertName::Ip(ip.as_bytes().to_vec()));
-                        }
-                        _ => {}
-                    }
-                }
-            } else if ext.extn_id == BasicConstraints::OID {
-                is_ca = BasicConstraints::from_der(value)
-                    .map_err(|e| bad("basicConstraints", e))?
-                    .ca;
-            } else if ext.extn_id == ExtendedKeyUsage::OID {
-                let eku =
-                    ExtendedKeyUsage::from_der(value).map_err(|e| bad("extendedKeyUsage", e))?;
-                extended_key_usage = Some(eku.0);
-            }
-        }
-        let der_of = |name: &x509_cert::name::Name| name.to_der().unwrap_or_default();
-        Ok(ServerCertificate {
-            subject: tbs.subject.to_string(),
-            issuer: tbs.issuer.to_string(),
-            subject_der: der_of(&tbs.subject),
-            issuer_der: der_of(&tbs.issuer),
+        let mut parsed = Cert {
+            der: der.to_vec(),
+            signed,
+            spki,
+            version: match tbs.version {
+                Version::V1 => 1,
+                Version::V2 => 2,
+                Version::V3 => 3,
+            },
+            serial: tbs.serial_number.as_bytes().to_vec(),
+            subject: Name::new(&tbs.subject)
+                .map_err(|e| format!("has a malformed subject: {e}"))?,
+            issuer: Name::new(&tbs.issuer).map_err(|e| format!("has a malformed issuer: {e}"))?,
             common_name,
-            names,
+            names: Vec::new(),
             not_before: tbs.validity.not_before.to_unix_duration().as_secs(),
             not_after: tbs.validity.not_after.to_unix_duration().as_secs(),
-            is_ca,
-            extended_key_usage,
-        })
+            basic_constraints: None,
+            key_usage: None,
+            extended_key_usage: None,
+            ns_cert_type: None,
+            subject_key_id: None,
+            authority_key_id: None,
+            unknown_critical: Vec::new(),
+            proxy: false,
+            name_constraints: false,
+            rfc3779: false,
+        };
+        let extensions = tbs.extensions.as_deref().unwrap_or_default();
+        for (i, ext) in extensions.iter().enumerate() {
+            if extensions[..i].iter().any(|e| e.extn_id == ext.extn_id) {
+                return Err(format!("has the extension {} twice", ext.extn_id));
+            }
+            parsed.read_extension(ext)?;
+        }
+        Ok(parsed)
     }
 
-    /// Whether it names itself as its issuer.
-    pub(super) fn is_self_issued(&self) -> bool {
-        self.subject_der == self.issuer_der
-    }
-
-    /// Whether `issuer`'s subject is this certificate's issuer.
-    pub(super) fn is_named_issuer(&self, issuer: &ServerCertificate) -> bool {
-        self.issuer_der == issuer.subject_der
+    fn read_extension(&mut self, ext: &Extension) -> Result<(), String> {
+        let value = ext.extn_value.as_bytes();
+        let bad = |what: &str, e: x509_cert::der::Error| format!("has a malformed {what}: {e}");
+        let id = ext.extn_id;
+        if id == SubjectAltName::OID {
+            let san = SubjectAltName::from_der(value).map_err(|e| bad("subjectAltName", e))?;
+            for name in san.0 {
+                match name {
+                    GeneralName::DnsName(dns) => self.names.push(CertName::Dns(dns.to_string())),
+                    GeneralName::IpAddress(ip) => {
+                        self.names.push(CertName::Ip(ip.as_bytes().to_vec()));
+                    }
+                    _ => {}
+                }
+            }
+        } else if id == BasicConstraints::OID {
+            let bc = BasicConstraints::from_der(value).map_err(|e| bad("basicConstraints", e))?;
+            if !bc.ca && bc.path_len_constraint.is_some() {
+                return Err(
+                    "has a malformed basicConstraints: a path length without CA:TRUE".into(),
+                );
+            }
+            self.basic_constraints = Some((bc.ca, bc.path_len_constraint));
+        } else if id == KeyUsage::OID {
+            let usage = KeyUsage::from_der(value).map_err(|e| bad("keyUsage", e))?;
+            self.key_usage = Some(usage.0.bits());
+        } else if id == ExtendedKeyUsage::OID {
+            let eku = ExtendedKeyUsage::from_der(value).map_err(|e| bad("extendedKeyUsage", e))?;
+            self.extended_key_usage = Some(eku.0);
+        } else if id == NETSCAPE_CERT_TYPE {
+            let bits =
+                BitString::from_der(value).map_err(|e| bad("Netscape certificate type", e))?;
+            self.ns_cert_type = Some(bits.raw_bytes().first().copied().unwrap_or(0));
+        } else if id == SubjectKeyIdentifier::OID {
+            let skid = SubjectKeyIdentifier::from_der(value)
+                .map_err(|e| bad("subjectKeyIdentifier", e))?;
+            self.subject_key_id = Some(skid.0.as_bytes().to_vec());
+        } else if id == AuthorityKeyIdentifier::OID {
+            let akid = AuthorityKeyIdentifier::from_der(value)
+                .map_err(|e| bad("authorityKeyIdentifier", e))?;
+            // OpenSSL looks at the first directoryName only.
+            let issuer = akid
+                .authority_cert_issuer
+                .iter()
+                .flatten()
+                .find_map(|n| match n {
+                    GeneralName::DirectoryName(name) => Some(name),
+                    _ => None,
+                })
+                .map(Name::new)
+                .transpose()?;
+            self.authority_key_id = Some(AuthorityKeyId {
+                key_id: akid.key_identifier.map(|k| k.as_bytes().to_vec()),
+                issuer,
+                serial: akid
+                    .authority_cert_serial_number
+                    .map(|s| s.as_bytes().to_vec()),
+            });
+        } else if id == PROXY_CERT_INFO {
+            self.proxy = true;
+        } else if id == NAME_CONSTRAINTS {
+            self.name_constraints = true;
+        } else if id == IP_ADDR_BLOCKS || id == AS_IDENTIFIERS {
+            self.rfc3779 = true;
+        }
+        if ext.critical && !SUPPORTED_CRITICAL.contains(&id.to_string().as_str()) {
+            self.unknown_critical.push(id.to_string());
+        }
+        Ok(())
     }
 
     /// `"CN=db1"`, for messages.
     pub(super) fn describe(&self) -> String {
-        format!("\"{}\"", self.subject)
+        self.subject.to_string()
     }
 
-    /// The validity period at `now`, as OpenSSL checks it.
-    pub(super) fn check_validity(&self, now: UnixTime) -> Result<(), String> {
-        let now = now.as_secs();
-        if now < self.not_before {
-            return Err(format!(
-                "the server certificate {} is not valid before {} (now {})",
-                self.describe(),
-                date(self.not_before),
-                date(now)
-            ));
+    /// Whether it names itself as its issuer ("self-issued").
+    pub(super) fn is_self_issued(&self) -> bool {
+        self.subject == self.issuer
+    }
+
+    /// OpenSSL's "self-signed" (`EXFLAG_SS`), which decides where a chain ends: self-issued,
+    /// with an authority key identifier (if any) naming itself, and a signature algorithm
+    /// for its own key type. The signature itself is not verified (neither does OpenSSL).
+    pub(super) fn is_self_signed(&self) -> bool {
+        self.is_likely_issued_by(self)
+    }
+
+    /// OpenSSL's `x509_likely_issued(issuer, self)`: `issuer`'s subject is this certificate's
+    /// issuer, the authority key identifier (if any) matches `issuer`, and `issuer`'s key
+    /// type can make this certificate's signature algorithm.
+    pub(super) fn is_likely_issued_by(&self, issuer: &Cert) -> bool {
+        if issuer.subject != self.issuer {
+            return false;
         }
-        if now > self.not_after {
+        if let Some(akid) = &self.authority_key_id {
+            if let (Some(key_id), Some(skid)) = (&akid.key_id, &issuer.subject_key_id)
+                && key_id != skid
+            {
+                return false;
+            }
+            if akid.serial.as_ref().is_some_and(|s| *s != issuer.serial) {
+                return false;
+            }
+            if akid.issuer.as_ref().is_some_and(|n| *n != issuer.issuer) {
+                return false;
+            }
+        }
+        key_fits_algorithm(&issuer.spki, &self.signed.algorithm)
+    }
+
+    /// Whether the validity period holds at `now` (OpenSSL: not before `notBefore`, before
+    /// `notAfter`).
+    pub(super) fn validity(&self, now: u64) -> Validity {
+        if now < self.not_before {
+            Validity::NotYet(self.not_before)
+        } else if now >= self.not_after {
+            Validity::Expired(self.not_after)
+        } else {
+            Validity::Valid
+        }
+    }
+
+    /// OpenSSL's `X509_check_ca`.
+    pub(super) fn ca_kind(&self) -> CaKind {
+        if self.key_usage_lacks(KeyUsages::KeyCertSign) {
+            return CaKind::No;
+        }
+        match self.basic_constraints {
+            Some((true, _)) => CaKind::Yes,
+            Some((false, _)) => CaKind::No,
+            None if self.version == 1 && self.is_self_signed() => CaKind::Tolerated {
+                netscape_only: false,
+            },
+            None if self.key_usage.is_some() => CaKind::Tolerated {
+                netscape_only: false,
+            },
+            None if self.ns_cert_type.is_some_and(|t| t & NS_ANY_CA != 0) => CaKind::Tolerated {
+                netscape_only: true,
+            },
+            None => CaKind::No,
+        }
+    }
+
+    /// Why OpenSSL says this is no CA certificate, in words.
+    pub(super) fn why_not_ca(&self) -> &'static str {
+        if self.key_usage_lacks(KeyUsages::KeyCertSign) {
+            "its key usage lacks keyCertSign"
+        } else if self.basic_constraints.is_some() {
+            "basicConstraints CA:FALSE"
+        } else if self.version == 1 {
+            "a version 1 certificate is a CA only as a self-signed root"
+        } else {
+            "it has no basicConstraints CA:TRUE"
+        }
+    }
+
+    /// basicConstraints' path length, if any.
+    pub(super) fn path_len(&self) -> Option<u8> {
+        self.basic_constraints.and_then(|(_, len)| len)
+    }
+
+    /// OpenSSL's purpose check for a TLS server (`check_purpose_ssl_server`): the server
+    /// certificate's (extended) key usages, or a CA's right to sign one.
+    pub(super) fn check_server_purpose(&self, as_ca: bool) -> Result<(), String> {
+        if let Some(usages) = &self.extended_key_usage
+            && !usages
+                .iter()
+                .any(|u| *u == SERVER_AUTH || *u == NETSCAPE_SGC || *u == MICROSOFT_SGC)
+        {
+            return Err("its extended key usage lacks serverAuth".to_owned());
+        }
+        if as_ca {
+            return match self.ca_kind() {
+                CaKind::No => Err(format!(
+                    "it is not a CA certificate ({})",
+                    self.why_not_ca()
+                )),
+                CaKind::Tolerated {
+                    netscape_only: true,
+                } if self.ns_cert_type.is_some_and(|t| t & NS_SSL_CA == 0) => {
+                    Err("its Netscape certificate type lacks SSL CA".to_owned())
+                }
+                _ => Ok(()),
+            };
+        }
+        if self.ns_cert_type.is_some_and(|t| t & NS_SSL_SERVER == 0) {
+            return Err("its Netscape certificate type lacks SSL server".to_owned());
+        }
+        let tls = usage_bits(KeyUsages::DigitalSignature)
+            | usage_bits(KeyUsages::KeyEncipherment)
+            | usage_bits(KeyUsages::KeyAgreement);
+        if let Some(bits) = self.key_usage
+            && bits & tls == 0
+        {
             return Err(format!(
-                "the server certificate {} expired on {} (now {})",
-                self.describe(),
-                date(self.not_after),
-                date(now)
+                "its key usage ({}) has none of digitalSignature, keyEncipherment, keyAgreement",
+                key_usage_names(bits)
             ));
         }
         Ok(())
     }
 
-    /// The expired or not-yet-valid message for a certificate of the chain: this one if its
-    /// own dates are at fault, else one the server sent with it (`bound` from rustls).
-    pub(super) fn explain_dates(&self, now: UnixTime, bound: Option<UnixTime>) -> String {
-        match self.check_validity(now) {
-            Err(message) => message,
-            Ok(()) => format!(
-                "an intermediate certificate the server sent with {} is outside its validity \
-                 period{} (now {})",
-                self.describe(),
-                bound.map_or_else(String::new, |b| format!(" ({})", date(b.as_secs()))),
-                date(now.as_secs())
-            ),
-        }
+    /// Whether the key usage, if present, lacks `usage`.
+    pub(super) fn key_usage_lacks(&self, usage: KeyUsages) -> bool {
+        self.key_usage
+            .is_some_and(|bits| bits & usage_bits(usage) == 0)
     }
 
-    /// The purpose check OpenSSL applies to a server certificate: an extended key usage, if
-    /// present, allows TLS servers.
-    pub(super) fn check_server_purpose(&self) -> Result<(), String> {
-        match &self.extended_key_usage {
-            Some(usages)
-                if !usages
-                    .iter()
-                    .any(|u| *u == SERVER_AUTH || *u == ANY_EXTENDED_KEY_USAGE) =>
-            {
-                Err(format!(
-                    "the server certificate {} is not for TLS servers (its extended key usage \
-                     lacks serverAuth)",
-                    self.describe()
-                ))
-            }
-            _ => Ok(()),
+    /// libpq's host name check for `verify-full`, against the host as written in the
+    /// connection string: the subjectAltName dNSNames (equal ignoring ASCII case, or a `*.`
+    /// wildcard for one label) and iPAddresses (for an IP host), in order; the commonName only
+    /// when there is no subjectAltName of the host's kind. A name with a NUL or an address of
+    /// another length than 4 or 16 bytes ends the check with a refusal, as in libpq.
+    pub(super) fn check_host(&self, host: &str) -> Result<(), String> {
+        if host.is_empty() {
+            return Err("a host name is needed to verify the server certificate".to_owned());
         }
-    }
-
-    /// libpq's host name check for `verify-full`: the subjectAltName dNSNames (against the
-    /// host as written, wildcards `*.` allowed) and iPAddresses (against an IP host); the
-    /// commonName only when there is no subjectAltName of the host's kind.
-    pub(super) fn check_name(&self, server_name: &ServerName<'_>) -> Result<(), String> {
-        let (host, ip) = match server_name {
-            ServerName::DnsName(name) => (name.as_ref().to_owned(), None),
-            ServerName::IpAddress(ip) => {
-                let ip = IpAddr::from(*ip);
-                (ip.to_string(), Some(ip))
-            }
-            other => (format!("{other:?}"), None),
-        };
-        let mut has_dns = false;
-        let mut has_ip = false;
+        let ip = host.parse::<IpAddr>().ok();
+        let mut use_common_name = true;
         for name in &self.names {
             let matched = match name {
                 CertName::Dns(pattern) => {
-                    has_dns = true;
-                    name_matches(pattern, &host)
+                    use_common_name &= ip.is_some();
+                    if pattern.contains('\0') {
+                        return Err(format!(
+                            "the server certificate {} has a name with an embedded NUL",
+                            self.describe()
+                        ));
+                    }
+                    name_matches(pattern, host)
                 }
                 CertName::Ip(bytes) => {
-                    has_ip = true;
-                    ip.is_some_and(|ip| ip_from_bytes(bytes) == Some(ip))
+                    use_common_name &= ip.is_none();
+                    let Some(address) = ip_from_bytes(bytes) else {
+                        return Err(format!(
+                            "the server certificate {} has an IP address of {} bytes",
+                            self.describe(),
+                            bytes.len()
+                        ));
+                    };
+                    ip == Some(address)
                 }
             };
             if matched {
                 return Ok(());
             }
         }
-        let use_common_name = if ip.is_some() { !has_ip } else { !has_dns };
-        if use_common_name
-            && let Some(cn) = &self.common_name
-            && name_matches(cn, &host)
-        {
-            return Ok(());
+        if use_common_name && let Some(cn) = &self.common_name {
+            if cn.contains('\0') {
+                return Err(format!(
+                    "the server certificate {} has a name with an embedded NUL",
+                    self.describe()
+                ));
+            }
+            if name_matches(cn, host) {
+                return Ok(());
+            }
         }
         let mut listed: Vec<String> = self.names.iter().map(ToString::to_string).collect();
         if let Some(cn) = &self.common_name {
             listed.push(if use_common_name {
-                format!("CN={cn}")
+                format!("CN={}", cn.escape_default())
             } else {
-                format!("CN={cn} (not used: the certificate has subjectAltNames)")
+                format!(
+                    "CN={} (not used: the certificate has subjectAltNames)",
+                    cn.escape_default()
+                )
             });
         }
         Err(format!(
@@ -250,12 +533,244 @@ impl ServerCertificate {
     }
 }
 
-/// libpq's comparison of a certificate name with the host: equal ignoring ASCII case, or a
-/// leading `*.` wildcard standing for exactly one label.
-fn name_matches(pattern: &str, host: &str) -> bool {
-    if pattern.contains('\0') {
-        return false;
+/// A certificate's validity at some time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Validity {
+    Valid,
+    /// Not valid before this time.
+    NotYet(u64),
+    /// Expired at this time.
+    Expired(u64),
+}
+
+impl Validity {
+    /// "is not valid before …" or "expired on …", with the time now.
+    pub(super) fn explain(self, now: u64) -> Option<String> {
+        match self {
+            Validity::Valid => None,
+            Validity::NotYet(t) => Some(format!(
+                "is not valid before {} (now {})",
+                date(t),
+                date(now)
+            )),
+            Validity::Expired(t) => Some(format!("expired on {} (now {})", date(t), date(now))),
+        }
     }
+}
+
+/// A parsed certificate revocation list.
+#[derive(Debug, Clone)]
+pub(super) struct Crl {
+    /// The file it was read from.
+    pub(super) file: PathBuf,
+    pub(super) signed: Signed,
+    pub(super) issuer: Name,
+    pub(super) this_update: u64,
+    pub(super) next_update: Option<u64>,
+    /// Revoked serial numbers (DER content) with their revocation time.
+    revoked: Vec<(Vec<u8>, u64)>,
+    authority_key_id: Option<Vec<u8>>,
+    /// A delta CRL, which libpq (OpenSSL without `X509_V_FLAG_USE_DELTAS`) ignores.
+    pub(super) delta: bool,
+    /// An issuing distribution point or indirect entries: scopes we do not check.
+    pub(super) scoped: bool,
+    /// Critical extensions (of the list or of an entry) OpenSSL does not know.
+    pub(super) unknown_critical: Vec<String>,
+}
+
+impl Crl {
+    /// Parses a DER CRL read from `file`.
+    pub(super) fn parse(der: &[u8], file: PathBuf) -> Result<Self, String> {
+        let crl = CertificateList::from_der(der).map_err(|e| format!("cannot be parsed: {e}"))?;
+        let tbs = &crl.tbs_cert_list;
+        let inner = tbs.signature.to_der().unwrap_or_default();
+        let signed = Signed::split(der, &inner).ok_or("cannot be parsed: not DER")?;
+        let mut parsed = Crl {
+            file,
+            signed,
+            issuer: Name::new(&tbs.issuer)?,
+            this_update: tbs.this_update.to_unix_duration().as_secs(),
+            next_update: tbs.next_update.map(|t| t.to_unix_duration().as_secs()),
+            revoked: Vec::new(),
+            authority_key_id: None,
+            delta: false,
+            scoped: false,
+            unknown_critical: Vec::new(),
+        };
+        for ext in tbs.crl_extensions.iter().flatten() {
+            let id = ext.extn_id.to_string();
+            match id.as_str() {
+                ISSUING_DISTRIBUTION_POINT => parsed.scoped = true,
+                DELTA_CRL_INDICATOR => parsed.delta = true,
+                AUTHORITY_KEY_ID => {
+                    let akid = AuthorityKeyIdentifier::from_der(ext.extn_value.as_bytes())
+                        .map_err(|e| format!("has a malformed authorityKeyIdentifier: {e}"))?;
+                    parsed.authority_key_id = akid.key_identifier.map(|k| k.as_bytes().to_vec());
+                }
+                _ if ext.critical => parsed.unknown_critical.push(id),
+                _ => {}
+            }
+        }
+        for entry in tbs.revoked_certificates.iter().flatten() {
+            for ext in entry.crl_entry_extensions.iter().flatten() {
+                let id = ext.extn_id.to_string();
+                if id == CERTIFICATE_ISSUER {
+                    parsed.scoped = true;
+                } else if ext.critical {
+                    parsed.unknown_critical.push(id);
+                }
+            }
+            parsed.revoked.push((
+                entry.serial_number.as_bytes().to_vec(),
+                entry.revocation_date.to_unix_duration().as_secs(),
+            ));
+        }
+        Ok(parsed)
+    }
+
+    /// Whether the CRL names `issuer`'s key (its authority key identifier, if any, is
+    /// `issuer`'s subject key identifier).
+    pub(super) fn key_matches(&self, issuer: &Cert) -> bool {
+        match (&self.authority_key_id, &issuer.subject_key_id) {
+            (Some(akid), Some(skid)) => akid == skid,
+            _ => true,
+        }
+    }
+
+    /// Whether its validity holds at `now` (`thisUpdate` passed, `nextUpdate` not).
+    pub(super) fn validity(&self, now: u64) -> Validity {
+        match self.next_update {
+            _ if now < self.this_update => Validity::NotYet(self.this_update),
+            Some(next) if now >= next => Validity::Expired(next),
+            _ => Validity::Valid,
+        }
+    }
+
+    /// When it revoked `cert` (by serial number), if it did.
+    pub(super) fn revocation_of(&self, cert: &Cert) -> Option<u64> {
+        self.revoked
+            .iter()
+            .find(|(serial, _)| *serial == cert.serial)
+            .map(|(_, when)| *when)
+    }
+}
+
+/// OpenSSL's canonical encoding of a name: each RDN as a DER `SET OF` its attributes, string
+/// values as canonical UTF8Strings, concatenated without the outer `SEQUENCE`.
+fn canonical_name(name: &X509Name) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for rdn in &name.0 {
+        let mut set = Vec::new();
+        for atv in rdn.0.iter() {
+            let value = match canonical_string(&atv.value)? {
+                Some(text) => {
+                    Any::new(Tag::Utf8String, text.into_bytes()).map_err(|e| e.to_string())?
+                }
+                None => atv.value.clone(),
+            };
+            let encoded = AttributeTypeAndValue {
+                oid: atv.oid,
+                value,
+            }
+            .to_der()
+            .map_err(|e| e.to_string())?;
+            set.push(encoded);
+        }
+        set.sort();
+        let content: Vec<u8> = set.concat();
+        out.extend(der_header(0x31, content.len()));
+        out.extend(content);
+    }
+    Ok(out)
+}
+
+/// A string value in OpenSSL's canonical form (`asn1_string_canon`), or `None` for a value
+/// that is not one of the string types it canonicalises.
+fn canonical_string(value: &Any) -> Result<Option<String>, String> {
+    let bytes = value.value();
+    let text: String = match value.tag() {
+        Tag::Utf8String => std::str::from_utf8(bytes)
+            .map_err(|_| "a UTF8String that is not UTF-8".to_owned())?
+            .to_owned(),
+        Tag::PrintableString | Tag::Ia5String | Tag::VisibleString | Tag::TeletexString => {
+            bytes.iter().map(|b| char::from(*b)).collect()
+        }
+        Tag::BmpString => {
+            if !bytes.len().is_multiple_of(2) {
+                return Err("a BMPString of odd length".to_owned());
+            }
+            bytes
+                .chunks(2)
+                .map(|c| char::from_u32(u32::from(u16::from_be_bytes([c[0], c[1]]))))
+                .collect::<Option<String>>()
+                .ok_or("a BMPString with an invalid character")?
+        }
+        _ => return Ok(None),
+    };
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let bytes = text.as_bytes();
+    let start = bytes
+        .iter()
+        .position(|b| !is_space(b))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_space(b))
+        .map_or(start, |e| e + 1);
+    let mut out = Vec::with_capacity(end - start);
+    let mut in_space = false;
+    for b in &bytes[start..end] {
+        if is_space(b) {
+            if !in_space {
+                out.push(b' ');
+            }
+            in_space = true;
+        } else {
+            out.push(b.to_ascii_lowercase());
+            in_space = false;
+        }
+    }
+    // Only ASCII bytes were changed, so this is still UTF-8.
+    String::from_utf8(out)
+        .map(Some)
+        .map_err(|_| "a string that is not UTF-8".to_owned())
+}
+
+/// The bits of one key usage, as [`Cert`] keeps them.
+fn usage_bits(usage: KeyUsages) -> u16 {
+    KeyUsage(usage.into()).0.bits()
+}
+
+/// The names of the key usage bits that are set.
+fn key_usage_names(bits: u16) -> String {
+    const NAMES: [&str; 9] = [
+        "digitalSignature",
+        "nonRepudiation",
+        "keyEncipherment",
+        "dataEncipherment",
+        "keyAgreement",
+        "keyCertSign",
+        "cRLSign",
+        "encipherOnly",
+        "decipherOnly",
+    ];
+    let set: Vec<&str> = NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if set.is_empty() {
+        "empty".to_owned()
+    } else {
+        set.join(", ")
+    }
+}
+
+/// libpq's comparison of a certificate name with the host: equal ignoring ASCII case, or a
+/// leading `*.` wildcard standing for exactly one label. A trailing dot is a character like
+/// any other.
+fn name_matches(pattern: &str, host: &str) -> bool {
     if pattern.eq_ignore_ascii_case(host) {
         return true;
     }
@@ -281,7 +796,7 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
 }
 
 /// Unix seconds as `2025-01-31T12:00:00Z`.
-fn date(secs: u64) -> String {
+pub(super) fn date(secs: u64) -> String {
     DateTime::from_unix_duration(Duration::from_secs(secs))
         .map_or_else(|_| format!("{secs} (Unix time)"), |d| d.to_string())
 }
@@ -300,7 +815,11 @@ mod tests {
         assert!(!name_matches("*example.com", "dbexample.com"));
         assert!(!name_matches("db*.example.com", "db1.example.com"));
         assert!(!name_matches("*.", "a."));
-        assert!(!name_matches("db\0.evil", "db"));
+        // Trailing dots are compared as written (libpq's pg_strcasecmp).
+        assert!(!name_matches("*.example.com", "a.example.com."));
+        assert!(!name_matches("localhost", "localhost."));
+        assert!(name_matches("localhost.", "localhost."));
+        assert!(name_matches("*.example.com.", "a.example.com."));
         assert!(
             !name_matches("*.example.com", "aéexample.com"),
             "no panic inside a character"
@@ -311,5 +830,24 @@ mod tests {
     fn dates_are_readable() {
         assert_eq!(date(0), "1970-01-01T00:00:00Z");
         assert_eq!(date(1_580_515_200), "2020-02-01T00:00:00Z");
+    }
+
+    fn name(s: &str) -> Name {
+        Name::new(&s.parse::<X509Name>().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn names_compare_and_hash_as_openssl() {
+        // `openssl x509 -noout -subject_hash` of certificates with these subjects (`-subj
+        // "/CN=local host/O=ex co"` for the last).
+        let hash = |n: &str| format!("{:08x}", name(n).hash());
+        assert_eq!(hash("CN=localhost"), "ce275665");
+        assert_eq!(hash("CN=pgsuite openssl test CA"), "8b6f9ad6");
+        assert_eq!(hash("O=ex co,CN=local host"), "9e7515b0");
+        assert_eq!(
+            name("O=Ex\\  Co,CN=\\  Local   HOST\\ "),
+            name("O=ex co,CN=local host")
+        );
+        assert_ne!(name("CN=a,O=b"), name("CN=a"));
     }
 }

@@ -100,8 +100,13 @@ pub(super) enum Endpoint {
     /// A unix socket directory.
     Unix(PathBuf),
     /// A TCP host name (also the TLS server name), and the address to use instead of
-    /// resolving it (`hostaddr`).
-    Tcp { host: String, addr: Option<IpAddr> },
+    /// resolving it (`hostaddr`). Without `host`, `host` is `hostaddr`'s address and not
+    /// `named`: `verify-full` then has no host name to check, as in libpq.
+    Tcp {
+        host: String,
+        addr: Option<IpAddr>,
+        named: bool,
+    },
 }
 
 impl Target {
@@ -114,6 +119,7 @@ impl Target {
             Endpoint::Tcp {
                 host,
                 addr: Some(addr),
+                ..
             } if *host != addr.to_string() => {
                 format!("at \"{host}\" ({addr}), port {}", self.port)
             }
@@ -258,7 +264,10 @@ impl ConnInfo {
         let (password, from_file) = self.password_for(plan, target);
         let mut errors = Vec::new();
         for (i, &step) in steps.iter().enumerate() {
-            let tls = plan.tls.fresh();
+            let tls = match &target.endpoint {
+                Endpoint::Tcp { named: false, .. } => plan.tls.fresh().without_host_name(),
+                _ => plan.tls.fresh(),
+            };
             let describe = |reason: String, error: Option<tokio_postgres::Error>| {
                 let mut target = target.describe();
                 if steps.len() > 1 {
@@ -281,13 +290,18 @@ impl ConnInfo {
                 Ok(connected) => return Ok(connected),
                 Err(Failure::Driver(e)) => {
                     // libpq's retries: `prefer` again without TLS after any failure with TLS,
-                    // `allow` again with TLS when the server refused the plain connection.
+                    // `allow` again with TLS when the server refused the plain connection. Not
+                    // after refusing a certificate libpq might have accepted: that would go
+                    // without TLS where libpq goes with it.
                     let retry = match step {
-                        Step::TlsPreferred => tls.attempted(),
+                        Step::TlsPreferred => tls.attempted() && !tls.unsupported(),
                         Step::Plain => e.as_db_error().is_some(),
                         Step::TlsRequired => false,
                     };
                     let mut reason = error_chain(&e);
+                    if step == Step::TlsPreferred && tls.unsupported() {
+                        reason.push_str("; not retried without TLS (sslmode=prefer)");
+                    }
                     if let Some(file) = &from_file
                         && e.code() == Some(&SqlState::INVALID_PASSWORD)
                     {
@@ -324,7 +338,7 @@ impl ConnInfo {
             Endpoint::Unix(dir) => {
                 config.host_path(dir);
             }
-            Endpoint::Tcp { host, addr } => {
+            Endpoint::Tcp { host, addr, .. } => {
                 config.host(host);
                 if let Some(addr) = addr {
                     config.hostaddr(*addr);
@@ -549,9 +563,7 @@ impl ConnInfo {
     /// The TLS connector for the effective `sslmode` (none for `disable`).
     pub(super) fn tls_connector(&self) -> Result<TlsConnector, ConnInfoError> {
         let settings = self.tls_settings()?;
-        Ok(TlsConnector::new(
-            settings.map(|s| s.client_config()).transpose()?,
-        ))
+        Ok(TlsConnector::new(settings.map(|s| s.client()).transpose()?))
     }
 
     /// libpq's TLS file rules for the effective `sslmode`, or `None` for `disable`.
@@ -593,8 +605,13 @@ impl ConnInfo {
             });
         }
         let existing = |p: Option<PathBuf>| p.filter(|p| p.exists());
-        let crl = existing(set("sslcrl").or_else(|| home_file("root.crl")));
-        let crl_dir = existing(set("sslcrldir"));
+        // As libpq: sslcrl and sslcrldir as set; ~/.postgresql/root.crl when neither is.
+        let crl_dir = set("sslcrldir");
+        let crl = match set("sslcrl") {
+            Some(file) => Some((file, true)),
+            None if crl_dir.is_none() => home_file("root.crl").map(|file| (file, false)),
+            None => None,
+        };
         let client_cert = if self.get("sslcertmode") == Some("disable") {
             None
         } else {
@@ -696,6 +713,7 @@ fn target(host: &str, addr: Option<IpAddr>, port: u16) -> Target {
             endpoint: Endpoint::Tcp {
                 host: name,
                 addr: Some(addr),
+                named: !host.is_empty() && !is_socket,
             },
             port,
             pgpass_host,
@@ -729,6 +747,7 @@ fn target(host: &str, addr: Option<IpAddr>, port: u16) -> Target {
         endpoint: Endpoint::Tcp {
             host: host.to_owned(),
             addr: None,
+            named: true,
         },
         port,
         pgpass_host: host.to_owned(),
@@ -829,6 +848,7 @@ mod tests {
             endpoint: Endpoint::Tcp {
                 host: host.to_owned(),
                 addr: None,
+                named: true,
             },
             port,
             pgpass_host: host.to_owned(),
@@ -884,7 +904,8 @@ mod tests {
             t[0].endpoint,
             Endpoint::Tcp {
                 host: "10.0.0.1".into(),
-                addr: Some("10.0.0.1".parse().unwrap())
+                addr: Some("10.0.0.1".parse().unwrap()),
+                named: false,
             }
         );
         assert_eq!(t[0].pgpass_host, "10.0.0.1");

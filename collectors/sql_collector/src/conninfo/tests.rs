@@ -394,6 +394,30 @@ fn tls_settings_follow_libpq() {
             "{mode}"
         );
     }
+    // CRLs as libpq: sslcrl and sslcrldir as set, ~/.postgresql/root.crl when neither is.
+    let crls = |s: &str| {
+        let s = settings(&format!("sslmode=verify-ca {s}"))
+            .unwrap()
+            .unwrap();
+        (s.crl, s.crl_dir)
+    };
+    assert_eq!(
+        crls(""),
+        (Some((home.join(".postgresql/root.crl"), false)), None)
+    );
+    assert_eq!(
+        crls("sslcrl=/a.crl sslcrldir=/crls"),
+        (Some(("/a.crl".into(), true)), Some("/crls".into()))
+    );
+    assert_eq!(crls("sslcrldir=/crls"), (None, Some("/crls".into())));
+    assert_eq!(
+        settings("sslmode=require sslcrl=/a.crl sslrootcert=/nope.crt")
+            .unwrap()
+            .unwrap()
+            .crl,
+        None,
+        "nothing verified, no CRL"
+    );
 
     // Client certificate: used when the file exists; the key must exist then.
     let cert = dir.path().join("client.crt");

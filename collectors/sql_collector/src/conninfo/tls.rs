@@ -1,28 +1,41 @@
-//! TLS for PostgreSQL connections with rustls, following libpq's `sslmode` rules.
+//! TLS for PostgreSQL connections with rustls, following libpq's `sslmode` rules and
+//! checking the server certificate as libpq (OpenSSL 3) does.
 //!
 //! | `sslmode`     | server certificate checked                                        |
 //! |---------------|-------------------------------------------------------------------|
 //! | `disable`     | no TLS                                                            |
 //! | `allow`, `prefer`, `require` | not checked, unless a root certificate file exists (`sslrootcert`, or `~/.postgresql/root.crt`): then as `verify-ca` |
-//! | `verify-ca`   | chain up to `sslrootcert`, any host name                          |
-//! | `verify-full` | chain up to `sslrootcert`, and the host name by libpq's rules     |
+//! | `verify-ca`   | chain up to a root certificate of `sslrootcert`, any host name    |
+//! | `verify-full` | the chain, and the host name by libpq's rules                     |
 //!
-//! As with libpq (OpenSSL), a server certificate that is itself in the root certificate file is
-//! trusted as it is: the self-signed certificate PostgreSQL's documentation makes with
-//! `openssl req -x509`, which carries `CA:TRUE` and which webpki alone refuses as a server
-//! certificate (`CaUsedAsEndEntity`). Its validity period and extended key usage are checked
-//! still (not a CRL, which cannot be about a trust anchor). `verify-full` matches the host
-//! against the subjectAltName DNS names (wildcards `*.`) and IP addresses, and against the
-//! Common Name when the certificate has no subjectAltName of the host's kind, as libpq does.
-//! An untrusted certificate is explained in words: not signed by a CA of the root file
-//! (unknown issuer), expired on a date, not yet valid, not for that host name (with the names
-//! it has), revoked.
+//! The chain is judged by [`super::trust`], which follows OpenSSL's rules: a self-signed
+//! server certificate (as PostgreSQL's documentation makes it with `openssl req -x509`) is
+//! trusted when it is itself in the root certificate file; a root certificate that is not
+//! self-signed, or not a CA, or expired, trusts nothing; version 1 certificates (made by
+//! `openssl x509 -req`) are verified like the others; key usages, critical extensions, path
+//! lengths and, with `sslcrl`/`sslcrldir`, the CRLs of every certificate of the chain are
+//! checked. Signatures are verified with rustls's crypto provider (ring), the server's
+//! handshake signature too, whatever its certificate, even when nothing else is checked.
 //!
-//! `sslrootcert=system` uses the system's trusted roots and requires `verify-full`, as in
-//! libpq 16+. Client certificates come from `sslcert`/`sslkey` (default
-//! `~/.postgresql/postgresql.crt` and `.key` when they exist); CRLs from `sslcrl` (default
-//! `~/.postgresql/root.crl`) and `sslcrldir`.
+//! `verify-full` matches the host as written in the connection string (a trailing dot
+//! included) against the subjectAltName DNS names (wildcards `*.`) and IP addresses, and
+//! against the Common Name when the certificate has no subjectAltName of the host's kind, as
+//! libpq does; with `hostaddr` but no `host` there is no name to match, and it is refused.
+//! A certificate that is not trusted is explained in words (unknown issuer, not a CA,
+//! expired on a date, revoked, not for that host name with the names it has, …).
+//!
+//! Where we cannot check a certificate as libpq would (name constraints, CRL scopes,
+//! algorithms ring lacks such as SHA-1 or P-521), it is refused, and `sslmode=prefer` does
+//! not then fall back to a connection without TLS, as it does after a failure libpq would
+//! have too ([`TlsConnector::unsupported`]).
+//!
+//! `sslrootcert=system` uses the system's trusted roots (without CRLs, as libpq) and requires
+//! `verify-full`, as in libpq 16+. Client certificates come from `sslcert`/`sslkey` (default
+//! `~/.postgresql/postgresql.crt` and `.key` when they exist); CRLs from `sslcrl`, `sslcrldir`
+//! (files named by `openssl rehash`) and the root certificate file, or, when neither keyword
+//! is set, `~/.postgresql/root.crl` if it exists.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::future::Future;
@@ -34,24 +47,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::crypto::hash::HashAlgorithm;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
-};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::pem::{PemObject as _, SectionKind};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::Socket;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::ConnInfoError;
-use super::certificate::ServerCertificate;
+use super::certificate::{Cert, Crl};
+use super::der::der_element;
+use super::signature::{HandshakeError, SignatureError, verify_handshake};
+use super::trust::{Crls, Refusal, Trust, crl_source, refused, unsupported};
 
 /// Common places of the system's CA bundle, for `sslrootcert=system` (after `SSL_CERT_FILE`).
 const SYSTEM_CA_BUNDLES: [&str; 5] = [
@@ -79,7 +90,8 @@ pub(super) struct TlsSettings {
     pub(super) verify: Verify,
     /// PEM root certificates, or `None` for the system's roots (`sslrootcert=system`).
     pub(super) root_cert: Option<PathBuf>,
-    pub(super) crl: Option<PathBuf>,
+    /// `sslcrl` (or the default `~/.postgresql/root.crl`), and whether it was set explicitly.
+    pub(super) crl: Option<(PathBuf, bool)>,
     pub(super) crl_dir: Option<PathBuf>,
     pub(super) client_cert: Option<(PathBuf, PathBuf)>,
     pub(super) sni: bool,
@@ -88,10 +100,53 @@ pub(super) struct TlsSettings {
     pub(super) tls13: bool,
 }
 
+/// How the server certificate of a connection is checked.
+#[derive(Debug)]
+struct Check {
+    trust: Trust,
+    /// `verify-full`.
+    host_name: bool,
+}
+
+/// A TLS client built from [`TlsSettings`]: rustls's configuration and the certificate check,
+/// which each handshake gets with its own host name (see [`TlsConnector`]).
+#[derive(Clone)]
+pub(super) struct TlsClient {
+    config: Arc<ClientConfig>,
+    check: Option<Arc<Check>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("check", &self.check)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// The rustls configuration for one handshake with `host` (`None`: only `hostaddr` was
+    /// given), reporting to `progress`.
+    fn config_for(&self, host: Option<String>, progress: Arc<Progress>) -> ClientConfig {
+        let mut config = (*self.config).clone();
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(LibpqVerifier {
+                check: self.check.clone(),
+                host,
+                algorithms: self.algorithms,
+                progress,
+            }));
+        config
+    }
+}
+
 impl TlsSettings {
-    /// Builds the rustls client configuration.
-    pub(super) fn client_config(&self) -> Result<ClientConfig, ConnInfoError> {
+    /// Builds the TLS client: reads the root certificates, CRLs and client certificate.
+    pub(super) fn client(&self) -> Result<TlsClient, ConnInfoError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algorithms = provider.signature_verification_algorithms;
         let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
         if self.tls13 {
             versions.push(&rustls::version::TLS13);
@@ -99,15 +154,28 @@ impl TlsSettings {
         if self.tls12 {
             versions.push(&rustls::version::TLS12);
         }
-        let verifier = self.verifier(&provider)?;
-        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        let check = self.check(algorithms)?.map(Arc::new);
+        let verifier = Arc::new(LibpqVerifier {
+            check: check.clone(),
+            host: None,
+            algorithms,
+            progress: Arc::default(),
+        });
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)
             .map_err(|e| ConnInfoError::Tls(format!("cannot select TLS versions: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let mut config = match &self.client_cert {
             Some((cert, key)) => {
-                let chain = read_certificates(cert, "client certificate file")?;
+                let chain = read_pem(cert, "client certificate file")?.certificates;
+                if chain.is_empty() {
+                    return Err(ConnInfoError::File {
+                        what: "client certificate file",
+                        path: cert.clone(),
+                        reason: "contains no PEM certificate".to_owned(),
+                    });
+                }
                 let key = read_private_key(key)?;
                 builder.with_client_auth_cert(chain, key).map_err(|e| {
                     ConnInfoError::Tls(format!(
@@ -122,52 +190,102 @@ impl TlsSettings {
         config.enable_sni = self.sni;
         // Like libpq 17+, which servers need for `sslnegotiation=direct`.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
-        Ok(config)
+        Ok(TlsClient {
+            config: Arc::new(config),
+            check,
+            algorithms,
+        })
     }
 
-    fn verifier(
-        &self,
-        provider: &Arc<CryptoProvider>,
-    ) -> Result<Arc<dyn ServerCertVerifier>, ConnInfoError> {
+    /// The root certificates and CRLs to check the server certificate with, if it is checked.
+    fn check(&self, algorithms: WebPkiSupportedAlgorithms) -> Result<Option<Check>, ConnInfoError> {
         if self.verify == Verify::Nothing {
-            return Ok(Arc::new(NoVerification {
-                algorithms: provider.signature_verification_algorithms,
-            }));
+            return Ok(None);
         }
-        let roots = match &self.root_cert {
-            Some(path) => read_certificates(path, "root certificate file")?,
-            None => system_roots()?,
+        let (pem, source) = match &self.root_cert {
+            Some(path) => (
+                read_pem(path, "root certificate file")?,
+                format!("root certificate file \"{}\"", path.display()),
+            ),
+            None => (system_roots()?, "system's CA bundle".to_owned()),
         };
-        let roots_source = self.root_cert.as_ref().map_or_else(
-            || "the system's CA bundle".to_owned(),
-            |p| format!("root certificate file \"{}\"", p.display()),
-        );
-        let mut store = RootCertStore::empty();
-        let (added, _ignored) = store.add_parsable_certificates(roots.iter().cloned());
-        if added == 0 {
+        if pem.certificates.is_empty() {
+            return Err(match &self.root_cert {
+                Some(path) => ConnInfoError::File {
+                    what: "root certificate file",
+                    path: path.clone(),
+                    reason: "contains no PEM certificate".to_owned(),
+                },
+                None => ConnInfoError::Tls(format!("no PEM certificate in the {source}")),
+            });
+        }
+        let mut roots = Vec::new();
+        let mut unreadable = Vec::new();
+        for (i, der) in pem.certificates.iter().enumerate() {
+            match Cert::parse(der) {
+                Ok(cert) => roots.push(cert),
+                Err(e) => unreadable.push(format!("certificate {} {e}", i + 1)),
+            }
+        }
+        if roots.is_empty() {
             return Err(ConnInfoError::Tls(format!(
-                "no usable CA certificate in {roots_source}"
+                "no usable CA certificate in the {source}"
             )));
         }
-        let mut crls = Vec::new();
-        if let Some(path) = &self.crl {
-            crls.extend(read_crls(path)?);
+        // libpq loads no CRL with sslrootcert=system.
+        let crls = match &self.root_cert {
+            Some(path) => self.crls(path, &pem.crls)?,
+            None => None,
+        };
+        Ok(Some(Check {
+            trust: Trust::new(roots, source, crls, algorithms).with_unreadable(unreadable),
+            host_name: self.verify == Verify::Full,
+        }))
+    }
+
+    /// The CRLs, when revocation is checked: as libpq, when `sslcrldir` is set or the CRL file
+    /// (`sslcrl`, else `~/.postgresql/root.crl` when neither is set) holds a certificate or a
+    /// CRL. An `sslcrl` or `sslcrldir` set but missing, unreadable or without a CRL is an error
+    /// here (libpq then checks nothing, or refuses every server).
+    fn crls(&self, root_file: &Path, root_crls: &[Vec<u8>]) -> Result<Option<Crls>, ConnInfoError> {
+        const FILE: &str = "certificate revocation list file";
+        if self.crl.is_none() && self.crl_dir.is_none() {
+            return Ok(None);
         }
-        if let Some(dir) = &self.crl_dir {
-            crls.extend(read_crl_dir(dir)?);
+        let mut listed = Vec::new();
+        if let Some((path, explicit)) = &self.crl {
+            let text = if *explicit {
+                read_file(path, FILE)?
+            } else {
+                match fs::read(path) {
+                    Ok(text) => text,
+                    Err(_) => return Ok(None),
+                }
+            };
+            let pem = parse_pem(&text, path, FILE)?;
+            if pem.crls.is_empty() {
+                if *explicit {
+                    return Err(ConnInfoError::File {
+                        what: FILE,
+                        path: path.clone(),
+                        reason: "contains no PEM certificate revocation list".to_owned(),
+                    });
+                }
+                if pem.certificates.is_empty() {
+                    return Ok(None);
+                }
+            }
+            listed.extend(parse_crls(&pem.crls, path, FILE)?);
         }
-        let webpki =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(store), Arc::clone(provider))
-                .with_crls(crls)
-                .build()
-                .map_err(|e| {
-                    ConnInfoError::Tls(format!("cannot build the certificate verifier: {e}"))
-                })?;
-        Ok(Arc::new(LibpqVerifier {
-            webpki,
-            roots,
-            roots_source,
-            check_name: self.verify == Verify::Full,
+        listed.extend(parse_crls(root_crls, root_file, "root certificate file")?);
+        let hashed = match &self.crl_dir {
+            Some(dir) => read_crl_dir(dir)?,
+            None => Vec::new(),
+        };
+        Ok(Some(Crls {
+            listed,
+            hashed,
+            source: crl_source(self.crl.as_ref().map(|(p, _)| p), self.crl_dir.as_ref()),
         }))
     }
 }
@@ -190,26 +308,89 @@ fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, ConnInfoError> 
     })
 }
 
-fn read_certificates(
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, ConnInfoError> {
-    let pem = read_file(path, what)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConnInfoError::File {
+/// The certificates and CRLs (DER) of a PEM file.
+#[derive(Debug, Default)]
+struct Pem {
+    certificates: Vec<CertificateDer<'static>>,
+    crls: Vec<Vec<u8>>,
+}
+
+fn read_pem(path: &Path, what: &'static str) -> Result<Pem, ConnInfoError> {
+    parse_pem(&read_file(path, what)?, path, what)
+}
+
+fn parse_pem(text: &[u8], path: &Path, what: &'static str) -> Result<Pem, ConnInfoError> {
+    let mut pem = Pem::default();
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(text) {
+        let (kind, der) = section.map_err(|e| ConnInfoError::File {
             what,
             path: path.to_owned(),
             reason: format!("{e}"),
         })?;
-    if certs.is_empty() {
-        return Err(ConnInfoError::File {
-            what,
-            path: path.to_owned(),
-            reason: "contains no PEM certificate".to_owned(),
-        });
+        match kind {
+            SectionKind::Certificate => pem.certificates.push(CertificateDer::from(der)),
+            SectionKind::Crl => pem.crls.push(der),
+            _ => {}
+        }
     }
-    Ok(certs)
+    Ok(pem)
+}
+
+fn parse_crls(
+    ders: &[Vec<u8>],
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<Crl>, ConnInfoError> {
+    ders.iter()
+        .map(|der| {
+            Crl::parse(der, path.to_owned()).map_err(|e| ConnInfoError::File {
+                what,
+                path: path.to_owned(),
+                reason: format!("has a certificate revocation list that {e}"),
+            })
+        })
+        .collect()
+}
+
+/// The CRLs of `sslcrldir` as OpenSSL's hashed directory lookup finds them: files named
+/// `<issuer name hash>.r<n>` (`openssl rehash`), n counting from 0 until a file is missing.
+fn read_crl_dir(dir: &Path) -> Result<Vec<(u32, Crl)>, ConnInfoError> {
+    const WHAT: &str = "certificate revocation list directory";
+    let entries = fs::read_dir(dir).map_err(|e| ConnInfoError::File {
+        what: WHAT,
+        path: dir.to_owned(),
+        reason: if e.kind() == io::ErrorKind::NotFound {
+            "does not exist".to_owned()
+        } else {
+            e.to_string()
+        },
+    })?;
+    let mut names: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((hash, n)) = name.to_str().and_then(|n| n.split_once(".r")) else {
+            continue;
+        };
+        let lower_hex =
+            hash.len() == 8 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if let (true, Ok(hash), Ok(n)) = (lower_hex, u32::from_str_radix(hash, 16), n.parse()) {
+            names.entry(hash).or_default().push(n);
+        }
+    }
+    let mut crls = Vec::new();
+    for (hash, numbers) in names {
+        for n in 0.. {
+            if !numbers.contains(&n) {
+                break;
+            }
+            let path = dir.join(format!("{hash:08x}.r{n}"));
+            let pem = read_pem(&path, "certificate revocation list file")?;
+            for crl in parse_crls(&pem.crls, &path, "certificate revocation list file")? {
+                crls.push((hash, crl));
+            }
+        }
+    }
+    Ok(crls)
 }
 
 /// The client key, refused like libpq when others may read it: a key owned by the user must be
@@ -242,43 +423,15 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConnInfoError
     })
 }
 
-fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ConnInfoError> {
-    const WHAT: &str = "certificate revocation list file";
-    let pem = read_file(path, WHAT)?;
-    CertificateRevocationListDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConnInfoError::File {
-            what: WHAT,
-            path: path.to_owned(),
-            reason: format!("{e}"),
-        })
-}
-
-fn read_crl_dir(dir: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ConnInfoError> {
-    const WHAT: &str = "certificate revocation list directory";
-    let entries = fs::read_dir(dir).map_err(|e| ConnInfoError::File {
-        what: WHAT,
-        path: dir.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let mut crls = Vec::new();
-    for entry in entries.flatten() {
-        if entry.path().is_file() {
-            crls.extend(read_crls(&entry.path())?);
-        }
-    }
-    Ok(crls)
-}
-
 /// The system's CA bundle: `SSL_CERT_FILE`, else the first that exists of the usual places.
-fn system_roots() -> Result<Vec<CertificateDer<'static>>, ConnInfoError> {
+fn system_roots() -> Result<Pem, ConnInfoError> {
     let candidates = std::env::var_os("SSL_CERT_FILE")
         .map(PathBuf::from)
         .into_iter()
         .chain(SYSTEM_CA_BUNDLES.iter().map(PathBuf::from));
     for path in candidates {
         if path.is_file() {
-            return read_certificates(&path, "system CA bundle");
+            return read_pem(&path, "system CA bundle");
         }
     }
     Err(ConnInfoError::Tls(format!(
@@ -287,144 +440,65 @@ fn system_roots() -> Result<Vec<CertificateDer<'static>>, ConnInfoError> {
     )))
 }
 
-/// `require` without a root certificate: any certificate, but the handshake's signatures are
-/// still verified with the certificate's key (so the peer holds its key).
-#[derive(Debug)]
-struct NoVerification {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca` and `verify-full` as libpq does them (see the module documentation): webpki
-/// checks the chain (and revocation), or the certificate is itself a root certificate; the
-/// name is checked by libpq's rules for `verify-full` only.
+/// The server certificate check of one handshake, as libpq does it (see the module
+/// documentation): the chain by [`Trust`] unless nothing is checked, the host name for
+/// `verify-full`, the handshake signature always.
 #[derive(Debug)]
 struct LibpqVerifier {
-    webpki: Arc<WebPkiServerVerifier>,
-    /// The root certificates.
-    roots: Vec<CertificateDer<'static>>,
-    /// Where the roots come from, for messages (`root certificate file "…"`).
-    roots_source: String,
-    check_name: bool,
+    check: Option<Arc<Check>>,
+    /// The host as written in the connection string (`None`: only `hostaddr`).
+    host: Option<String>,
+    algorithms: WebPkiSupportedAlgorithms,
+    progress: Arc<Progress>,
 }
 
 impl LibpqVerifier {
-    /// Why a CA certificate (which webpki never accepts as server certificate) that is not
-    /// itself a root certificate is not trusted.
-    fn ca_not_in_roots(&self, cert: &ServerCertificate) -> String {
-        if cert.is_self_issued() {
-            self.self_signed_not_in_roots(cert)
-        } else if self.roots.iter().any(|root| {
-            ServerCertificate::parse(root).is_ok_and(|root| cert.is_named_issuer(&root))
-        }) {
-            format!(
-                "the server certificate {} is a CA certificate (basicConstraints CA:TRUE) \
-                 signed by \"{}\", which is accepted as server certificate only when it is \
-                 itself in the {}: reissue it without CA:TRUE, or add it there",
-                cert.describe(),
-                cert.issuer,
-                self.roots_source
-            )
-        } else {
-            self.unknown_issuer(cert)
+    /// A refusal as a rustls error, noting whether libpq might have accepted.
+    fn refuse(&self, prefix: &str, refusal: &Refusal) -> rustls::Error {
+        if refusal.unsupported {
+            self.progress.unsupported.store(true, Ordering::Relaxed);
         }
+        words(format!("{prefix}: {refusal}"))
     }
 
-    fn self_signed_not_in_roots(&self, cert: &ServerCertificate) -> String {
-        format!(
-            "the server certificate {} is self-signed and is not one of the certificates of the \
-             {} (unknown issuer)",
-            cert.describe(),
-            self.roots_source
-        )
-    }
-
-    fn unknown_issuer(&self, cert: &ServerCertificate) -> String {
-        format!(
-            "the server certificate {} is not signed by a CA of the {} (unknown issuer \"{}\")",
-            cert.describe(),
-            self.roots_source,
-            cert.issuer
-        )
-    }
-
-    /// webpki's verdict on `cert`, in words.
-    fn explain(&self, cert: &ServerCertificate, error: &rustls::Error, now: UnixTime) -> String {
-        let what = cert.describe();
-        let rustls::Error::InvalidCertificate(error) = error else {
-            return format!("the server certificate {what} is not trusted: {error}");
-        };
-        match error {
-            CertificateError::UnknownIssuer if cert.is_self_issued() => {
-                self.self_signed_not_in_roots(cert)
-            }
-            CertificateError::UnknownIssuer => self.unknown_issuer(cert),
-            CertificateError::Expired | CertificateError::NotValidYet => {
-                cert.explain_dates(now, None)
-            }
-            CertificateError::ExpiredContext { not_after, .. } => {
-                cert.explain_dates(now, Some(*not_after))
-            }
-            CertificateError::NotValidYetContext { not_before, .. } => {
-                cert.explain_dates(now, Some(*not_before))
-            }
-            CertificateError::Revoked => format!(
-                "the server certificate {what}, or a certificate of its chain, is revoked by a \
-                 certificate revocation list of sslcrl/sslcrldir"
-            ),
-            CertificateError::UnknownRevocationStatus => format!(
-                "the revocation status of the server certificate {what} is unknown: no \
-                 certificate revocation list of sslcrl/sslcrldir is from its issuer \"{}\"",
-                cert.issuer
-            ),
-            CertificateError::ExpiredRevocationList
-            | CertificateError::ExpiredRevocationListContext { .. } => {
-                "a certificate revocation list of sslcrl/sslcrldir is past its next update"
-                    .to_owned()
-            }
-            CertificateError::BadSignature => format!(
-                "the signature of the server certificate {what} does not verify with the key \
-                 of its issuer \"{}\"",
-                cert.issuer
-            ),
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                format!("the server certificate {what} is not for TLS servers (extended key usage)")
-            }
-            other => format!("the server certificate {what} is not trusted: {other}"),
+    fn handshake_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        scheme: SignatureScheme,
+        signature: &[u8],
+        tls13: bool,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        const PREFIX: &str = "server handshake signature not accepted";
+        let result = verify_handshake(
+            &self.algorithms,
+            cert.as_ref(),
+            message,
+            scheme,
+            signature,
+            tls13,
+        );
+        let subject = Cert::parse(cert.as_ref())
+            .map_or_else(|_| String::new(), |c| format!(" {}", c.describe()));
+        match result {
+            Ok(()) => Ok(HandshakeSignatureValid::assertion()),
+            Err(HandshakeError::Unadvertised) => Err(words(format!(
+                "{PREFIX}: the server signed with {scheme:?}, which this client did not offer"
+            ))),
+            Err(HandshakeError::Signature(SignatureError::Invalid)) => Err(self.refuse(
+                PREFIX,
+                &refused(format!(
+                    "it does not verify with the key of the server certificate{subject}: the \
+                     server does not hold that certificate's private key"
+                )),
+            )),
+            Err(HandshakeError::Signature(SignatureError::Unsupported(how))) => Err(self.refuse(
+                PREFIX,
+                &unsupported(&format!(
+                    "the server certificate{subject} has {how}, which this client cannot \
+                     verify signatures with"
+                )),
+            )),
         }
     }
 }
@@ -434,42 +508,42 @@ impl ServerCertVerifier for LibpqVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ServerCertificate::parse(end_entity)
-            .map_err(|e| untrusted(format!("the server certificate {e}")))?;
-        if self
-            .roots
+        const PREFIX: &str = "server certificate not trusted";
+        let Some(check) = &self.check else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let leaf = Cert::parse(end_entity.as_ref()).map_err(|e| {
+            self.refuse(PREFIX, &unsupported(&format!("the server certificate {e}")))
+        })?;
+        let others = intermediates
             .iter()
-            .any(|root| root.as_ref() == end_entity.as_ref())
-        {
-            // Trusted as it is, as OpenSSL trusts a certificate of its store.
-            cert.check_validity(now).map_err(untrusted)?;
-            cert.check_server_purpose().map_err(untrusted)?;
-        } else if cert.is_ca {
-            return Err(untrusted(self.ca_not_in_roots(&cert)));
-        } else {
-            // webpki checks the name last: a name error means the chain is good, and the name
-            // is libpq's to judge below.
-            match self.webpki.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            ) {
-                Ok(_)
-                | Err(rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidForName
-                    | CertificateError::NotValidForNameContext { .. },
-                )) => {}
-                Err(e) => return Err(untrusted(self.explain(&cert, &e, now))),
-            }
-        }
-        if self.check_name {
-            cert.check_name(server_name).map_err(untrusted)?;
+            .enumerate()
+            .map(|(i, der)| {
+                Cert::parse(der).map_err(|e| {
+                    self.refuse(
+                        PREFIX,
+                        &unsupported(&format!("certificate {} the server sent {e}", i + 2)),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        check
+            .trust
+            .verify(&leaf, &others, now.as_secs())
+            .map_err(|r| self.refuse(PREFIX, &r))?;
+        if check.host_name {
+            let result = match &self.host {
+                Some(host) => leaf.check_host(host),
+                None => Err("sslmode=verify-full needs a host name to match the server \
+                             certificate against: set host (hostaddr only says where to \
+                             connect)"
+                    .to_owned()),
+            };
+            result.map_err(|m| self.refuse(PREFIX, &refused(m)))?;
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -480,7 +554,7 @@ impl ServerCertVerifier for LibpqVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        self.handshake_signature(message, cert, dss.scheme, dss.signature(), false)
     }
 
     fn verify_tls13_signature(
@@ -489,39 +563,39 @@ impl ServerCertVerifier for LibpqVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        self.handshake_signature(message, cert, dss.scheme, dss.signature(), true)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
-/// Why the server certificate is not trusted, in words; carried through rustls as
+/// Why a handshake was refused, in words; carried through rustls as
 /// `CertificateError::Other` and shown as it is by [`TlsHandshake`].
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct Untrusted(String);
+struct Words(String);
 
-fn untrusted(message: String) -> rustls::Error {
+fn words(message: String) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-        Untrusted(message),
+        Words(message),
     ))))
 }
 
-/// A handshake error, with an [`Untrusted`] certificate shown in its words (rustls would
-/// print `invalid peer certificate: Other(OtherError(…))`).
+/// A handshake error, with [`Words`] shown as they are (rustls would print `invalid peer
+/// certificate: Other(OtherError(…))`).
 fn readable_handshake_error(error: io::Error) -> io::Error {
     let words = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .and_then(|e| match e {
             rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
-                other.0.downcast_ref::<Untrusted>()
+                other.0.downcast_ref::<Words>()
             }
             _ => None,
         })
-        .map(|u| format!("server certificate not trusted: {u}"));
+        .map(|w| w.0.clone());
     match words {
         Some(words) => io::Error::new(error.kind(), words),
         None => error,
@@ -536,6 +610,8 @@ type RustlsConnect = <MakeRustlsConnect as MakeTlsConnect<Socket>>::TlsConnect;
 struct Progress {
     attempted: AtomicBool,
     established: AtomicBool,
+    /// The server certificate was refused for a reason libpq might not have.
+    unsupported: AtomicBool,
 }
 
 /// The TLS connector for [`tokio_postgres`], built by
@@ -543,36 +619,48 @@ struct Progress {
 /// pass it to [`tokio_postgres::CancelToken::cancel_query`].
 ///
 /// Unlike `tokio_postgres_rustls::MakeRustlsConnect` it accepts connections without a TLS
-/// host name (unix sockets, which never use TLS) and reports whether TLS was attempted.
+/// host name (unix sockets, which never use TLS), checks the server certificate against the
+/// host as written (rustls drops a trailing dot) and reports whether TLS was attempted.
 #[derive(Clone)]
 pub struct TlsConnector {
-    inner: Option<MakeRustlsConnect>,
+    client: Option<TlsClient>,
     progress: Arc<Progress>,
+    /// Only `hostaddr` was given: no host name for `verify-full`.
+    no_host_name: bool,
 }
 
 impl fmt::Debug for TlsConnector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConnector")
-            .field("enabled", &self.inner.is_some())
+            .field("enabled", &self.client.is_some())
             .finish()
     }
 }
 
 impl TlsConnector {
-    /// A connector that uses `config`, or never does TLS when `None` (`sslmode=disable`).
-    pub(super) fn new(config: Option<ClientConfig>) -> Self {
+    /// A connector that uses `client`, or never does TLS when `None` (`sslmode=disable`).
+    pub(super) fn new(client: Option<TlsClient>) -> Self {
         Self {
-            inner: config.map(MakeRustlsConnect::new),
+            client,
             progress: Arc::default(),
+            no_host_name: false,
         }
     }
 
     /// The same settings with fresh progress flags, for one connection attempt.
     pub(super) fn fresh(&self) -> Self {
         Self {
-            inner: self.inner.clone(),
+            client: self.client.clone(),
             progress: Arc::default(),
+            no_host_name: self.no_host_name,
         }
+    }
+
+    /// For a server given by `hostaddr` only: the TLS server name is its address, but there is
+    /// no host name to check the certificate against (libpq refuses `verify-full` then).
+    pub(super) fn without_host_name(mut self) -> Self {
+        self.no_host_name = true;
+        self
     }
 
     /// Whether a TLS handshake was started through this connector.
@@ -584,6 +672,12 @@ impl TlsConnector {
     pub(super) fn established(&self) -> bool {
         self.progress.established.load(Ordering::Relaxed)
     }
+
+    /// Whether the server certificate was refused for a reason libpq might not have (so
+    /// `prefer` must not fall back to a connection without TLS).
+    pub(super) fn unsupported(&self) -> bool {
+        self.progress.unsupported.load(Ordering::Relaxed)
+    }
 }
 
 impl MakeTlsConnect<Socket> for TlsConnector {
@@ -592,11 +686,18 @@ impl MakeTlsConnect<Socket> for TlsConnector {
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<TlsHandshake, io::Error> {
-        let inner = match &mut self.inner {
+        let inner = match &self.client {
             None => Err("TLS is disabled (sslmode=disable)".to_owned()),
             Some(_) if domain.is_empty() => Err("no host name for the TLS handshake".to_owned()),
-            Some(make) => MakeTlsConnect::<Socket>::make_tls_connect(make, domain)
-                .map_err(|e| format!("invalid TLS server name \"{domain}\": {e}")),
+            Some(client) => {
+                let host = (!self.no_host_name).then(|| domain.to_owned());
+                let config = client.config_for(host, Arc::clone(&self.progress));
+                MakeTlsConnect::<Socket>::make_tls_connect(
+                    &mut MakeRustlsConnect::new(config),
+                    domain,
+                )
+                .map_err(|e| format!("invalid TLS server name \"{domain}\": {e}"))
+            }
         };
         Ok(TlsHandshake {
             inner,
@@ -734,44 +835,18 @@ fn tls_server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
 
 /// The DER bytes of the `signatureAlgorithm` OID of an X.509 certificate.
 fn signature_algorithm_oid(cert: &[u8]) -> Option<&[u8]> {
-    let (0x30, certificate, _) = der_tlv(cert)? else {
-        return None;
-    };
-    let (0x30, _tbs, rest) = der_tlv(certificate)? else {
-        return None;
-    };
-    let (0x30, algorithm, _) = der_tlv(rest)? else {
-        return None;
-    };
-    let (0x06, oid, _) = der_tlv(algorithm)? else {
-        return None;
-    };
-    Some(oid)
-}
-
-/// One DER tag-length-value: `(tag, content, rest)`.
-fn der_tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *der.first()?;
-    let first = *der.get(1)?;
-    let (len, header) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let len = der
-            .get(2..2 + n)?
-            .iter()
-            .fold(0usize, |l, b| l << 8 | usize::from(*b));
-        (len, 2 + n)
-    };
-    let content = der.get(header..header.checked_add(len)?)?;
-    Some((tag, content, &der[header + len..]))
+    let certificate = der_element(cert).filter(|e| e.tag == 0x30)?;
+    let tbs = der_element(certificate.content).filter(|e| e.tag == 0x30)?;
+    let algorithm = der_element(tbs.rest).filter(|e| e.tag == 0x30)?;
+    let oid = der_element(algorithm.content).filter(|e| e.tag == 0x06)?;
+    Some(oid.content)
 }
 
 #[cfg(test)]
 mod tests {
+    use rcgen::{CertificateParams, SanType};
+
+    use super::super::trust::tests::{Made, V1_CA, V1_LEAF, V1_LEAF_KEY, ca, make, pem_cert};
     use super::*;
 
     fn settings(verify: Verify, root: Option<PathBuf>) -> TlsSettings {
@@ -790,7 +865,7 @@ mod tests {
     #[test]
     fn missing_root_certificate_names_the_file() {
         let err = settings(Verify::Full, Some("/nonexistent/root.crt".into()))
-            .client_config()
+            .client()
             .unwrap_err()
             .to_string();
         assert!(
@@ -805,7 +880,7 @@ mod tests {
         let path = dir.path().join("root.crt");
         fs::write(&path, "not a certificate\n").unwrap();
         let err = settings(Verify::Chain, Some(path))
-            .client_config()
+            .client()
             .unwrap_err()
             .to_string();
         assert!(err.contains("contains no PEM certificate"), "{err}");
@@ -813,12 +888,12 @@ mod tests {
 
     #[test]
     fn no_verification_builds_without_files() {
-        let config = settings(Verify::Nothing, None).client_config().unwrap();
-        assert_eq!(config.alpn_protocols, vec![b"postgresql".to_vec()]);
+        let client = settings(Verify::Nothing, None).client().unwrap();
+        assert_eq!(client.config.alpn_protocols, vec![b"postgresql".to_vec()]);
         let mut s = settings(Verify::Nothing, None);
         s.tls12 = false;
         s.sni = false;
-        assert!(!s.client_config().unwrap().enable_sni);
+        assert!(!s.client().unwrap().config.enable_sni);
     }
 
     #[test]
@@ -896,84 +971,270 @@ Ue65QidzfNeDME9/Ltqd4QOAyuAC4S/f2gxarEawD6LiQV11Y9AZ/zb99sOIFQN1
         }
         assert_eq!(tls_server_end_point(b"\x30\x03\x02\x01\x00"), None);
         assert_eq!(tls_server_end_point(&[]), None);
-        assert_eq!(der_tlv(&[0x30, 0x82, 0x01]), None, "truncated length");
     }
 
-    /// A verifier for `verify-full` (or `verify-ca`) trusting `root_pem`.
-    fn libpq_verifier(root_pem: &str, check_name: bool) -> LibpqVerifier {
-        let root = CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap();
-        let mut store = RootCertStore::empty();
-        store.add(root.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// 2030-01-01, inside every test certificate's validity.
+    fn now() -> UnixTime {
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_893_456_000))
+    }
+
+    /// A verifier of one handshake with `host`, checking with `roots` (`Full`: the name too).
+    fn verifier(roots: &[Cert], verify: Verify, host: Option<&str>) -> LibpqVerifier {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
         LibpqVerifier {
-            webpki: WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
-                .build()
-                .unwrap(),
-            roots: vec![root],
-            roots_source: "root certificate file \"root.crt\"".to_owned(),
-            check_name,
+            check: Some(Arc::new(Check {
+                trust: Trust::new(
+                    roots.to_vec(),
+                    "root certificate file \"root.crt\"".to_owned(),
+                    None,
+                    algorithms,
+                ),
+                host_name: verify == Verify::Full,
+            })),
+            host: host.map(str::to_owned),
+            algorithms,
+            progress: Arc::default(),
         }
     }
 
-    fn verdict(verifier: &LibpqVerifier, pem: &str, host: &str, year: u64) -> Result<(), String> {
-        let cert = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-        let now =
-            UnixTime::since_unix_epoch(std::time::Duration::from_secs((year - 1970) * 31_556_952));
-        let name = ServerName::try_from(host.to_owned()).unwrap();
+    /// The verdict on `leaf` as a connection error shows it.
+    fn verdict(verifier: &LibpqVerifier, leaf: &[u8]) -> Result<(), String> {
+        let name = ServerName::try_from("ignored.example").unwrap();
         verifier
-            .verify_server_cert(&cert, &[], &name, &[], now)
+            .verify_server_cert(&CertificateDer::from(leaf.to_vec()), &[], &name, &[], now())
             .map(|_| ())
             .map_err(|e| {
-                let io = readable_handshake_error(io::Error::new(io::ErrorKind::InvalidData, e));
-                io.to_string()
+                readable_handshake_error(io::Error::new(io::ErrorKind::InvalidData, e)).to_string()
             })
     }
 
+    fn with_names(ca_cert: &Made, names: &[&str]) -> Made {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        make("localhost", Some(ca_cert), |p: &mut CertificateParams| {
+            p.subject_alt_names = names
+                .iter()
+                .map(|n| SanType::DnsName(n.clone().try_into().unwrap()))
+                .collect();
+        })
+    }
+
     #[test]
-    fn a_self_signed_ca_certificate_in_the_roots_is_trusted_as_itself() {
-        // Both test certificates are self-signed with CA:TRUE, valid 2026-11-25 to 2126-11-01.
-        let ca = libpq_verifier(ECDSA_SHA256_CERT, false);
-        assert_eq!(verdict(&ca, ECDSA_SHA256_CERT, "any.example", 2027), Ok(()));
-        let err = verdict(&ca, ECDSA_SHA256_CERT, "any.example", 2025).unwrap_err();
+    fn the_host_name_is_matched_as_written() {
+        // D8: rustls drops a trailing dot from the server name; libpq compares the host as
+        // written.
+        let ca_cert = make("CA", None, ca);
+        let roots = [ca_cert.parsed()];
+        let wild = with_names(&ca_cert, &["*.example.com"]);
+        let full = |host| verifier(&roots, Verify::Full, Some(host));
+        assert_eq!(verdict(&full("a.example.com"), wild.cert.der()), Ok(()));
+        assert_eq!(
+            verdict(&full("a.example.com."), wild.cert.der()),
+            Err(
+                "server certificate not trusted: the server certificate \"CN=localhost\" does \
+                 not match host name \"a.example.com.\": it is for DNS:*.example.com, \
+                 CN=localhost (not used: the certificate has subjectAltNames)"
+                    .to_owned()
+            )
+        );
+        let dotted = with_names(&ca_cert, &["localhost."]);
+        assert_eq!(verdict(&full("localhost."), dotted.cert.der()), Ok(()));
+        let plain = with_names(&ca_cert, &["localhost"]);
+        assert!(verdict(&full("localhost."), plain.cert.der()).is_err());
+        assert_eq!(verdict(&full("LOCALHOST"), plain.cert.der()), Ok(()));
+        // verify-ca does not look at the name.
+        let chain = verifier(&roots, Verify::Chain, Some("elsewhere.example"));
+        assert_eq!(verdict(&chain, plain.cert.der()), Ok(()));
+        // Only hostaddr: no name to match for verify-full.
+        let no_name = verifier(&roots, Verify::Full, None);
+        let err = verdict(&no_name, plain.cert.der()).unwrap_err();
+        assert!(err.contains("needs a host name"), "{err}");
+        assert_eq!(
+            verdict(&verifier(&roots, Verify::Chain, None), plain.cert.der()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn refusals_are_in_words_and_say_when_libpq_might_differ() {
+        let ca_cert = make("CA", None, ca);
+        let other = make("other CA", None, ca);
+        let leaf = with_names(&ca_cert, &["localhost"]);
+        let v = verifier(&[other.parsed()], Verify::Full, Some("localhost"));
+        let err = verdict(&v, leaf.cert.der()).unwrap_err();
         assert!(
             err.starts_with(
-                "server certificate not trusted: the server certificate \"CN=unrelated test CA\" \
-                 is not valid before 2026-11-25T23:14:21Z"
+                "server certificate not trusted: the server certificate \
+                             \"CN=localhost\" is not signed by a CA of the root certificate \
+                             file \"root.crt\" (unknown issuer \"CN=CA\")"
             ),
             "{err}"
         );
-        let err = verdict(&ca, ECDSA_SHA256_CERT, "any.example", 2127).unwrap_err();
-        assert!(err.contains("expired on 2126-11-01T23:14:21Z"), "{err}");
-        // Another self-signed certificate is no trust anchor.
-        let err = verdict(&ca, RSA_SHA384_CERT, "any.example", 2027).unwrap_err();
-        assert_eq!(
-            err,
-            "server certificate not trusted: the server certificate \"CN=rsa384\" is \
-             self-signed and is not one of the certificates of the root certificate file \
-             \"root.crt\" (unknown issuer)"
-        );
-        // verify-full: the Common Name (no subjectAltName) against the host.
-        let full = libpq_verifier(RSA_SHA384_CERT, true);
-        assert_eq!(verdict(&full, RSA_SHA384_CERT, "RSA384", 2027), Ok(()));
-        let err = verdict(&full, RSA_SHA384_CERT, "db.example", 2027).unwrap_err();
+        assert!(!v.progress.unsupported.load(Ordering::Relaxed));
+        // Garbage is refused as something we cannot read.
+        let err = verdict(&v, b"\x30\x03\x02\x01\x00").unwrap_err();
         assert!(
-            err.ends_with("does not match host name \"db.example\": it is for CN=rsa384"),
+            err.contains("the server certificate cannot be parsed"),
             "{err}"
         );
-        let err = verdict(&full, RSA_SHA384_CERT, "127.0.0.1", 2027).unwrap_err();
-        assert!(err.contains("host name \"127.0.0.1\""), "{err}");
+        assert!(v.progress.unsupported.load(Ordering::Relaxed));
+        // The self-signed CA certificate with keyUsage keyCertSign and cRLSign that an earlier
+        // version trusted as itself: OpenSSL refuses it as a server certificate (D4).
+        let ecdsa = pem_cert(ECDSA_SHA256_CERT);
+        let err = verdict(
+            &verifier(std::slice::from_ref(&ecdsa), Verify::Chain, None),
+            &ecdsa.der,
+        )
+        .unwrap_err();
+        assert!(
+            err.ends_with(
+                "the server certificate \"CN=unrelated test CA\" is not for TLS servers: its \
+                 key usage (keyCertSign, cRLSign) has none of digitalSignature, \
+                 keyEncipherment, keyAgreement"
+            ),
+            "{err}"
+        );
+        // Version 1 server certificates are verified (D5).
+        let v1 = verifier(&[pem_cert(V1_CA)], Verify::Full, Some("db.example"));
+        assert_eq!(verdict(&v1, &pem_cert(V1_LEAF).der), Ok(()));
+    }
+
+    #[test]
+    fn handshake_signatures_are_verified_with_any_certificate() {
+        use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+        // A version 1 certificate's key (webpki cannot parse the certificate).
+        let rng = ring::rand::SystemRandom::new();
+        let key = PrivateKeyDer::from_pem_slice(V1_LEAF_KEY.as_bytes()).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, key.secret_der(), &rng)
+            .unwrap();
+        let message = b"TLS 1.3, server CertificateVerify";
+        let signature = key.sign(&rng, message).unwrap();
+        let cert = CertificateDer::from(pem_cert(V1_LEAF).der);
+        let scheme = SignatureScheme::ECDSA_NISTP256_SHA256;
+        let nothing = LibpqVerifier {
+            check: None,
+            host: None,
+            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            progress: Arc::default(),
+        };
+        let verify = |message: &[u8], scheme, signature: &[u8], tls13| {
+            nothing.handshake_signature(message, &cert, scheme, signature, tls13)
+        };
+        assert!(verify(message, scheme, signature.as_ref(), true).is_ok());
+        assert!(verify(message, scheme, signature.as_ref(), false).is_ok());
+        let err = verify(b"another message", scheme, signature.as_ref(), true).unwrap_err();
+        let err = readable_handshake_error(io::Error::new(io::ErrorKind::InvalidData, err));
+        assert_eq!(
+            err.to_string(),
+            "server handshake signature not accepted: it does not verify with the key of the \
+             server certificate \"CN=db.example\": the server does not hold that \
+             certificate's private key"
+        );
+        // RSA PKCS #1 is not for TLS 1.3.
+        let pkcs1 = SignatureScheme::RSA_PKCS1_SHA256;
+        assert!(verify(message, pkcs1, signature.as_ref(), true).is_err());
+    }
+
+    #[test]
+    fn crls_are_found_as_libpq_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let ca_cert = make("CA", None, ca);
+        let leaf = with_names(&ca_cert, &["localhost"]);
+        fs::write(path("root.crt"), ca_cert.cert.pem()).unwrap();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2090, 1, 1),
+            crl_number: rcgen::SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca_cert.cert, &ca_cert.key)
+        .unwrap()
+        .pem()
+        .unwrap();
+        let hash = ca_cert.parsed().subject.hash();
+        fs::create_dir(path("hashed")).unwrap();
+        fs::write(path("hashed").join(format!("{hash:08x}.r0")), &crl).unwrap();
+        fs::create_dir(path("unhashed")).unwrap();
+        fs::write(path("unhashed").join("ca.crl"), &crl).unwrap();
+        fs::write(path("root.crl"), &crl).unwrap();
+        fs::write(path("empty.crl"), "").unwrap();
+        let check = |crl: Option<(&str, bool)>, crl_dir: Option<&str>| {
+            let mut s = settings(Verify::Chain, Some(path("root.crt")));
+            s.crl = crl.map(|(f, explicit)| (path(f), explicit));
+            s.crl_dir = crl_dir.map(path);
+            s.check(rustls::crypto::ring::default_provider().signature_verification_algorithms)
+                .map(|c| {
+                    c.unwrap()
+                        .trust
+                        .verify(&leaf.parsed(), &[], 1_893_456_000)
+                        .map_err(|r| r.message)
+                })
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(check(None, None), Ok(Ok(())));
+        assert_eq!(check(Some(("root.crl", true)), None), Ok(Ok(())));
+        assert_eq!(check(None, Some("hashed")), Ok(Ok(())));
+        let no_crl = check(None, Some("unhashed")).unwrap().unwrap_err();
+        assert!(
+            no_crl.starts_with("no certificate revocation list of sslcrldir"),
+            "{no_crl}"
+        );
+        // The default ~/.postgresql/root.crl only when it exists (and holds something).
+        assert_eq!(check(Some(("absent.crl", false)), None), Ok(Ok(())));
+        assert_eq!(check(Some(("empty.crl", false)), None), Ok(Ok(())));
+        // sslcrl or sslcrldir set but missing or empty: an error naming it.
+        let err = check(Some(("absent.crl", true)), None).unwrap_err();
+        assert!(err.contains("absent.crl\" does not exist"), "{err}");
+        let err = check(Some(("empty.crl", true)), None).unwrap_err();
+        assert!(
+            err.contains("contains no PEM certificate revocation list"),
+            "{err}"
+        );
+        let err = check(None, Some("no-such-dir")).unwrap_err();
+        assert!(err.contains("no-such-dir\" does not exist"), "{err}");
+    }
+
+    #[test]
+    fn roots_we_cannot_read_make_a_refusal_uncertain() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root.crt");
+        let ca_cert = make("CA", None, ca);
+        let other = make("other CA", None, ca);
+        // A certificate x509-cert cannot parse (OpenSSL might) beside another CA.
+        let garbage = "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n";
+        fs::write(&root, format!("{garbage}{}", other.cert.pem())).unwrap();
+        let check = settings(Verify::Chain, Some(root))
+            .check(rustls::crypto::ring::default_provider().signature_verification_algorithms)
+            .unwrap()
+            .unwrap();
+        let leaf = with_names(&ca_cert, &["localhost"]);
+        let refusal = check
+            .trust
+            .verify(&leaf.parsed(), &[], 1_893_456_000)
+            .unwrap_err();
+        assert!(refusal.unsupported, "{refusal}");
+        assert!(
+            refusal.message.contains(
+                "(unknown issuer \"CN=CA\"); 1 certificate(s) of the root certificate file"
+            ) && refusal.message.contains(
+                "could not be read here, one of which might be the \
+                                           issuer (first: certificate 1 cannot be parsed"
+            ),
+            "{refusal}"
+        );
     }
 
     #[test]
     fn connector_without_tls_or_name_fails_lazily() {
         let mut none = TlsConnector::new(None);
         assert!(none.make_tls_connect("h").is_ok());
-        let mut some = TlsConnector::new(Some(
-            settings(Verify::Nothing, None).client_config().unwrap(),
-        ));
+        let mut some = TlsConnector::new(Some(settings(Verify::Nothing, None).client().unwrap()));
         assert!(some.make_tls_connect("").is_ok());
         assert!(some.make_tls_connect("127.0.0.1").is_ok());
         assert!(some.make_tls_connect("::1").is_ok());
-        assert!(!some.attempted() && !some.established());
+        assert!(some.make_tls_connect("localhost.").is_ok());
+        assert!(!some.attempted() && !some.established() && !some.unsupported());
     }
 }

@@ -44,6 +44,11 @@ use crate::record::Origin;
 use crate::source::SourceSetup;
 use crate::stats::{SourceCounters, Stats};
 
+/// An expansion listing at most this many directories and finding at most this many files is
+/// cheap: file events may trigger it at once, however long it took on a loaded host.
+const CHEAP_SCAN_DIRECTORIES: u64 = 100;
+const CHEAP_SCAN_FILES: u64 = 1000;
+
 /// Bytes read from one file per turn, so that one busy file does not starve the others.
 pub const READ_CHUNK: usize = 128 * 1024;
 /// How long a copy of a live file waits for the original to be truncated.
@@ -265,7 +270,9 @@ impl Tailer {
         while !self.stop.load(Ordering::SeqCst) && !self.closed {
             let now = Instant::now();
             // A costly expansion (a huge tree) waits nine times its duration before the
-            // next one, however many file events come: at most a tenth of a core.
+            // next one, however many file events come: at most a tenth of a core. A cheap one
+            // (a log directory) never waits: on a loaded host its wall time grows, and a file
+            // created and renamed away meanwhile would never be read.
             let may_scan = now >= self.scan_gap_until;
             if may_scan && (now >= next_rescan || self.rescan.swap(false, Ordering::SeqCst)) {
                 let started = Instant::now();
@@ -273,7 +280,14 @@ impl Tailer {
                     break;
                 };
                 self.watch_dirs(dirs);
-                self.scan_gap_until = Instant::now() + started.elapsed() * 9;
+                let c = &self.counters;
+                let costly = c.glob_directories.load(Ordering::Relaxed) > CHEAP_SCAN_DIRECTORIES
+                    || c.glob_files.load(Ordering::Relaxed) > CHEAP_SCAN_FILES;
+                self.scan_gap_until = if costly {
+                    Instant::now() + started.elapsed() * 9
+                } else {
+                    Instant::now()
+                };
                 let wait = if self.young.is_empty() && self.pending_copies.is_empty() {
                     self.source.rescan_interval
                 } else {

@@ -3,17 +3,17 @@
 
 use std::time::Duration;
 
+use crate::command::RunAs;
+use crate::settings::Settings;
 use agent_kit::cli::{LogArgs, WebArgs};
 use anyhow::Context as _;
 use clap::{ArgAction, CommandFactory as _, FromArgMatches as _, Parser};
-use pgbackrest_collector::command::RunAs;
-use pgbackrest_collector::settings::Settings;
 use tracing::{info, warn};
 
 /// Prometheus exporter for pgBackRest.
 #[derive(Debug, Parser)]
 #[command(name = "pgbackrest_exporter", version, about)]
-pub(crate) struct Cli {
+pub struct Cli {
     #[command(flatten)]
     pub(crate) web: WebArgs,
 
@@ -274,8 +274,8 @@ impl Cli {
 }
 
 /// The local zone (`TZ`, else `/etc/localtime`), as Go's `time.Local`.
-fn jiff_system_zone() -> pgbackrest_collector::settings::TimeZone {
-    pgbackrest_collector::settings::TimeZone::system()
+fn jiff_system_zone() -> crate::settings::TimeZone {
+    crate::settings::TimeZone::system()
 }
 
 /// Logs the configuration as upstream does at start-up.
