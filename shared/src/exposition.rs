@@ -125,6 +125,44 @@ impl FamilyWriter<'_> {
         );
         write_sample(self.out, &self.name, suffix, pairs, value);
     }
+
+    /// Writes one histogram series: a `_bucket` sample per upper bound of `bounds` and for
+    /// `+Inf`, with an `le` label after `labels`, counting cumulatively the observations of
+    /// `counts` (one per bucket, not cumulative, the last for `+Inf`), then `_sum` and
+    /// `_count`.
+    pub fn histogram<K: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        labels: &[(K, V)],
+        bounds: &[f64],
+        counts: &[u64],
+        sum: f64,
+    ) {
+        debug_assert_eq!(
+            counts.len(),
+            bounds.len() + 1,
+            "a count per bucket and +Inf"
+        );
+        let les = bounds
+            .iter()
+            .map(f64::to_string)
+            .chain(std::iter::once("+Inf".to_owned()));
+        let mut cumulative = 0u64;
+        for (le, n) in les.zip(counts) {
+            cumulative += n;
+            let pairs = labels
+                .iter()
+                .map(|(k, v)| (k.as_ref(), v.as_ref()))
+                .chain(std::iter::once(("le", le.as_str())))
+                .chain(
+                    self.const_labels
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+            write_sample(self.out, &self.name, "_bucket", pairs, cumulative as f64);
+        }
+        self.sample_with_suffix("_sum", labels, sum);
+        self.sample_with_suffix("_count", labels, cumulative as f64);
+    }
 }
 
 /// Appends the `# HELP` and `# TYPE` lines of a family.
@@ -213,7 +251,10 @@ pub fn is_valid_metric_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
-/// Whether `name` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`).
+/// Whether `name` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`,
+/// which Prometheus reserves): the one rule of the suite, for collector labels, constant
+/// labels and log_shipper's source and sink names alike (Go's client_golang applies the same
+/// to pg_exporter's collector labels).
 pub fn is_valid_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     !name.starts_with("__")
@@ -321,6 +362,26 @@ pg_setting{name=\"a\\\"b\\\\c\\nd\",unit=\"\",cls=\"pg-test\"} NaN
     }
 
     #[test]
+    fn a_histogram_series() {
+        let consts = vec![("cls".to_owned(), "pg-test".to_owned())];
+        let mut body = String::new();
+        let mut enc = TextEncoder::with_const_labels(&mut body, &consts);
+        enc.family("d_seconds", "d", MetricType::Histogram)
+            .histogram(&[("db", "app")], &[0.005, 1.0, 2.5], &[1, 0, 2, 3], 7.25);
+        let want = "\
+# HELP d_seconds d
+# TYPE d_seconds histogram
+d_seconds_bucket{db=\"app\",le=\"0.005\",cls=\"pg-test\"} 1
+d_seconds_bucket{db=\"app\",le=\"1\",cls=\"pg-test\"} 1
+d_seconds_bucket{db=\"app\",le=\"2.5\",cls=\"pg-test\"} 3
+d_seconds_bucket{db=\"app\",le=\"+Inf\",cls=\"pg-test\"} 6
+d_seconds_sum{db=\"app\",cls=\"pg-test\"} 7.25
+d_seconds_count{db=\"app\",cls=\"pg-test\"} 6
+";
+        assert_eq!(body, want);
+    }
+
+    #[test]
     fn values() {
         let cases = [
             (0.0, "0"),
@@ -349,8 +410,11 @@ pg_setting{name=\"a\\\"b\\\\c\\nd\",unit=\"\",cls=\"pg-test\"} NaN
         assert!(!is_valid_metric_name("1abc"));
         assert!(!is_valid_metric_name("a-b"));
         assert!(is_valid_label_name("datname"));
+        assert!(is_valid_label_name("_a1"));
         assert!(!is_valid_label_name("__name__"));
         assert!(!is_valid_label_name("a:b"));
+        assert!(!is_valid_label_name("1a"));
+        assert!(!is_valid_label_name(""));
     }
 
     #[test]

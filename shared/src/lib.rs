@@ -10,7 +10,9 @@
 //! - [`process_metrics`]: the self-metrics every agent exposes: Go-compatible `process_*` and
 //!   the web-config reload health;
 //! - [`logging`]: logfmt or JSON logs with tracing;
-//! - [`redact`]: masking of passwords in connection strings and in free text;
+//! - [`redact`]: masking of secrets: in connection strings, free text, shipped log records, HTTP
+//!   endpoints, and known secret values;
+//! - [`sync`]: the one way a lock is taken (a poisoned mutex is used as it is, and why);
 //! - [`yaml`]: YAML config files parsed with a guard against pathological nesting and errors
 //!   placed at a line and column.
 
@@ -21,5 +23,6 @@ pub mod logging;
 pub mod process_metrics;
 pub mod redact;
 pub mod server;
+pub mod sync;
 pub mod web_config;
 pub mod yaml;

@@ -1,8 +1,15 @@
-//! Masking of secrets before they are printed anywhere: logs, metrics labels, HTTP bodies.
+//! Masking of secrets before they are printed anywhere: logs, metrics labels, HTTP bodies,
+//! shipped log records. One implementation for every agent:
 //!
-//! [`mask_password`] masks a connection string, in both libpq forms (URLs and `key=value`
-//! strings) as a user would write them; [`mask_secrets`] masks every secret inside free text,
-//! such as what a child process (pgBackRest) prints on its standard error.
+//! - [`mask_password`] masks a connection string, in both libpq forms (URLs and `key=value`
+//!   strings) as a user would write them;
+//! - [`mask_secrets`] masks every secret inside free text, such as what a child process
+//!   (pgBackRest) prints on its standard error;
+//! - [`mask_passwords`] masks the passwords inside a log record that log_shipper ships
+//!   (statements, connection strings, URLs), leaving other data as it is;
+//! - [`mask_endpoint`] shows an HTTP endpoint with its credentials masked, and [`Secrets`]
+//!   scrubs known secret values (a sink's token, password, secret headers) from any text;
+//! - [`is_secret_name`] decides which names hold secrets, for option names and HTTP names.
 
 use std::borrow::Cow;
 
@@ -82,7 +89,30 @@ fn mask_url(url: &str, authority_start: usize) -> String {
 }
 
 fn is_secret_key(key: &str) -> bool {
-    is_secret_name(key.trim())
+    is_secret_name(key.trim(), Names::Options)
+}
+
+/// Which `name=value` pairs of free text are masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Masked {
+    /// Every secret-looking option name ([`mask_secrets`]).
+    AnySecret,
+    /// Names ending in `password` only ([`mask_passwords`]).
+    Passwords,
+}
+
+impl Masked {
+    fn masks(self, name: &str) -> bool {
+        match self {
+            Masked::AnySecret => is_secret_name(name, Names::Options),
+            Masked::Passwords => ends_with_ignore_case(name, "password"),
+        }
+    }
+}
+
+fn ends_with_ignore_case(name: &str, suffix: &str) -> bool {
+    name.len() >= suffix.len()
+        && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// Returns `text` with every secret in it masked: free text such as a child process's standard
@@ -96,7 +126,8 @@ fn is_secret_key(key: &str) -> bool {
 ///   `PGBACKREST_REPO1_CIPHER_PASS=…`, `token=…`;
 /// - `name value` for a hyphenated secret option name (pgBackRest's
 ///   `missing '=' in key/value at line 3: repo1-cipher-pass S3cret`);
-/// - SQL's `PASSWORD 'literal'` (`CREATE ROLE … PASSWORD '…'`, also `E'…'`).
+/// - SQL's `PASSWORD 'literal'` (`CREATE ROLE … PASSWORD '…'`, also `E'…'`, and after any
+///   name ending in `password`).
 ///
 /// ```
 /// use agent_kit::redact::mask_secrets;
@@ -111,6 +142,48 @@ fn is_secret_key(key: &str) -> bool {
 /// assert_eq!(mask_secrets("password authentication failed"), "password authentication failed");
 /// ```
 pub fn mask_secrets(text: &str) -> Cow<'_, str> {
+    mask_text(text, Masked::AnySecret)
+}
+
+/// Returns the text of a log record with its passwords masked, as log_shipper ships it:
+/// borrowed when there is none, which a fast scan for `password` and `://` decides for most
+/// records.
+///
+/// Masks what [`mask_secrets`] masks, but of the `name=value` pairs only those whose name ends
+/// in `password` (`password=…` in connection strings of `CREATE SUBSCRIPTION`, dblink,
+/// postgres_fdw options, `PGPASSWORD=…`): in a log record, `key = 'x'` or `token = 5` in a
+/// `WHERE` clause is data a DBA searches for, not a credential; so is a hyphenated option and
+/// its value.
+///
+/// ```
+/// use agent_kit::redact::mask_passwords;
+/// assert_eq!(
+///     mask_passwords("statement: CREATE ROLE app LOGIN PASSWORD 'S3cr''et'"),
+///     "statement: CREATE ROLE app LOGIN PASSWORD 'xxxxx'"
+/// );
+/// assert_eq!(mask_passwords("SELECT * FROM kv WHERE key = 'k1'"), "SELECT * FROM kv WHERE key = 'k1'");
+/// ```
+pub fn mask_passwords(text: &str) -> Cow<'_, str> {
+    let b = text.as_bytes();
+    if !contains_password(b) && memchr::memmem::find(b, b"://").is_none() {
+        return Cow::Borrowed(text);
+    }
+    mask_text(text, Masked::Passwords)
+}
+
+/// Whether `b` contains "password" in any ASCII case, without allocating.
+fn contains_password(b: &[u8]) -> bool {
+    const WORD: &[u8] = b"password";
+    // Jump from one `p`/`P` to the next instead of testing every window.
+    memchr::memchr2_iter(b'p', b'P', b).any(|i| {
+        b.get(i..i + WORD.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(WORD))
+    })
+}
+
+/// The scan of [`mask_secrets`] and [`mask_passwords`], masking the `name=value` pairs that
+/// `masked` says.
+fn mask_text(text: &str, masked: Masked) -> Cow<'_, str> {
     let b = text.as_bytes();
     let mut out = String::new();
     let mut copied = 0;
@@ -141,34 +214,37 @@ pub fn mask_secrets(text: &str) -> Cow<'_, str> {
         let name_end = i + b[i..].iter().take_while(|c| is_name_byte(**c)).count();
         let name = &text[i..name_end];
         let after_blanks = skip_blanks(b, name_end);
-        let masked_range =
-            if after_blanks < b.len() && b[after_blanks] == b'=' && is_secret_name(name) {
-                // name=value, name = 'value'
-                let value = skip_blanks(b, after_blanks + 1);
-                Some((value, value_end(b, value)))
-            } else if after_blanks > name_end && name.eq_ignore_ascii_case("password") {
-                // SQL: PASSWORD 'literal', PASSWORD E'literal'; the quotes stay.
-                let quote = match b.get(after_blanks..after_blanks + 2) {
-                    Some([b'E' | b'e', b'\'']) => Some(after_blanks + 1),
-                    _ => (b.get(after_blanks) == Some(&b'\'')).then_some(after_blanks),
-                };
-                quote.map(|q| (q + 1, sql_literal_close(b, q + 1)))
-            } else if after_blanks > name_end
-                && after_blanks < b.len()
-                && !matches!(b[after_blanks], b'\n' | b'\r' | b'=')
-                && name.trim_start_matches('-').contains('-')
-                && is_secret_name(name)
-            {
-                // A secret option and its value without '=' (pgBackRest's "missing '='" message).
-                let end = after_blanks
-                    + b[after_blanks..]
-                        .iter()
-                        .take_while(|c| !c.is_ascii_whitespace())
-                        .count();
-                Some((after_blanks, end))
-            } else {
-                None
+        // A statement may break its line anywhere between a name and what follows.
+        let after_space = skip_space(b, name_end);
+        let masked_range = if after_space < b.len() && b[after_space] == b'=' && masked.masks(name)
+        {
+            // name=value, name = 'value'
+            let value = skip_blanks(b, after_space + 1);
+            Some((value, value_end(b, value)))
+        } else if after_space > name_end && ends_with_ignore_case(name, "password") {
+            // SQL: PASSWORD 'literal', PASSWORD E'literal'; the quotes stay.
+            let quote = match b.get(after_space..after_space + 2) {
+                Some([b'E' | b'e', b'\'']) => Some(after_space + 1),
+                _ => (b.get(after_space) == Some(&b'\'')).then_some(after_space),
             };
+            quote.map(|q| (q + 1, sql_literal_close(b, q + 1)))
+        } else if masked == Masked::AnySecret
+            && after_blanks > name_end
+            && after_blanks < b.len()
+            && !matches!(b[after_blanks], b'\n' | b'\r' | b'=')
+            && name.trim_start_matches('-').contains('-')
+            && is_secret_name(name, Names::Options)
+        {
+            // A secret option and its value without '=' (pgBackRest's "missing '='" message).
+            let end = after_blanks
+                + b[after_blanks..]
+                    .iter()
+                    .take_while(|c| !c.is_ascii_whitespace())
+                    .count();
+            Some((after_blanks, end))
+        } else {
+            None
+        };
         match masked_range {
             Some((from, to)) if to > from => {
                 out.push_str(&text[copied..from]);
@@ -186,17 +262,46 @@ pub fn mask_secrets(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Whether `name` names a secret, whatever its spelling: `password`, `--repo1-cipher-pass`,
-/// `PGBACKREST_REPO1_S3_KEY_SECRET`, `PGPASSWORD`, `api_key`, `token`. Case, a leading `--`
-/// and `_` for `-` do not matter; the name ends in `password` or `passwd`, or its last
-/// `-`/`_`-separated part is `pass`, `passphrase`, `secret`, `token` or `key` (not `sslkey`, a
-/// file name).
-pub fn is_secret_name(name: &str) -> bool {
+/// Where a name comes from, which decides what makes it name a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Names {
+    /// Option and keyword names: libpq's (`password`, `sslpassword`), pgBackRest's
+    /// (`repo1-cipher-pass`), environment variables (`PGPASSWORD`). A closed vocabulary where
+    /// `sslkey` and `passfile` name files, so only how a name ends counts.
+    Options,
+    /// HTTP header and query parameter names (`X-Api-Key`, `apikey`, `Authorization`,
+    /// `X-Amz-Signature`): free-form, so any mention of a credential word counts; masking a
+    /// harmless header costs nothing.
+    Http,
+}
+
+/// Whether `name` names a secret, whatever its spelling (case does not matter), by the rule of
+/// where it comes from:
+///
+/// - [`Names::Options`]: `password`, `--repo1-cipher-pass`, `PGBACKREST_REPO1_S3_KEY_SECRET`,
+///   `PGPASSWORD`, `api_key`, `token`. A leading `--` and `_` for `-` do not matter; the name
+///   ends in `password` or `passwd`, or its last `-`/`_`/`.`-separated part is `pass`,
+///   `passphrase`, `secret`, `token` or `key` (not `sslkey`, a file name).
+/// - [`Names::Http`]: `token`, `key`, `pass` (password, passwd), `secret`, `credential`,
+///   `signature` anywhere in the name, or a name starting with `auth` (`Authorization`).
+pub fn is_secret_name(name: &str, names: Names) -> bool {
+    match names {
+        Names::Options => is_secret_option(name),
+        Names::Http => is_secret_http_name(name),
+    }
+}
+
+fn is_secret_http_name(name: &str) -> bool {
+    let k = name.trim().to_ascii_lowercase();
+    k.starts_with("auth")
+        || ["token", "key", "pass", "secret", "credential", "signature"]
+            .iter()
+            .any(|s| k.contains(s))
+}
+
+fn is_secret_option(name: &str) -> bool {
     let name = name.trim_start_matches('-');
-    let ends_with = |suffix: &str| {
-        name.len() >= suffix.len()
-            && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
-    };
+    let ends_with = |suffix: &str| ends_with_ignore_case(name, suffix);
     let last = name.rsplit(['-', '_', '.']).next().unwrap_or_default();
     ends_with("password")
         || ends_with("passwd")
@@ -216,6 +321,14 @@ fn ends_url(c: u8) -> bool {
 /// The index of the first byte at or after `i` that is not a space or tab.
 fn skip_blanks(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t') {
+        i += 1;
+    }
+    i
+}
+
+/// The index of the first byte at or after `i` that is not ASCII white space.
+fn skip_space(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
         i += 1;
     }
     i
@@ -315,6 +428,105 @@ fn mask_key_values(conn: &str) -> String {
     out
 }
 
+/// HTTP endpoint `url` with its credentials masked, as it may be shown:
+/// `http://user:xxxxx@host:3100/path?tenant=a&token=xxxxx`. The userinfo's password (or a lone
+/// user name, which is then a token) and the values of query parameters with secret names
+/// ([`Names::Http`]) are replaced by [`MASK`].
+pub fn mask_endpoint(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if url.password().is_some() {
+        let _ = shown.set_password(Some(MASK));
+    } else if !url.username().is_empty() {
+        let _ = shown.set_username(MASK);
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret_name(&k, Names::Http) {
+                    MASK.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    shown.to_string()
+}
+
+/// Shorter values are not scrubbed: they would mangle every message and protect nothing.
+const MIN_SECRET_LEN: usize = 4;
+
+/// Secret values known by value (a sink's password, bearer token, secret headers, the
+/// credentials of its endpoint), scrubbed from any text before it is shown: error messages of
+/// an HTTP client, answers of a destination (a proxy may echo the request).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(Vec<String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({})", self.0.len())
+    }
+}
+
+impl Secrets {
+    /// The credentials in `url`: its userinfo and its secret query values (raw and decoded).
+    pub fn of_url(url: &url::Url) -> Secrets {
+        let mut s = Secrets::default();
+        if let Some(p) = url.password() {
+            s.add(p);
+            s.add(&percent_decode(p));
+        } else {
+            s.add(url.username());
+            s.add(&percent_decode(url.username()));
+        }
+        for (k, v) in url.query_pairs() {
+            if is_secret_name(&k, Names::Http) {
+                s.add(&v);
+            }
+        }
+        if let Some(q) = url.query() {
+            for pair in q.split('&') {
+                if let Some((k, v)) = pair.split_once('=')
+                    && is_secret_name(&percent_decode(k), Names::Http)
+                {
+                    s.add(v);
+                }
+            }
+        }
+        s
+    }
+
+    /// Adds one secret value.
+    pub fn add(&mut self, secret: &str) {
+        if secret.len() >= MIN_SECRET_LEN && !self.0.iter().any(|s| s == secret) {
+            self.0.push(secret.to_owned());
+            // Longest first: a secret containing another is masked whole.
+            self.0.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    /// `text` with every secret value replaced by [`MASK`].
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.0 {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), MASK);
+            }
+        }
+        out
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,27 +619,7 @@ mod tests {
                 "url=postgres://u:p@ss@h/db?sslpassword=k",
                 "url=postgres://u:xxxxx@h/db?sslpassword=xxxxx",
             ),
-            // The statements log_shipper masks.
-            (
-                "statement: CREATE ROLE app LOGIN PASSWORD 'S3cr''et' VALID UNTIL 'infinity'",
-                "statement: CREATE ROLE app LOGIN PASSWORD 'xxxxx' VALID UNTIL 'infinity'",
-            ),
-            (
-                "ALTER USER x WITH ENCRYPTED password E'a\\'b';",
-                "ALTER USER x WITH ENCRYPTED password E'xxxxx';",
-            ),
-            (
-                "CREATE SUBSCRIPTION s CONNECTION 'host=h password=secret dbname=d' PUBLICATION p",
-                "CREATE SUBSCRIPTION s CONNECTION 'host=h password=xxxxx dbname=d' PUBLICATION p",
-            ),
-            (
-                "options (password = 'p w', user 'u')",
-                "options (password = xxxxx, user 'u')",
-            ),
-            (
-                "connect to postgres://u:pw@h:5432/db now",
-                "connect to postgres://u:xxxxx@h:5432/db now",
-            ),
+            // The statements log_shipper masks: see passwords_in_log_records.
             (
                 "CREATE ROLE r PASSWORD 'unterminated",
                 "CREATE ROLE r PASSWORD 'xxxxx",
@@ -465,7 +657,7 @@ mod tests {
             "token",
             "db.passwd",
         ] {
-            assert!(is_secret_name(name), "{name}");
+            assert!(is_secret_name(name, Names::Options), "{name}");
         }
         for name in [
             "sslkey",
@@ -476,7 +668,7 @@ mod tests {
             "bypass",
             "monkey",
         ] {
-            assert!(!is_secret_name(name), "{name}");
+            assert!(!is_secret_name(name, Names::Options), "{name}");
         }
     }
 
@@ -490,5 +682,135 @@ mod tests {
             let masked = mask_password(conn);
             assert!(!masked.contains("Secret"), "{conn} -> {masked}");
         }
+    }
+
+    #[test]
+    fn credential_keys() {
+        for k in [
+            "token",
+            "X-Token",
+            "access_token",
+            "api_key",
+            "apikey",
+            "KEY",
+            "password",
+            "Passwd",
+            "client_secret",
+            "auth",
+            "Authorization",
+            "auth_token",
+            "sig_signature",
+        ] {
+            assert!(is_secret_name(k, Names::Http), "{k}");
+        }
+        for k in [
+            "tenant",
+            "orgid",
+            "_msg_field",
+            "project",
+            "user",
+            "sslmode",
+        ] {
+            assert!(!is_secret_name(k, Names::Http), "{k}");
+        }
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        let u = |s: &str| mask_endpoint(&url::Url::parse(s).unwrap());
+        assert_eq!(
+            u("http://user:p%40ss@host:3100/x/?tenant=a&token=T0KEN&Api_Key=K&auth=A"),
+            "http://user:xxxxx@host:3100/x/?tenant=a&token=xxxxx&Api_Key=xxxxx&auth=xxxxx"
+        );
+        assert_eq!(u("https://glpat-abc@host/"), "https://xxxxx@host/");
+        assert_eq!(u("http://host:9428"), "http://host:9428/");
+        assert_eq!(u("http://host/?tenant=a"), "http://host/?tenant=a");
+    }
+
+    #[test]
+    fn secret_values_are_scrubbed_raw_and_decoded() {
+        let url = url::Url::parse(
+            "http://user:p%40ssword@host/?token=T0KEN%2Bplus&tenant=abcdef&key=abc",
+        )
+        .unwrap();
+        let s = Secrets::of_url(&url);
+        let text = "error for url (http://host/?token=T0KEN%2Bplus): T0KEN+plus p@ssword p%40ssword tenant abcdef key=abc";
+        assert_eq!(
+            s.scrub(text),
+            "error for url (http://host/?token=xxxxx): xxxxx xxxxx xxxxx tenant abcdef key=abc"
+        );
+        assert_eq!(format!("{s:?}"), "Secrets(4)");
+    }
+
+    /// Passwords in the statements of log records, masked alike by both scans.
+    #[test]
+    fn passwords_in_log_records() {
+        for (input, want) in [
+            (
+                "statement: CREATE ROLE app LOGIN PASSWORD 'S3cr''et' VALID UNTIL 'infinity'",
+                "statement: CREATE ROLE app LOGIN PASSWORD 'xxxxx' VALID UNTIL 'infinity'",
+            ),
+            (
+                "ALTER USER x WITH ENCRYPTED password E'a\\'b';",
+                "ALTER USER x WITH ENCRYPTED password E'xxxxx';",
+            ),
+            (
+                "CREATE SUBSCRIPTION s CONNECTION 'host=h password=secret dbname=d' PUBLICATION p",
+                "CREATE SUBSCRIPTION s CONNECTION 'host=h password=xxxxx dbname=d' PUBLICATION p",
+            ),
+            (
+                "options (password = 'p w', user 'u')",
+                "options (password = xxxxx, user 'u')",
+            ),
+            (
+                "connect to postgres://u:pw@h:5432/db now",
+                "connect to postgres://u:xxxxx@h:5432/db now",
+            ),
+            (
+                "password authentication failed for user \"x\"",
+                "password authentication failed for user \"x\"",
+            ),
+            ("no secrets here", "no secrets here"),
+        ] {
+            assert_eq!(mask_passwords(input), want, "{input}");
+            assert_eq!(mask_secrets(input), want, "{input}");
+        }
+    }
+
+    /// What log_shipper ships: passwords masked, wherever a statement breaks its lines; other
+    /// secret-looking names are data there, and a record without a password is not copied.
+    #[test]
+    fn log_records_keep_their_data() {
+        for (input, want) in [
+            (
+                "ALTER ROLE app PASSWORD\n'S3cret' VALID UNTIL 'infinity'",
+                "ALTER ROLE app PASSWORD\n'xxxxx' VALID UNTIL 'infinity'",
+            ),
+            ("password\n= 'S3cret'", "password\n= xxxxx"),
+            (
+                "CREATE USER MAPPING FOR u SERVER s OPTIONS (user 'u', password 'S3cret')",
+                "CREATE USER MAPPING FOR u SERVER s OPTIONS (user 'u', password 'xxxxx')",
+            ),
+            ("PGPASSWORD=S3cret psql", "PGPASSWORD=xxxxx psql"),
+        ] {
+            assert_eq!(mask_passwords(input), want, "{input}");
+            assert_eq!(mask_secrets(input), want, "{input}");
+        }
+        for text in [
+            "SELECT * FROM kv WHERE key = 'k1' AND token = 5",
+            "UPDATE t SET api_key='abc' WHERE secret=1",
+            "repo1-cipher-pass S3cret",
+            "duplicate key value violates unique constraint; Key (id)=(1) already exists.",
+            "",
+        ] {
+            assert!(
+                matches!(mask_passwords(text), Cow::Borrowed(t) if t == text),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            mask_secrets("UPDATE t SET api_key='abc' WHERE secret=1"),
+            "UPDATE t SET api_key=xxxxx WHERE secret=xxxxx"
+        );
     }
 }

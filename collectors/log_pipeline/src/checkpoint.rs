@@ -2,74 +2,31 @@
 //! acknowledged the records, written atomically (temp file, fsync, rename, fsync of the
 //! directory) to `<checkpoint_dir>/<source>.json`.
 //!
-//! A file is identified by device + inode + a hash of its first bytes (up to
-//! [`HEAD_MAX`]), so a reused inode is a new file and a truncated file is recognised. Ended
-//! files (rotated away and drained, truncated) are kept as `dead` entries for a while: a copy
-//! of them (logrotate `copytruncate`) is then read from where the original stopped.
+//! A file is identified by its [`FileId`] (device, inode, head hash), so a reused inode is a
+//! new file and a truncated file is recognised. Ended files (rotated away and drained,
+//! truncated) are kept as `dead` entries for a while: a copy of them (logrotate
+//! `copytruncate`) is then read from where the original stopped.
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
-use crate::stats::SourceCounters;
+use crate::identity::{FileId, StreamId};
 
-/// How many head bytes identify a file.
-pub const HEAD_MAX: usize = 256;
 /// How long an ended file's entry is kept once fully acknowledged.
 pub const DEAD_TTL: Duration = Duration::from_secs(600);
 
-/// FNV-1a, 64 bits: the head hash.
-pub fn head_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// A file's identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileId {
-    /// `st_dev`.
-    pub dev: u64,
-    /// `st_ino`.
-    pub ino: u64,
-    /// Bytes hashed (at most [`HEAD_MAX`]; fewer while the file is shorter).
-    pub head_len: u32,
-    /// FNV-1a of those bytes.
-    pub head_hash: u64,
-}
-
-impl FileId {
-    /// Whether `head` (the file's current first bytes) starts with the bytes this id hashed.
-    pub fn head_matches(&self, head: &[u8]) -> bool {
-        let n = self.head_len as usize;
-        head.len() >= n && head_hash(&head[..n]) == self.head_hash
-    }
-
-    /// Whether `other` hashes the same full-length head (a copy of the same content).
-    pub fn same_full_head(&self, other: &FileId) -> bool {
-        self.head_len as usize == HEAD_MAX && self.same_head(other)
-    }
-
-    /// Whether `other` hashes the same non-empty head, of the same length.
-    pub fn same_head(&self, other: &FileId) -> bool {
-        self.head_len > 0 && self.head_len == other.head_len && self.head_hash == other.head_hash
-    }
-}
-
-/// One entry of a checkpoint file.
+/// One file's position in a checkpoint file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct FilePosition {
     /// The file.
     #[serde(flatten)]
     pub id: FileId,
@@ -88,7 +45,7 @@ pub struct Entry {
 #[derive(Debug, Serialize, Deserialize)]
 struct CheckpointFile {
     version: u32,
-    files: Vec<Entry>,
+    files: Vec<FilePosition>,
 }
 
 /// Why a checkpoint file could not be used.
@@ -118,7 +75,7 @@ pub fn path_for(dir: &Path, source: &str) -> PathBuf {
 }
 
 /// Loads a checkpoint file; `Ok(None)` when there is none (the very first start).
-pub fn load(path: &Path) -> Result<Option<Vec<Entry>>, CheckpointError> {
+pub fn load(path: &Path) -> Result<Option<Vec<FilePosition>>, CheckpointError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -144,7 +101,7 @@ pub fn load(path: &Path) -> Result<Option<Vec<Entry>>, CheckpointError> {
 }
 
 /// Writes `entries` atomically: a temp file beside it, fsync, rename, fsync of the directory.
-pub fn store(path: &Path, entries: &[Entry]) -> Result<(), CheckpointError> {
+pub fn store(path: &Path, entries: &[FilePosition]) -> Result<(), CheckpointError> {
     let io = |source| CheckpointError::Io {
         path: path.to_owned(),
         source,
@@ -179,11 +136,8 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-/// Stream ids are unique within the process.
-pub type StreamId = u64;
-
 #[derive(Debug)]
-struct StreamEntry {
+struct StreamProgress {
     id: FileId,
     path: PathBuf,
     /// Per subscribed sink, the offset after its last acknowledged record.
@@ -193,7 +147,7 @@ struct StreamEntry {
     dead_since: Option<Instant>,
 }
 
-impl StreamEntry {
+impl StreamProgress {
     fn offset(&self) -> u64 {
         self.acked.iter().copied().min().unwrap_or(self.sent)
     }
@@ -204,7 +158,7 @@ impl StreamEntry {
 pub struct SourceProgress {
     /// Global indices of the sinks subscribed to the source.
     sinks: Vec<usize>,
-    streams: Mutex<HashMap<StreamId, StreamEntry>>,
+    streams: Mutex<HashMap<StreamId, StreamProgress>>,
     changed: Notify,
     /// Counts acknowledgements.
     acks: AtomicU64,
@@ -237,15 +191,15 @@ impl SourceProgress {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, StreamEntry>> {
-        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, StreamProgress>> {
+        agent_kit::sync::lock(&self.streams)
     }
 
     /// Starts tracking a stream read from `start`.
     pub fn register(&self, stream: StreamId, id: FileId, path: &Path, start: u64) {
         self.lock().insert(
             stream,
-            StreamEntry {
+            StreamProgress {
                 id,
                 path: path.to_owned(),
                 acked: vec![start; self.sinks.len()],
@@ -259,19 +213,25 @@ impl SourceProgress {
     /// Tracks a live file of the last checkpoint that the tailer has not found yet: written
     /// back as it was (offset and read) until the tailer finds it, under the same `stream`,
     /// or concludes it is gone, so that a stop before then loses no position.
-    pub fn register_known(&self, stream: StreamId, entry: &Entry) {
-        self.insert_entry(stream, entry, entry.read.max(entry.offset), None);
+    pub fn register_known(&self, stream: StreamId, entry: &FilePosition) {
+        self.insert_position(stream, entry, entry.read.max(entry.offset), None);
     }
 
     /// Tracks an ended file known from the last checkpoint (kept for copy detection).
-    pub fn register_dead(&self, stream: StreamId, entry: &Entry) {
-        self.insert_entry(stream, entry, entry.offset, Some(Instant::now()));
+    pub fn register_dead(&self, stream: StreamId, entry: &FilePosition) {
+        self.insert_position(stream, entry, entry.offset, Some(Instant::now()));
     }
 
-    fn insert_entry(&self, stream: StreamId, e: &Entry, sent: u64, dead: Option<Instant>) {
+    fn insert_position(
+        &self,
+        stream: StreamId,
+        e: &FilePosition,
+        sent: u64,
+        dead: Option<Instant>,
+    ) {
         self.lock().insert(
             stream,
-            StreamEntry {
+            StreamProgress {
                 id: e.id,
                 path: e.path.clone(),
                 acked: vec![e.offset; self.sinks.len()],
@@ -334,12 +294,6 @@ impl SourceProgress {
         let _ = tokio::time::timeout(timeout, rx.wait_for(covers)).await;
     }
 
-    /// A checkpoint covering `c` is on disk (for sources that write their own checkpoint
-    /// file, such as journald's cursor).
-    pub fn mark_persisted(&self, c: Covered) {
-        self.persisted.send_replace(c);
-    }
-
     /// The stream ended; its entry stays (dead) until acknowledged and expired.
     pub fn end(&self, stream: StreamId) {
         if let Some(e) = self.lock().get_mut(&stream) {
@@ -350,12 +304,12 @@ impl SourceProgress {
 
     /// The acknowledged offset of a stream.
     pub fn acked_offset(&self, stream: StreamId) -> Option<u64> {
-        self.lock().get(&stream).map(StreamEntry::offset)
+        self.lock().get(&stream).map(StreamProgress::offset)
     }
 
     /// The entries to write, dropping dead ones that are fully acknowledged and expired.
     /// Also returns whether everything read is acknowledged, and what the entries cover.
-    pub fn snapshot(&self) -> (Vec<Entry>, bool, Covered) {
+    pub fn snapshot(&self) -> (Vec<FilePosition>, bool, Covered) {
         let mut map = self.lock();
         let covered = Covered {
             acks: self.acks.load(Ordering::SeqCst),
@@ -366,12 +320,12 @@ impl SourceProgress {
             None => true,
         });
         let mut caught_up = true;
-        let mut entries: Vec<Entry> = map
+        let mut entries: Vec<FilePosition> = map
             .values()
             .map(|e| {
                 let offset = e.offset();
                 caught_up &= offset >= e.sent;
-                Entry {
+                FilePosition {
                     id: e.id,
                     offset,
                     read: e.sent,
@@ -390,38 +344,83 @@ impl SourceProgress {
     }
 }
 
-/// Writes the checkpoint of one source whenever acknowledgements move it, at most every
-/// `min_interval`, and once more when `stop` turns true.
-pub async fn run_checkpointer(
+/// How a source's checkpoint keeps up, for its metrics.
+#[derive(Debug, Default)]
+pub struct CheckpointHealth {
+    /// Milliseconds since the checkpoint last covered everything read.
+    pub age_ms: AtomicU64,
+    /// Checkpoint writes that failed.
+    pub errors: AtomicU64,
+}
+
+/// What a source's checkpoint file holds, written by [`run_checkpointer`]: the positions of
+/// its files ([`FilesCheckpoint`]), or the journal cursor of a journald source.
+pub trait CheckpointWriter: Send + std::fmt::Debug {
+    /// Writes the checkpoint for `positions` (the snapshot of `progress` just taken) unless
+    /// the file on disk holds it already.
+    fn write(
+        &mut self,
+        progress: &SourceProgress,
+        positions: Vec<FilePosition>,
+    ) -> Result<(), CheckpointError>;
+}
+
+/// The checkpoint of a file source: the positions of its files, `<checkpoint_dir>/<source>.json`.
+#[derive(Debug)]
+pub struct FilesCheckpoint {
     path: PathBuf,
+    last: Option<Vec<FilePosition>>,
+}
+
+impl FilesCheckpoint {
+    /// The checkpoint written to `path` (see [`path_for`]).
+    pub fn new(path: PathBuf) -> FilesCheckpoint {
+        FilesCheckpoint { path, last: None }
+    }
+}
+
+impl CheckpointWriter for FilesCheckpoint {
+    fn write(
+        &mut self,
+        _progress: &SourceProgress,
+        positions: Vec<FilePosition>,
+    ) -> Result<(), CheckpointError> {
+        if self.last.as_ref() == Some(&positions) {
+            return Ok(());
+        }
+        store(&self.path, &positions)?;
+        debug!(path = %self.path.display(), files = positions.len(), "Checkpoint written.");
+        self.last = Some(positions);
+        Ok(())
+    }
+}
+
+/// Writes the checkpoint of one source with `writer` whenever acknowledgements move it, at
+/// most every second, and once more when `stop` turns true; the one loop of every source,
+/// files and journals alike.
+pub async fn run_checkpointer(
     progress: Arc<SourceProgress>,
-    counters: Arc<SourceCounters>,
+    mut writer: Box<dyn CheckpointWriter>,
+    health: Arc<CheckpointHealth>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last: Option<Vec<Entry>> = None;
     let mut caught_up_at = Instant::now();
     loop {
         let stopping = *stop.borrow();
-        let (entries, caught_up, covered) = progress.snapshot();
+        let (positions, caught_up, covered) = progress.snapshot();
         if caught_up {
             caught_up_at = Instant::now();
         }
-        counters
-            .checkpoint_age_ms
+        health
+            .age_ms
             .store(caught_up_at.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if last.as_ref() == Some(&entries) {
-            progress.persisted.send_replace(covered);
-        } else {
-            match store(&path, &entries) {
-                Ok(()) => {
-                    debug!(path = %path.display(), files = entries.len(), "Checkpoint written.");
-                    last = Some(entries);
-                    progress.persisted.send_replace(covered);
-                }
-                Err(e) => {
-                    counters.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "Cannot write the checkpoint; retrying.");
-                }
+        match writer.write(&progress, positions) {
+            Ok(()) => {
+                progress.persisted.send_replace(covered);
+            }
+            Err(e) => {
+                health.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "Cannot write the checkpoint; retrying.");
             }
         }
         if stopping {
@@ -438,6 +437,7 @@ pub async fn run_checkpointer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::head_hash;
 
     fn id(ino: u64) -> FileId {
         FileId {
@@ -453,7 +453,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = path_for(dir.path(), "pg");
         assert!(load(&path).unwrap().is_none());
-        let entries = vec![Entry {
+        let entries = vec![FilePosition {
             id: id(7),
             offset: 42,
             read: 50,
@@ -477,9 +477,9 @@ mod tests {
         p.register(1, id(7), Path::new("/a"), 0);
         let (stop_tx, stop) = watch::channel(false);
         let task = tokio::spawn(run_checkpointer(
-            path.clone(),
             p.clone(),
-            Arc::new(SourceCounters::default()),
+            Box::new(FilesCheckpoint::new(path.clone())),
+            Arc::new(CheckpointHealth::default()),
             stop,
         ));
         let sent = p.sent(1, 100);

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::checkpoint::{self, CheckpointError, SourceProgress};
+use crate::checkpoint::{self, CheckpointError, CheckpointWriter, FilesCheckpoint, SourceProgress};
 use crate::config::{Config, Writable};
-use crate::journald::{self, JournaldHandle, JournaldSetup};
 use crate::sink::{SinkError, SinkSetup, SinkTask};
+use crate::source::SourceSetup;
+use crate::source::journald::{self, JournaldHandle};
+use crate::source::tailer::{self, TailerHandle};
 use crate::stats::Stats;
-use crate::tailer::{self, TailerHandle, TailerSetup};
 
 /// How long tailers get to end once the sinks were aborted.
 const TAILER_ABORT_WAIT: Duration = Duration::from_secs(1);
@@ -173,6 +174,7 @@ impl Pipeline {
         let (checkpoint_stop, stop_rx) = watch::channel(false);
         let mut tailers = Vec::new();
         let mut journals = Vec::new();
+        let mut writers: Vec<Box<dyn CheckpointWriter>> = Vec::new();
         for (i, ((source, outputs), checkpoint)) in config
             .sources
             .iter()
@@ -180,27 +182,24 @@ impl Pipeline {
             .zip(checkpoints)
             .enumerate()
         {
-            if let Some(start) = journal_starts[i].take() {
-                journals.push(journald::spawn(JournaldSetup {
-                    index: i,
-                    source: source.clone(),
-                    progress: progress[i].clone(),
-                    outputs,
-                    stats: stats.clone(),
-                    checkpoint_dir: config.checkpoint_dir.clone(),
-                    start,
-                    checkpoint_stop: stop_rx.clone(),
-                }));
-                continue;
-            }
-            let handle = tailer::spawn(TailerSetup {
+            let setup = SourceSetup {
                 index: i,
                 source: source.clone(),
                 progress: progress[i].clone(),
                 outputs,
                 stats: stats.clone(),
-                checkpoint,
-            });
+            };
+            if let Some(start) = journal_starts[i].take() {
+                let (journal, cursor) = journald::spawn(setup, &config.checkpoint_dir, start);
+                journals.push(journal);
+                writers.push(Box::new(cursor));
+                continue;
+            }
+            writers.push(Box::new(FilesCheckpoint::new(checkpoint::path_for(
+                &config.checkpoint_dir,
+                &source.name,
+            ))));
+            let handle = tailer::spawn(setup, checkpoint);
             match handle {
                 Ok(h) => tailers.push(h),
                 Err(e) => {
@@ -212,21 +211,22 @@ impl Pipeline {
                 }
             }
         }
-        // After the tailers: they registered the entries of the last checkpoints, so that the
+        // After the sources: they registered the entries of the last checkpoints, so that the
         // first checkpoint written holds them.
-        let mut checkpointers = Vec::new();
-        for (source, p) in config.sources.iter().zip(&progress) {
-            if source.journald.is_some() {
-                // Its reader writes its cursor file itself.
-                continue;
-            }
-            checkpointers.push(tokio::spawn(checkpoint::run_checkpointer(
-                checkpoint::path_for(&config.checkpoint_dir, &source.name),
-                p.clone(),
-                stats.source(&source.name),
-                stop_rx.clone(),
-            )));
-        }
+        let checkpointers = config
+            .sources
+            .iter()
+            .zip(&progress)
+            .zip(writers)
+            .map(|((source, p), writer)| {
+                tokio::spawn(checkpoint::run_checkpointer(
+                    p.clone(),
+                    writer,
+                    stats.source(&source.name).checkpoint.clone(),
+                    stop_rx.clone(),
+                ))
+            })
+            .collect();
         info!(
             sources = config.sources.len(),
             sinks = config.sinks.len(),
@@ -298,9 +298,6 @@ impl Pipeline {
         let _ = self.checkpoint_stop.send(true);
         for c in std::mem::take(&mut self.checkpointers) {
             let _ = c.await;
-        }
-        for j in &mut journals {
-            j.join_checkpointer().await;
         }
         info!("Pipeline stopped.");
     }

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use log_pipeline::config::Format;
+use log_pipeline::format::Format;
 use log_pipeline::parse::prefix::LinePrefix;
 use log_pipeline::parse::{
     Framer, Parser, RawRecord, TRUNCATION_MARKER, parse_csv_fields, write_csv_field,

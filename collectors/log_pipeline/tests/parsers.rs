@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use log_pipeline::config::Format;
+use log_pipeline::format::Format;
 use log_pipeline::parse::prefix::LinePrefix;
 use log_pipeline::parse::{Framer, Parser, write_csv_field};
 use log_pipeline::record::{Level, Origin, Record};
@@ -488,7 +488,7 @@ proptest! {
         cursor in "s=[0-9a-f]{32};i=[0-9a-f]{1,6}",
         max in 1usize..300,
     ) {
-        use log_pipeline::journald::parse_entry;
+        use log_pipeline::source::journald::parse_entry;
         let bad_byte = bad_byte.filter(|_| as_bytes);
         let message = if as_bytes {
             let mut bytes = msg.clone().into_bytes();
@@ -514,7 +514,7 @@ proptest! {
         let e = parse_entry(format!("{entry}\n").as_bytes(), &origin("syslog"), max);
 
         let text = if bad_byte.is_some() { format!("{msg}\u{fffd}") } else { msg.clone() };
-        let redacted = log_pipeline::parse::redact::redact(&text).into_owned();
+        let redacted = agent_kit::redact::mask_passwords(&text).into_owned();
         let want: String = redacted.chars().take(max).collect();
         prop_assert!(!e.parse_error);
         prop_assert_eq!(&e.record.message, &want);
@@ -534,14 +534,14 @@ proptest! {
     #[test]
     fn any_journal_line_ships(line in prop::collection::vec(any::<u8>(), 0..300)) {
         let max = 100;
-        let e = log_pipeline::journald::parse_entry(&line, &origin("syslog"), max);
+        let e = log_pipeline::source::journald::parse_entry(&line, &origin("syslog"), max);
         prop_assert_eq!(e.parse_error, e.record.parse_error.is_some());
         if e.parse_error {
             // The line itself, as text.
             prop_assert!(e.cursor.is_none());
             let body = line.strip_suffix(b"\n").unwrap_or(&line);
             let text = String::from_utf8_lossy(body);
-            let redacted = log_pipeline::parse::redact::redact(text.trim_end()).into_owned();
+            let redacted = agent_kit::redact::mask_passwords(text.trim_end()).into_owned();
             let want: String = redacted.chars().take(max).collect();
             prop_assert_eq!(&e.record.message, &want);
             prop_assert_eq!(e.message_cut, redacted.chars().count() > max);

@@ -31,6 +31,7 @@
 
 mod certificate;
 mod connect;
+mod der;
 mod keywords;
 mod parse;
 mod pgpass;

@@ -1,3 +1,5 @@
+// Longer than 800 lines: one scrape end to end (main server, discovered databases, budget,
+// self-metrics) and the reload and health state it reads, kept together so the order is visible.
 //! The exporter: the main server and the auto-discovered databases, the whole scrape with its
 //! self-metrics, the health state from a background probe, and config reloads.
 //!

@@ -1,3 +1,5 @@
+// Longer than 800 lines: a server's pre-check, plan, cache and connection lifetime decide
+// together when a connection to a discovered database may exist; apart they would hide that.
 //! One monitored database connection ("server"): its pre-check (facts), its plan, its TTL
 //! cache of collector outcomes and its scrape.
 //!

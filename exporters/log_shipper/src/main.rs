@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use agent_kit::cli::{LogArgs, WebArgs};
 use agent_kit::exposition::{TextEncoder, metrics_response};
+use agent_kit::redact::mask_endpoint;
 use agent_kit::server::{Lifecycle, Server};
 use axum::Router;
 use axum::extract::State;
@@ -27,7 +28,6 @@ use axum::routing::get;
 use clap::Parser;
 use log_pipeline::config::{Config, SinkKind};
 use log_pipeline::pipeline::Pipeline;
-use log_pipeline::secrets::mask_url;
 use log_pipeline::stats::Stats;
 use tokio::sync::Mutex;
 use tracing::{error, info};
@@ -100,7 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
         for sink in &config.sinks {
             let target = match (&sink.http, &sink.kind) {
-                (Some(http), _) => mask_url(&http.endpoint),
+                (Some(http), _) => mask_endpoint(&http.endpoint),
                 (None, SinkKind::File { path }) => path.display().to_string(),
                 (None, _) => String::new(),
             };

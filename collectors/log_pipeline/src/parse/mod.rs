@@ -17,15 +17,15 @@
 mod csv;
 mod postgres;
 pub mod prefix;
-pub mod redact;
 mod text;
 pub mod time;
 
 use std::sync::Arc;
 
+use agent_kit::redact::mask_passwords;
 use jiff::Timestamp;
 
-use crate::config::Format;
+use crate::format::Format;
 use crate::record::{Level, Origin, Record};
 use prefix::LinePrefix;
 
@@ -428,7 +428,7 @@ impl Parser {
             } else {
                 Some(Level::Info)
             },
-            message: redact::redact(text.trim_end()).into_owned(),
+            message: mask_passwords(text.trim_end()).into_owned(),
             pg: None,
             topic: None,
             extra: Vec::new(),

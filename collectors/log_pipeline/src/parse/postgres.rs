@@ -3,11 +3,11 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use agent_kit::redact::mask_passwords;
 use serde::Deserialize;
 
 use super::csv::{Span, Splitter};
 use super::prefix::LinePrefix;
-use super::redact::redact;
 use super::time::parse_pg_timestamp;
 use crate::record::{Level, Origin, PgFields, Record};
 
@@ -58,7 +58,7 @@ impl Event<'_> {
             message.push_str(p);
         }
         // One allocation when there is nothing to mask (the common case).
-        let masked = match redact(&message) {
+        let masked = match mask_passwords(&message) {
             Cow::Owned(m) => Some(m),
             Cow::Borrowed(_) => None,
         };

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use agent_kit::redact::mask_passwords;
 use jiff::tz::TimeZone;
 
-use super::redact::redact;
 use super::time::{in_zone, parse_civil, parse_zone};
-use crate::config::Format;
+use crate::format::Format;
 use crate::record::{Level, Origin, Record};
 
 /// Whether `line` starts a new record of `format` (otherwise it continues the previous one).
@@ -60,7 +60,7 @@ pub(super) fn parse_patroni(text: &str, origin: &Arc<Origin>) -> Result<Record, 
         time,
         origin: origin.clone(),
         level: Some(Level::from_word(level).unwrap_or(Level::Info)),
-        message: redact(text[msg..].trim_end()).into_owned(),
+        message: mask_passwords(text[msg..].trim_end()).into_owned(),
         pg: None,
         topic: None,
         extra: Vec::new(),
@@ -111,7 +111,7 @@ pub(super) fn parse_pgbackrest(text: &str, origin: &Arc<Origin>) -> Result<Recor
             "DETAIL" => Some(Level::Info),
             _ => None,
         }),
-        message: redact(text[msg..].trim_end()).into_owned(),
+        message: mask_passwords(text[msg..].trim_end()).into_owned(),
         pg: None,
         topic: None,
         extra: Vec::new(),
@@ -170,7 +170,7 @@ pub(super) fn parse_pgbouncer(text: &str, origin: &Arc<Origin>) -> Result<Record
         time: in_zone(dt, tz).ok_or_else(bad)?,
         origin: origin.clone(),
         level: Some(level),
-        message: redact(message.trim_end()).into_owned(),
+        message: mask_passwords(message.trim_end()).into_owned(),
         pg: None,
         topic: None,
         extra,

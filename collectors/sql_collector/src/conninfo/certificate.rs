@@ -22,6 +22,9 @@ use x509_cert::ext::pkix::{
 use x509_cert::name::Name as X509Name;
 use x509_cert::{Certificate, Version};
 
+use super::der::der_header;
+use super::signature::{Signed, key_fits_algorithm};
+
 /// `commonName` (2.5.4.3).
 const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 /// `id-kp-serverAuth` (1.3.6.1.5.5.7.3.1).
@@ -126,37 +129,6 @@ impl Name {
         let sha1 = digest(&SHA1_FOR_LEGACY_USE_ONLY, &self.canonical);
         let b = sha1.as_ref();
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    }
-}
-
-/// Signed data as sent: the bytes signed, the signature algorithm (the content of its
-/// `AlgorithmIdentifier`) and the signature.
-#[derive(Debug, Clone)]
-pub(super) struct Signed {
-    pub(super) data: Vec<u8>,
-    pub(super) algorithm: Vec<u8>,
-    pub(super) signature: Vec<u8>,
-    /// Whether the algorithm inside the signed data is the outer one (OpenSSL refuses a
-    /// signature otherwise).
-    pub(super) algorithms_agree: bool,
-}
-
-impl Signed {
-    /// Splits `SEQUENCE { data, AlgorithmIdentifier, BIT STRING }`.
-    fn split(der: &[u8], inner_algorithm: &[u8]) -> Option<Self> {
-        let outer = der_element(der).filter(|e| e.tag == 0x30)?;
-        let data = der_element(outer.content)?;
-        let algorithm = der_element(data.rest).filter(|e| e.tag == 0x30)?;
-        let bits = der_element(algorithm.rest).filter(|e| e.tag == 0x03)?;
-        let (&0, signature) = bits.content.split_first()? else {
-            return None;
-        };
-        Some(Signed {
-            data: data.whole.to_vec(),
-            algorithm: algorithm.content.to_vec(),
-            signature: signature.to_vec(),
-            algorithms_agree: algorithm.whole == inner_algorithm,
-        })
     }
 }
 
@@ -387,7 +359,7 @@ impl Cert {
                 return false;
             }
         }
-        super::signature::key_fits_algorithm(&issuer.spki, &self.signed.algorithm)
+        key_fits_algorithm(&issuer.spki, &self.signed.algorithm)
     }
 
     /// Whether the validity period holds at `now` (OpenSSL: not before `notBefore`, before
@@ -683,76 +655,6 @@ impl Crl {
     }
 }
 
-/// One DER element at the start of some bytes.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Element<'a> {
-    pub(super) tag: u8,
-    /// The element, header included.
-    pub(super) whole: &'a [u8],
-    pub(super) content: &'a [u8],
-    /// What follows it.
-    pub(super) rest: &'a [u8],
-}
-
-/// The DER element at the start of `der` (definite lengths up to 4 bytes).
-pub(super) fn der_element(der: &[u8]) -> Option<Element<'_>> {
-    let tag = *der.first()?;
-    let first = *der.get(1)?;
-    let (len, header) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let len = der
-            .get(2..2 + n)?
-            .iter()
-            .fold(0usize, |l, b| l << 8 | usize::from(*b));
-        (len, 2 + n)
-    };
-    let end = header.checked_add(len)?;
-    Some(Element {
-        tag,
-        whole: der.get(..end)?,
-        content: der.get(header..end)?,
-        rest: &der[end..],
-    })
-}
-
-/// The `SubjectPublicKeyInfo` of a DER certificate, found by position (so it works for
-/// certificates this module would not parse, as when nothing is verified).
-pub(super) fn spki_of(cert: &[u8]) -> Option<&[u8]> {
-    let certificate = der_element(cert).filter(|e| e.tag == 0x30)?;
-    let tbs = der_element(certificate.content).filter(|e| e.tag == 0x30)?;
-    let mut field = der_element(tbs.content)?;
-    if field.tag == 0xa0 {
-        field = der_element(field.rest)?;
-    }
-    // serial, signature, issuer, validity, subject, then the key.
-    for _ in 0..5 {
-        field = der_element(field.rest)?;
-    }
-    (field.tag == 0x30).then_some(field.whole)
-}
-
-/// A DER header for `len` bytes of content.
-fn der_header(tag: u8, len: usize) -> Vec<u8> {
-    let mut header = vec![tag];
-    if len < 0x80 {
-        header.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        header.push(0x80 | bytes.len() as u8);
-        header.extend(bytes);
-    }
-    header
-}
-
 /// OpenSSL's canonical encoding of a name: each RDN as a DER `SET OF` its attributes, string
 /// values as canonical UTF8Strings, concatenated without the outer `SEQUENCE`.
 fn canonical_name(name: &X509Name) -> Result<Vec<u8>, String> {
@@ -947,18 +849,5 @@ mod tests {
             name("O=ex co,CN=local host")
         );
         assert_ne!(name("CN=a,O=b"), name("CN=a"));
-    }
-
-    #[test]
-    fn spki_is_found_by_position() {
-        assert_eq!(spki_of(&[]), None);
-        assert_eq!(spki_of(b"\x30\x03\x02\x01\x00"), None);
-        assert_eq!(
-            der_element(&[0x30, 0x82, 0x01]).map(|e| e.tag),
-            None,
-            "truncated length"
-        );
-        assert_eq!(der_header(0x31, 0x80), vec![0x31, 0x81, 0x80]);
-        assert_eq!(der_header(0x31, 0x1234), vec![0x31, 0x82, 0x12, 0x34]);
     }
 }

@@ -11,7 +11,38 @@ use rustls::SignatureScheme;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use x509_cert::der::asn1::ObjectIdentifier;
 
-use super::certificate::{Signed, der_element, spki_of};
+use super::der::{der_element, spki_of};
+
+/// Signed data as sent: the bytes signed, the signature algorithm (the content of its
+/// `AlgorithmIdentifier`) and the signature.
+#[derive(Debug, Clone)]
+pub(super) struct Signed {
+    pub(super) data: Vec<u8>,
+    pub(super) algorithm: Vec<u8>,
+    pub(super) signature: Vec<u8>,
+    /// Whether the algorithm inside the signed data is the outer one (OpenSSL refuses a
+    /// signature otherwise).
+    pub(super) algorithms_agree: bool,
+}
+
+impl Signed {
+    /// Splits `SEQUENCE { data, AlgorithmIdentifier, BIT STRING }`.
+    pub(super) fn split(der: &[u8], inner_algorithm: &[u8]) -> Option<Self> {
+        let outer = der_element(der).filter(|e| e.tag == 0x30)?;
+        let data = der_element(outer.content)?;
+        let algorithm = der_element(data.rest).filter(|e| e.tag == 0x30)?;
+        let bits = der_element(algorithm.rest).filter(|e| e.tag == 0x03)?;
+        let (&0, signature) = bits.content.split_first()? else {
+            return None;
+        };
+        Some(Signed {
+            data: data.whole.to_vec(),
+            algorithm: algorithm.content.to_vec(),
+            signature: signature.to_vec(),
+            algorithms_agree: algorithm.whole == inner_algorithm,
+        })
+    }
+}
 
 /// Why a signature was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,29 +27,34 @@
 //!   If the shipper itself is killed with SIGKILL, journalctl ends at its next write
 //!   (broken pipe).
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
+mod cursor;
+mod entry;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use agent_kit::sync::lock;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc::Sender;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{self, CheckpointError, FileId, SourceProgress, StreamId};
-use crate::config::{JournaldSource, ReadFrom, Source};
-use crate::parse::{TRUNCATION_MARKER, cut_chars, redact};
+use crate::checkpoint::SourceProgress;
+use crate::chunk::Chunk;
+use crate::config::{JournaldSource, ReadFrom};
+use crate::identity::{FileId, StreamId, next_stream_id};
+use crate::parse::{ParseFlags, TRUNCATION_MARKER, cut_chars};
 use crate::record::{Level, Origin, Record};
-use crate::stats::{SourceCounters, Stats};
-use crate::tailer::Chunk;
+use crate::source::{SourceSetup, admit};
+use crate::stats::SourceCounters;
+use cursor::Cursors;
+
+pub use cursor::{CursorCheckpoint, Start, checkpoint_path, load, store};
+pub use entry::{JournalEntry, parse_entry};
 
 /// Records per chunk at most.
 const CHUNK_RECORDS: usize = 512;
@@ -63,100 +68,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A journalctl that ran this long before exiting is restarted after the shortest backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
 
-/// The cursor file of journald source `name`.
-pub fn checkpoint_path(dir: &Path, source: &str) -> PathBuf {
-    dir.join(format!("{source}.journal.json"))
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct CursorFile {
-    version: u32,
-    /// `None`: started, nothing acknowledged yet, and the journal is read from its beginning.
-    cursor: Option<String>,
-}
-
-/// Where a journald source starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// No cursor file: the very first start (`read_from` applies).
-    First,
-    /// After this cursor (`None`: from the beginning).
-    After(Option<String>),
-}
-
-/// Loads the cursor file; a corrupt one is logged and the journal is read from its beginning
-/// (nothing is lost; what was shipped before is shipped again).
-pub fn load(path: &Path) -> Result<Start, CheckpointError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Start::First),
-        Err(source) => {
-            return Err(CheckpointError::Io {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    match serde_json::from_str::<CursorFile>(&text) {
-        Ok(f) if f.version == 1 => Ok(Start::After(f.cursor)),
-        Ok(f) => {
-            warn!(path = %path.display(), version = f.version, "Unknown journal cursor file version ignored; reading the journal from its beginning.");
-            Ok(Start::After(None))
-        }
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "Corrupt journal cursor file ignored; reading the journal from its beginning.");
-            Ok(Start::After(None))
-        }
-    }
-}
-
-/// Writes the cursor file atomically.
-pub fn store(path: &Path, cursor: Option<&str>) -> Result<(), CheckpointError> {
-    let body = serde_json::to_vec(&CursorFile {
-        version: 1,
-        cursor: cursor.map(str::to_owned),
-    })
-    .map_err(|e| CheckpointError::Io {
-        path: path.to_owned(),
-        source: std::io::Error::other(e),
-    })?;
-    checkpoint::write_atomic(path, &body)
-}
-
-/// Cursors by record sequence number, from the oldest not yet acknowledged by every sink.
-type Cursors = Arc<Mutex<BTreeMap<u64, String>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Everything a journald source needs.
-#[derive(Debug)]
-pub struct JournaldSetup {
-    /// Index of the source in the config.
-    pub index: usize,
-    /// The source (its `journald` settings are set).
-    pub source: Source,
-    /// Shared with the sinks.
-    pub progress: Arc<SourceProgress>,
-    /// One bounded channel per subscribed sink.
-    pub outputs: Vec<Sender<Arc<Chunk>>>,
-    /// Metrics.
-    pub stats: Arc<Stats>,
-    /// Where the cursor file goes (`checkpoint_dir`).
-    pub checkpoint_dir: PathBuf,
-    /// Where it starts, from [`load`].
-    pub start: Start,
-    /// Turns true when the final cursor must be written (after the sinks finished).
-    pub checkpoint_stop: watch::Receiver<bool>,
-}
-
 /// A running journald source.
 #[derive(Debug)]
 pub struct JournaldHandle {
     stop: watch::Sender<bool>,
     reader: Option<tokio::task::JoinHandle<()>>,
-    checkpointer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl JournaldHandle {
@@ -179,13 +95,6 @@ impl JournaldHandle {
             let _ = r.await;
         }
     }
-
-    /// Waits for the cursor writer (after the pipeline's checkpoint stop).
-    pub async fn join_checkpointer(&mut self) {
-        if let Some(c) = self.checkpointer.take() {
-            let _ = c.await;
-        }
-    }
 }
 
 impl Drop for JournaldHandle {
@@ -196,12 +105,14 @@ impl Drop for JournaldHandle {
     }
 }
 
-static NEXT_JOURNAL_STREAM: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(1 << 62);
-
-/// Starts the reader and the cursor writer of a journald source. Must be called inside a
-/// tokio runtime.
-pub fn spawn(setup: JournaldSetup) -> JournaldHandle {
+/// Starts the reader of journald source `setup` (its `journald` settings are set), from
+/// `start` (see [`load`]), and returns with its handle the checkpoint writer of its cursor
+/// file in `checkpoint_dir`. Must be called inside a tokio runtime.
+pub fn spawn(
+    setup: SourceSetup,
+    checkpoint_dir: &Path,
+    start: Start,
+) -> (JournaldHandle, CursorCheckpoint) {
     let settings = setup
         .source
         .journald
@@ -213,7 +124,7 @@ pub fn spawn(setup: JournaldSetup) -> JournaldHandle {
             files: Vec::new(),
             journalctl: PathBuf::from("journalctl"),
         });
-    let stream = NEXT_JOURNAL_STREAM.fetch_add(1, Ordering::Relaxed);
+    let stream = next_stream_id();
     let journal_id = FileId {
         dev: 0,
         ino: 0,
@@ -225,14 +136,9 @@ pub fn spawn(setup: JournaldSetup) -> JournaldHandle {
         .register(stream, journal_id, Path::new("journal"), 0);
     let cursors: Cursors = Arc::default();
     let counters = setup.stats.source(&setup.source.name);
-    let path = checkpoint_path(&setup.checkpoint_dir, &setup.source.name);
+    let path = checkpoint_path(checkpoint_dir, &setup.source.name);
     let (stop, stop_rx) = watch::channel(false);
-    let origin = Arc::new(Origin {
-        job: setup.source.job.clone(),
-        ins: setup.source.ins.clone(),
-        ip: setup.source.ip.clone(),
-        cls: setup.source.cls.clone(),
-    });
+    let origin = Arc::new(setup.source.origin());
     let reader = Reader {
         index: setup.index,
         name: setup.source.name.clone(),
@@ -249,25 +155,19 @@ pub fn spawn(setup: JournaldSetup) -> JournaldHandle {
         last_cursor: None,
         progress: setup.progress.clone(),
         outputs: setup.outputs,
-        counters: counters.clone(),
+        counters,
         cursors: cursors.clone(),
         stop: stop_rx,
         cursor_path: path.clone(),
     };
-    let reader = tokio::spawn(reader.run(setup.start));
-    let checkpointer = tokio::spawn(run_checkpointer(
-        path,
-        setup.progress,
-        stream,
-        cursors,
-        counters,
-        setup.checkpoint_stop,
-    ));
-    JournaldHandle {
-        stop,
-        reader: Some(reader),
-        checkpointer: Some(checkpointer),
-    }
+    let reader = tokio::spawn(reader.run(start));
+    (
+        JournaldHandle {
+            stop,
+            reader: Some(reader),
+        },
+        CursorCheckpoint::new(path, stream, cursors),
+    )
 }
 
 /// The arguments of `journalctl` (without the program).
@@ -306,136 +206,6 @@ pub fn journalctl_args(j: &JournaldSource, after: Option<&str>, follow: bool) ->
         args.push(format!("SYSLOG_IDENTIFIER={i}"));
     }
     args
-}
-
-/// One journal entry (a line of `journalctl --output=json`) as a record, with its cursor.
-#[derive(Debug)]
-pub struct Entry {
-    /// The record.
-    pub record: Record,
-    /// `__CURSOR`.
-    pub cursor: Option<String>,
-    /// `MESSAGE` was not UTF-8.
-    pub invalid_utf8: bool,
-    /// `message` was cut at `message_max_length`.
-    pub message_cut: bool,
-    /// The line was not a journal entry.
-    pub parse_error: bool,
-}
-
-/// A field's text: strings as they are, byte arrays (non-UTF-8 or binary values) decoded
-/// lossily, the first value of a field present several times. The flag says whether bytes
-/// were replaced.
-fn field_text(v: &Value) -> Option<(Cow<'_, str>, bool)> {
-    match v {
-        Value::String(s) => Some((Cow::Borrowed(s.as_str()), false)),
-        Value::Number(n) => Some((Cow::Owned(n.to_string()), false)),
-        Value::Array(items) if items.iter().all(Value::is_u64) => {
-            let bytes: Option<Vec<u8>> = items
-                .iter()
-                .map(|i| i.as_u64().and_then(|b| u8::try_from(b).ok()))
-                .collect();
-            let bytes = bytes?;
-            match String::from_utf8(bytes) {
-                Ok(s) => Some((Cow::Owned(s), false)),
-                Err(e) => Some((
-                    Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
-                    true,
-                )),
-            }
-        }
-        Value::Array(items) => items.first().and_then(field_text),
-        _ => None,
-    }
-}
-
-fn priority_level(p: Option<&str>) -> Level {
-    match p.map(str::trim).and_then(|p| p.parse::<i64>().ok()) {
-        Some(0) => Level::Emerg,
-        Some(1) => Level::Alert,
-        Some(2) => Level::Crit,
-        Some(3) => Level::Err,
-        Some(4) => Level::Warning,
-        Some(5) => Level::Notice,
-        Some(7) => Level::Debug,
-        // Pigsty: to_syslog_level(to_int(.PRIORITY) ?? 6) ?? "info".
-        _ => Level::Info,
-    }
-}
-
-fn micros(v: Option<&Value>) -> Option<Timestamp> {
-    let (t, _) = field_text(v?)?;
-    let us: i64 = t.trim().parse().ok()?;
-    Timestamp::from_microsecond(us).ok()
-}
-
-/// Parses one line of `journalctl --output=json`. Never fails: a line that is not a journal
-/// entry ships as plain text with `parse_error`.
-pub fn parse_entry(line: &[u8], origin: &Arc<Origin>, message_max_length: usize) -> Entry {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let map = match serde_json::from_slice::<serde_json::Map<String, Value>>(line) {
-        Ok(m) => m,
-        Err(e) => {
-            let text = String::from_utf8_lossy(line);
-            let invalid_utf8 = matches!(text, Cow::Owned(_));
-            let mut message = redact::redact(text.trim_end()).into_owned();
-            let message_cut = cut_chars(&mut message, message_max_length);
-            return Entry {
-                record: Record {
-                    time: Timestamp::now(),
-                    origin: origin.clone(),
-                    level: None,
-                    message,
-                    pg: None,
-                    topic: None,
-                    extra: Vec::new(),
-                    parse_error: Some(format!("not a journal entry: {e}")),
-                },
-                cursor: None,
-                invalid_utf8,
-                message_cut,
-                parse_error: true,
-            };
-        }
-    };
-    let text = |k: &str| map.get(k).and_then(field_text).map(|(t, _)| t);
-    let (message, invalid_utf8) = map
-        .get("MESSAGE")
-        .and_then(field_text)
-        .map_or((Cow::Borrowed(""), false), |(t, bad)| (t, bad));
-    let mut message = redact::redact(&message).into_owned();
-    let message_cut = cut_chars(&mut message, message_max_length);
-    let time = micros(map.get("_SOURCE_REALTIME_TIMESTAMP"))
-        .or_else(|| micros(map.get("__REALTIME_TIMESTAMP")))
-        .unwrap_or_else(Timestamp::now);
-    let priority = text("PRIORITY");
-    let app = text("SYSLOG_IDENTIFIER")
-        .or_else(|| text("_COMM"))
-        .map_or_else(|| "unknown".to_owned(), Cow::into_owned);
-    let unit = text("_SYSTEMD_UNIT")
-        .map(|u| u.replace(".service", ""))
-        .unwrap_or_default();
-    let pid = text("_PID").map(Cow::into_owned).unwrap_or_default();
-    let mut extra = vec![("app", app), ("unit", unit), ("pid", pid)];
-    if let Some(p) = &priority {
-        extra.push(("p", p.clone().into_owned()));
-    }
-    Entry {
-        record: Record {
-            time,
-            origin: origin.clone(),
-            level: Some(priority_level(priority.as_deref())),
-            message,
-            pg: None,
-            topic: None,
-            extra,
-            parse_error: None,
-        },
-        cursor: text("__CURSOR").map(Cow::into_owned),
-        invalid_utf8,
-        message_cut,
-        parse_error: false,
-    }
 }
 
 /// How following one journalctl process ended.
@@ -629,39 +399,31 @@ impl Reader {
         }
     }
 
+    /// Takes one line of journalctl's output (`overflow`: cut at the line limit) into
+    /// `pending`: parsed, its cursor recorded, counted and filtered as every source does.
     fn consume(&mut self, line: &[u8], overflow: bool, pending: &mut Pending) {
         let mut entry = parse_entry(line, &self.origin, self.message_max_length);
         self.seq += 1;
         let seq = self.seq;
         pending.end = seq;
-        let c = &self.counters;
         if overflow {
-            c.truncated.fetch_add(1, Ordering::Relaxed);
             entry.record.message.push_str(TRUNCATION_MARKER);
-        }
-        if entry.invalid_utf8 {
-            c.invalid_utf8.fetch_add(1, Ordering::Relaxed);
-        }
-        if entry.parse_error {
-            c.parse_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        if entry.message_cut {
-            c.message_cut.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(cursor) = entry.cursor.take() {
             lock(&self.cursors).insert(seq, cursor.clone());
             self.last_cursor = Some(cursor);
         }
         pending.since.get_or_insert_with(tokio::time::Instant::now);
-        if let (Some(min), Some(level)) = (self.min_level, entry.record.level)
-            && level > min
-        {
-            c.filtered.fetch_add(1, Ordering::Relaxed);
-            return;
+        let flags = ParseFlags {
+            invalid_utf8: entry.invalid_utf8,
+            truncated: overflow,
+            parse_error: entry.parse_error,
+            message_cut: entry.message_cut,
+        };
+        if admit(&self.counters, self.min_level, &entry.record, flags) {
+            pending.bytes += entry.record.estimated_size();
+            pending.records.push((seq, entry.record));
         }
-        c.records.fetch_add(1, Ordering::Relaxed);
-        pending.bytes += entry.record.estimated_size();
-        pending.records.push((seq, entry.record));
     }
 
     /// Hands the pending records to every subscribed sink (waiting while a buffer is full).
@@ -735,145 +497,9 @@ async fn log_stderr(source: String, stderr: tokio::process::ChildStderr) {
     }
 }
 
-/// Writes the cursor of the last record every sink acknowledged whenever it moves, at most
-/// every second, and once more when `stop` turns true.
-async fn run_checkpointer(
-    path: PathBuf,
-    progress: Arc<SourceProgress>,
-    stream: StreamId,
-    cursors: Cursors,
-    counters: Arc<SourceCounters>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut written: Option<String> = None;
-    let mut caught_up_at = Instant::now();
-    loop {
-        let stopping = *stop.borrow();
-        let (_, caught_up, covered) = progress.snapshot();
-        if caught_up {
-            caught_up_at = Instant::now();
-        }
-        counters
-            .checkpoint_age_ms
-            .store(caught_up_at.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let acked = progress.acked_offset(stream).unwrap_or(0);
-        let cursor = {
-            let mut map = lock(&cursors);
-            match map
-                .range(..=acked)
-                .next_back()
-                .map(|(k, c)| (*k, c.clone()))
-            {
-                Some((k, c)) => {
-                    // Older cursors are never needed again.
-                    *map = map.split_off(&k);
-                    Some(c)
-                }
-                None => None,
-            }
-        };
-        match cursor {
-            Some(c) if written.as_ref() != Some(&c) => match store(&path, Some(&c)) {
-                Ok(()) => {
-                    debug!(path = %path.display(), sequence = acked, "Journal cursor written.");
-                    written = Some(c);
-                    progress.mark_persisted(covered);
-                }
-                Err(e) => {
-                    counters.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "Cannot write the journal cursor; retrying.");
-                }
-            },
-            // Nothing new acknowledged (or nothing with a cursor): the file on disk covers it.
-            _ => progress.mark_persisted(covered),
-        }
-        if stopping {
-            return;
-        }
-        tokio::select! {
-            () = progress.changed() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn origin() -> Arc<Origin> {
-        Arc::new(Origin {
-            job: "syslog".into(),
-            ins: "node-1".into(),
-            ip: "127.0.0.1".into(),
-            cls: "nodes".into(),
-        })
-    }
-
-    fn extra<'a>(r: &'a Record, k: &str) -> Option<&'a str> {
-        r.extra
-            .iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| v.as_str())
-    }
-
-    #[test]
-    fn an_entry_becomes_pigstys_syslog_record() {
-        let line = br#"{"__CURSOR":"s=1;i=2","__REALTIME_TIMESTAMP":"1700000000123456","PRIORITY":"3","SYSLOG_IDENTIFIER":"pgbouncer","_COMM":"pgbouncer","_SYSTEMD_UNIT":"pgbouncer.service","_PID":"42","MESSAGE":"line 1\nline 2"}"#;
-        let e = parse_entry(line, &origin(), 8192);
-        assert_eq!(e.cursor.as_deref(), Some("s=1;i=2"));
-        assert!(!e.invalid_utf8 && !e.parse_error && !e.message_cut);
-        assert_eq!(
-            e.record.to_json(),
-            r#"{"_time":"2023-11-14T22:13:20.123Z","job":"syslog","ins":"node-1","ip":"127.0.0.1","cls":"nodes","level":"err","message":"line 1\nline 2","app":"pgbouncer","unit":"pgbouncer","pid":"42","p":"3"}"#
-        );
-    }
-
-    #[test]
-    fn byte_arrays_fallbacks_and_priorities() {
-        let line = br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"1700000000000000","_SOURCE_REALTIME_TIMESTAMP":"1600000000000000","_COMM":"x","MESSAGE":[98,97,100,32,255,33]}"#;
-        let e = parse_entry(line, &origin(), 8192);
-        assert!(e.invalid_utf8);
-        assert_eq!(e.record.message, "bad \u{fffd}!");
-        assert_eq!(extra(&e.record, "app"), Some("x"));
-        assert_eq!(e.record.field("unit"), None);
-        assert_eq!(e.record.level, Some(Level::Info));
-        assert_eq!(e.record.field("p"), None);
-        assert_eq!(e.record.time_rfc3339(), "2020-09-13T12:26:40.000Z");
-
-        let line =
-            br#"{"MESSAGE":[104,105],"PRIORITY":"nope","_SYSTEMD_UNIT":"a.service.d.service"}"#;
-        let e = parse_entry(line, &origin(), 8192);
-        assert!(!e.invalid_utf8);
-        assert_eq!(e.record.message, "hi");
-        assert_eq!(extra(&e.record, "app"), Some("unknown"));
-        assert_eq!(e.record.field("unit"), Some("a.d"));
-        assert_eq!(e.record.level, Some(Level::Info));
-        assert_eq!(e.cursor, None);
-        for (p, l) in [
-            ("0", Level::Emerg),
-            ("1", Level::Alert),
-            ("2", Level::Crit),
-            ("4", Level::Warning),
-            ("5", Level::Notice),
-            ("6", Level::Info),
-            ("7", Level::Debug),
-            ("8", Level::Info),
-        ] {
-            assert_eq!(priority_level(Some(p)), l);
-        }
-
-        // A field present twice: its first value.
-        let line = br#"{"MESSAGE":["one","two"]}"#;
-        assert_eq!(parse_entry(line, &origin(), 8192).record.message, "one");
-        let e = parse_entry(b"not json\n", &origin(), 8192);
-        assert!(e.parse_error && e.record.parse_error.is_some());
-        assert_eq!(e.record.message, "not json");
-        let e = parse_entry(br#"{"MESSAGE":"abcdef"}"#, &origin(), 3);
-        assert!(e.message_cut);
-        assert_eq!(e.record.message, "abc");
-    }
 
     #[test]
     fn arguments() {
@@ -894,19 +520,6 @@ mod tests {
             journalctl_args(&j, None, false)[..6].join(" "),
             "--output=json --all --no-pager --quiet --merge --lines=1"
         );
-    }
-
-    #[test]
-    fn cursor_file_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = checkpoint_path(dir.path(), "syslog");
-        assert_eq!(load(&path).unwrap(), Start::First);
-        store(&path, None).unwrap();
-        assert_eq!(load(&path).unwrap(), Start::After(None));
-        store(&path, Some("s=abc;i=5")).unwrap();
-        assert_eq!(load(&path).unwrap(), Start::After(Some("s=abc;i=5".into())));
-        std::fs::write(&path, "{").unwrap();
-        assert_eq!(load(&path).unwrap(), Start::After(None));
     }
 
     #[tokio::test]
