@@ -64,11 +64,14 @@ const SUPPORTED_CRITICAL: [&str; 15] = [
 
 /// CRL extensions: the issuing distribution point, the authority key identifier and the
 /// delta CRL indicator are the critical ones OpenSSL handles; an entry's certificate issuer
-/// (indirect CRLs).
+/// (indirect CRLs) and reason code.
 const ISSUING_DISTRIBUTION_POINT: &str = "2.5.29.28";
 const AUTHORITY_KEY_ID: &str = "2.5.29.35";
 const DELTA_CRL_INDICATOR: &str = "2.5.29.27";
 const CERTIFICATE_ISSUER: &str = "2.5.29.29";
+const REASON_CODE: &str = "2.5.29.21";
+/// The reason code `removeFromCRL` (ENUMERATED 8): the entry revokes nothing.
+const REMOVE_FROM_CRL: u8 = 8;
 
 /// A name the certificate is valid for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,12 +163,52 @@ impl Signed {
     }
 }
 
-/// `AuthorityKeyIdentifier`: which key, or which issuer and serial, signed the certificate.
+/// `AuthorityKeyIdentifier`: which key, or which issuer and serial, signed the certificate
+/// or the CRL.
 #[derive(Debug, Clone, Default)]
 struct AuthorityKeyId {
     key_id: Option<Vec<u8>>,
     issuer: Option<Name>,
     serial: Option<Vec<u8>>,
+}
+
+impl AuthorityKeyId {
+    /// Reads the extension's value; OpenSSL looks at the first directoryName only.
+    fn parse(value: &[u8]) -> Result<Self, String> {
+        let akid = AuthorityKeyIdentifier::from_der(value)
+            .map_err(|e| format!("has a malformed authorityKeyIdentifier: {e}"))?;
+        let issuer = akid
+            .authority_cert_issuer
+            .iter()
+            .flatten()
+            .find_map(|n| match n {
+                GeneralName::DirectoryName(name) => Some(name),
+                _ => None,
+            })
+            .map(Name::new)
+            .transpose()?;
+        Ok(AuthorityKeyId {
+            key_id: akid.key_identifier.map(|k| k.as_bytes().to_vec()),
+            issuer,
+            serial: akid
+                .authority_cert_serial_number
+                .map(|s| s.as_bytes().to_vec()),
+        })
+    }
+
+    /// OpenSSL's `X509_check_akid`: whatever it names of `issuer` (its key identifier, when
+    /// both have one; its serial number; its issuer's name) is `issuer`'s.
+    fn names(&self, issuer: &Cert) -> bool {
+        if let (Some(key_id), Some(skid)) = (&self.key_id, &issuer.subject_key_id)
+            && key_id != skid
+        {
+            return false;
+        }
+        if self.serial.as_ref().is_some_and(|s| *s != issuer.serial) {
+            return false;
+        }
+        !self.issuer.as_ref().is_some_and(|n| *n != issuer.issuer)
+    }
 }
 
 /// OpenSSL's answer to "may this certificate be a CA?" (`X509_check_ca`).
@@ -317,26 +360,7 @@ impl Cert {
                 .map_err(|e| bad("subjectKeyIdentifier", e))?;
             self.subject_key_id = Some(skid.0.as_bytes().to_vec());
         } else if id == AuthorityKeyIdentifier::OID {
-            let akid = AuthorityKeyIdentifier::from_der(value)
-                .map_err(|e| bad("authorityKeyIdentifier", e))?;
-            // OpenSSL looks at the first directoryName only.
-            let issuer = akid
-                .authority_cert_issuer
-                .iter()
-                .flatten()
-                .find_map(|n| match n {
-                    GeneralName::DirectoryName(name) => Some(name),
-                    _ => None,
-                })
-                .map(Name::new)
-                .transpose()?;
-            self.authority_key_id = Some(AuthorityKeyId {
-                key_id: akid.key_identifier.map(|k| k.as_bytes().to_vec()),
-                issuer,
-                serial: akid
-                    .authority_cert_serial_number
-                    .map(|s| s.as_bytes().to_vec()),
-            });
+            self.authority_key_id = Some(AuthorityKeyId::parse(value)?);
         } else if id == PROXY_CERT_INFO {
             self.proxy = true;
         } else if id == NAME_CONSTRAINTS {
@@ -374,18 +398,12 @@ impl Cert {
         if issuer.subject != self.issuer {
             return false;
         }
-        if let Some(akid) = &self.authority_key_id {
-            if let (Some(key_id), Some(skid)) = (&akid.key_id, &issuer.subject_key_id)
-                && key_id != skid
-            {
-                return false;
-            }
-            if akid.serial.as_ref().is_some_and(|s| *s != issuer.serial) {
-                return false;
-            }
-            if akid.issuer.as_ref().is_some_and(|n| *n != issuer.issuer) {
-                return false;
-            }
+        if self
+            .authority_key_id
+            .as_ref()
+            .is_some_and(|akid| !akid.names(issuer))
+        {
+            return false;
         }
         super::signature::key_fits_algorithm(&issuer.spki, &self.signed.algorithm)
     }
@@ -595,15 +613,27 @@ pub(super) struct Crl {
     pub(super) issuer: Name,
     pub(super) this_update: u64,
     pub(super) next_update: Option<u64>,
-    /// Revoked serial numbers (DER content) with their revocation time.
-    revoked: Vec<(Vec<u8>, u64)>,
-    authority_key_id: Option<Vec<u8>>,
-    /// A delta CRL, which libpq (OpenSSL without `X509_V_FLAG_USE_DELTAS`) ignores.
+    /// Its entries, in order.
+    revoked: Vec<Revoked>,
+    authority_key_id: Option<AuthorityKeyId>,
+    /// A delta CRL (deltaCRLIndicator), which libpq (OpenSSL without
+    /// `X509_V_FLAG_USE_DELTAS`) reads as a complete CRL.
     pub(super) delta: bool,
     /// An issuing distribution point or indirect entries: scopes we do not check.
     pub(super) scoped: bool,
     /// Critical extensions (of the list or of an entry) OpenSSL does not know.
     pub(super) unknown_critical: Vec<String>,
+}
+
+/// An entry of a CRL.
+#[derive(Debug, Clone)]
+struct Revoked {
+    /// The serial number (DER content).
+    serial: Vec<u8>,
+    /// The revocation time (Unix seconds).
+    when: u64,
+    /// Reason code removeFromCRL: listed, not revoked.
+    removed: bool,
 }
 
 impl Crl {
@@ -631,38 +661,44 @@ impl Crl {
                 ISSUING_DISTRIBUTION_POINT => parsed.scoped = true,
                 DELTA_CRL_INDICATOR => parsed.delta = true,
                 AUTHORITY_KEY_ID => {
-                    let akid = AuthorityKeyIdentifier::from_der(ext.extn_value.as_bytes())
-                        .map_err(|e| format!("has a malformed authorityKeyIdentifier: {e}"))?;
-                    parsed.authority_key_id = akid.key_identifier.map(|k| k.as_bytes().to_vec());
+                    parsed.authority_key_id =
+                        Some(AuthorityKeyId::parse(ext.extn_value.as_bytes())?);
                 }
                 _ if ext.critical => parsed.unknown_critical.push(id),
                 _ => {}
             }
         }
         for entry in tbs.revoked_certificates.iter().flatten() {
+            let mut removed = false;
             for ext in entry.crl_entry_extensions.iter().flatten() {
                 let id = ext.extn_id.to_string();
                 if id == CERTIFICATE_ISSUER {
                     parsed.scoped = true;
+                } else if id == REASON_CODE {
+                    // ENUMERATED, as OpenSSL reads it: any value, removeFromCRL is 8.
+                    let reason = der_element(ext.extn_value.as_bytes())
+                        .filter(|e| e.tag == 0x0A && e.rest.is_empty() && !e.content.is_empty())
+                        .ok_or("has a malformed reasonCode in an entry")?;
+                    removed = reason.content == [REMOVE_FROM_CRL];
                 } else if ext.critical {
                     parsed.unknown_critical.push(id);
                 }
             }
-            parsed.revoked.push((
-                entry.serial_number.as_bytes().to_vec(),
-                entry.revocation_date.to_unix_duration().as_secs(),
-            ));
+            parsed.revoked.push(Revoked {
+                serial: entry.serial_number.as_bytes().to_vec(),
+                when: entry.revocation_date.to_unix_duration().as_secs(),
+                removed,
+            });
         }
         Ok(parsed)
     }
 
-    /// Whether the CRL names `issuer`'s key (its authority key identifier, if any, is
-    /// `issuer`'s subject key identifier).
-    pub(super) fn key_matches(&self, issuer: &Cert) -> bool {
-        match (&self.authority_key_id, &issuer.subject_key_id) {
-            (Some(akid), Some(skid)) => akid == skid,
-            _ => true,
-        }
+    /// Whether the CRL may be `issuer`'s as OpenSSL's `crl_akid_check` decides: its
+    /// authority key identifier, if any, names `issuer` (`X509_check_akid`).
+    pub(super) fn names_issuer(&self, issuer: &Cert) -> bool {
+        self.authority_key_id
+            .as_ref()
+            .is_none_or(|akid| akid.names(issuer))
     }
 
     /// Whether its validity holds at `now` (`thisUpdate` passed, `nextUpdate` not).
@@ -674,12 +710,15 @@ impl Crl {
         }
     }
 
-    /// When it revoked `cert` (by serial number), if it did.
+    /// When it revoked `cert` (by serial number), if it did: as OpenSSL's `cert_crl`, the
+    /// first entry of that serial number decides, and one with reason removeFromCRL does not
+    /// revoke.
     pub(super) fn revocation_of(&self, cert: &Cert) -> Option<u64> {
         self.revoked
             .iter()
-            .find(|(serial, _)| *serial == cert.serial)
-            .map(|(_, when)| *when)
+            .find(|entry| entry.serial == cert.serial)
+            .filter(|entry| !entry.removed)
+            .map(|entry| entry.when)
     }
 }
 
