@@ -1192,6 +1192,48 @@ const CERTIFICATE_CASES: &[CertificateCase] = {
             "sslcrl=ca-removed.crl",
             Refused(&["is revoked"]),
         ),
+        // A serial number of 25 bytes.
+        (
+            "leaf-serial25",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "",
+            Tls(true),
+        ),
+        (
+            "leaf-serial25",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=ca-serial25.crl",
+            Refused(&["is revoked"]),
+        ),
+        (
+            "leaf",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=ca-serial25.crl",
+            Tls(true),
+        ),
+        // A version 1 CRL (no version field, no extensions).
+        (
+            "leaf-revoked",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=ca-v1.crl",
+            Refused(&["is revoked"]),
+        ),
+        (
+            "leaf",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=ca-v1.crl",
+            Tls(true),
+        ),
     ]
 };
 
@@ -1487,6 +1529,24 @@ fn openssl_certificates() -> tempfile::TempDir {
     revoke("leaf-revoked.crt", &[]);
     gencrl("ca.crt", "ca-revoked.crl", &[]);
     gencrl("ca.crt", "ca-2024-revoked.crl", &old);
+    // Version 1 (no version field): without a CRL number.
+    fs::write(
+        path("v1.cnf"),
+        config.replace("crlnumber = crlnumber\n", ""),
+    )
+    .unwrap();
+    openssl(&[
+        "ca",
+        "-config",
+        "v1.cnf",
+        "-cert",
+        "ca.crt",
+        "-keyfile",
+        "ca.key",
+        "-gencrl",
+        "-out",
+        "ca-v1.crl",
+    ]);
     gencrl("ca.crt", "ca-delta.crl", &["-crlexts", "delta"]);
     gencrl(
         "ca-renewed.crt",
@@ -1538,6 +1598,26 @@ fn openssl_certificates() -> tempfile::TempDir {
         fs::copy(path(crl), path("crldir-delta").join(crl)).unwrap();
     }
     openssl(&["rehash", "crldir-delta"]);
+    // A serial number of 25 bytes (RFC 5280 allows 20; OpenSSL takes any).
+    request("leaf-serial25", localhost);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf-serial25.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "0x7f111111111111111111111111111111111111111111111111",
+        "-days",
+        "365",
+        "-out",
+        "leaf-serial25.crt",
+    ]);
+    revoke("leaf-serial25.crt", &[]);
+    gencrl("ca.crt", "ca-serial25.crl", &[]);
     // Version 1, by `openssl x509 -req` (RSA, as the documentation's commands).
     openssl(&[
         "req",

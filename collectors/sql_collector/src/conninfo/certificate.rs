@@ -8,19 +8,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ring::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
+use x509_cert::Version;
 use x509_cert::attr::AttributeTypeAndValue;
-use x509_cert::crl::CertificateList;
+use x509_cert::certificate::{CertificateInner, Raw};
 use x509_cert::der::asn1::{Any, BitString, ObjectIdentifier};
 use x509_cert::der::oid::AssociatedOid as _;
 use x509_cert::der::{DateTime, Decode as _, Encode as _, Tag, Tagged as _};
-use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
     SubjectAltName, SubjectKeyIdentifier,
 };
+use x509_cert::ext::{Extension, Extensions};
 use x509_cert::name::Name as X509Name;
-use x509_cert::{Certificate, Version};
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::AlgorithmIdentifierOwned;
+use x509_cert::time::Time;
 
 /// `commonName` (2.5.4.3).
 const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
@@ -262,7 +265,10 @@ pub(super) struct Cert {
 impl Cert {
     /// Parses a DER certificate.
     pub(super) fn parse(der: &[u8]) -> Result<Self, String> {
-        let cert = Certificate::from_der(der).map_err(|e| format!("cannot be parsed: {e}"))?;
+        // The `Raw` profile: serial numbers of any length, as OpenSSL reads them (RFC 5280
+        // allows 20 bytes).
+        let cert =
+            CertificateInner::<Raw>::from_der(der).map_err(|e| format!("cannot be parsed: {e}"))?;
         let tbs = &cert.tbs_certificate;
         let inner = tbs.signature.to_der().unwrap_or_default();
         let signed = Signed::split(der, &inner).ok_or("cannot be parsed: not DER")?;
@@ -623,6 +629,37 @@ pub(super) struct Crl {
     pub(super) scoped: bool,
     /// Critical extensions (of the list or of an entry) OpenSSL does not know.
     pub(super) unknown_critical: Vec<String>,
+}
+
+/// `CertificateList` (RFC 5280 5.1) as OpenSSL reads it: x509-cert's `CertificateList`, but
+/// with the version optional (a version 1 CRL, as `openssl ca -gencrl` makes it without a
+/// CRL number, has none) and serial numbers of any length.
+#[derive(der::Sequence)]
+struct CertificateList {
+    tbs_cert_list: TbsCertList,
+    signature_algorithm: AlgorithmIdentifierOwned,
+    signature: BitString,
+}
+
+/// `TBSCertList`, read as [`CertificateList`] says.
+#[derive(der::Sequence)]
+struct TbsCertList {
+    version: Option<Version>,
+    signature: AlgorithmIdentifierOwned,
+    issuer: X509Name,
+    this_update: Time,
+    next_update: Option<Time>,
+    revoked_certificates: Option<Vec<RevokedCert>>,
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+    crl_extensions: Option<Extensions>,
+}
+
+/// An entry of `revokedCertificates`.
+#[derive(der::Sequence)]
+struct RevokedCert {
+    serial_number: SerialNumber<Raw>,
+    revocation_date: Time,
+    crl_entry_extensions: Option<Extensions>,
 }
 
 /// An entry of a CRL.
