@@ -1048,6 +1048,66 @@ ytzs9wKJ
     }
 
     #[test]
+    fn a_crl_is_signed_by_the_certificate_its_authority_key_identifier_names() {
+        // A key rollover: "CN=X" signed by the root "CN=X" with another key, the server
+        // certificate by it; every certificate names its issuer's key.
+        let root = make("X", None, ca);
+        let inter = make("X", Some(&root), ca);
+        let serial = [0x42_u8];
+        let leaf = make("localhost", Some(&inter), |p| {
+            p.serial_number = Some(SerialNumber::from_slice(&serial));
+        });
+        let roots = [root.parsed()];
+        let intermediates = [inter.parsed()];
+        // The root's CRL also covers the server certificate (higher up the chain, same name:
+        // OpenSSL's CRL_SCORE_SAME_PATH), checked with the root's key.
+        assert_eq!(
+            verdict(
+                &trust(&roots, Some(vec![crl(&root, &[], 2090)])),
+                &leaf.parsed(),
+                &intermediates
+            ),
+            Ok(())
+        );
+        assert_refused(
+            verdict(
+                &trust(&roots, Some(vec![crl(&root, &[&serial], 2090)])),
+                &leaf.parsed(),
+                &intermediates,
+            ),
+            &["the server certificate \"CN=localhost\" is revoked"],
+        );
+        // The intermediate's own CRL ranks first for the server certificate, even older; it is
+        // left out for the intermediate, whose issuer is the root.
+        let mut by_inter = crl(&inter, &[], 2090);
+        by_inter.this_update -= 1;
+        assert_eq!(
+            verdict(
+                &trust(
+                    &roots,
+                    Some(vec![by_inter.clone(), crl(&root, &[&serial], 2090)])
+                ),
+                &leaf.parsed(),
+                &intermediates
+            ),
+            Ok(())
+        );
+        assert_refused(
+            verdict(
+                &trust(&roots, Some(vec![by_inter])),
+                &leaf.parsed(),
+                &intermediates,
+            ),
+            &[
+                "no certificate revocation list",
+                "the issuer of the intermediate certificate \"CN=X\"",
+                "its authority key identifier names another certificate than the certificate \
+                 \"CN=X\" of the root certificate file",
+            ],
+        );
+    }
+
+    #[test]
     fn crls_libpq_would_not_use_as_they_are() {
         let ca_cert = make("CA", None, ca);
         let leaf = make("localhost", Some(&ca_cert), |_| {});
