@@ -31,6 +31,7 @@
 
 mod certificate;
 mod connect;
+mod crl;
 mod der;
 mod keywords;
 mod parse;

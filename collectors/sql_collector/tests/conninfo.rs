@@ -1101,6 +1101,139 @@ const CERTIFICATE_CASES: &[CertificateCase] = {
             "",
             RefusedUnlikeLibpq(&["has name constraints", "not retried without TLS"]),
         ),
+        // A delta CRL (deltaCRLIndicator) is read as a complete CRL by libpq (OpenSSL without
+        // X509_V_FLAG_USE_DELTAS): the newest of the CA's CRLs decides.
+        (
+            "leaf-revoked",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrldir=crldir-delta",
+            Refused(&[
+                "\"CN=localhost\" is revoked",
+                "delta certificate revocation list",
+            ]),
+        ),
+        (
+            "leaf-revoked",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=base-and-delta.crl",
+            Refused(&["is revoked", "delta certificate revocation list"]),
+        ),
+        (
+            "leaf",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrldir=crldir-delta",
+            Tls(true),
+        ),
+        // CRLs of the renewed CA (same name and key, another serial number) name it in their
+        // authority key identifier: libpq leaves them out for the CA of the root file.
+        (
+            "leaf",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=renewed-clean.crl",
+            Refused(&[
+                "no certificate revocation list",
+                "authority key identifier names another certificate",
+            ]),
+        ),
+        (
+            "leaf-revoked",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=akid-mix-revoking.crl",
+            Refused(&["is revoked", "issued 2024-01-01T00:00:00Z"]),
+        ),
+        (
+            "leaf-revoked",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=akid-mix-clean.crl",
+            Tls(true),
+        ),
+        (
+            "leaf-revoked",
+            "localhost",
+            "verify-full",
+            "ca-renewed.crt",
+            "sslcrl=renewed-revoking.crl",
+            Refused(&["is revoked"]),
+        ),
+        (
+            "leaf",
+            "localhost",
+            "verify-full",
+            "ca-renewed.crt",
+            "sslcrl=renewed-revoking.crl",
+            Tls(true),
+        ),
+        // An entry with reason removeFromCRL does not revoke.
+        (
+            "leaf-removed",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=ca-removed.crl",
+            Tls(true),
+        ),
+        (
+            "leaf-revoked",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=ca-removed.crl",
+            Refused(&["is revoked"]),
+        ),
+        // A serial number of 25 bytes.
+        (
+            "leaf-serial25",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "",
+            Tls(true),
+        ),
+        (
+            "leaf-serial25",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=ca-serial25.crl",
+            Refused(&["is revoked"]),
+        ),
+        (
+            "leaf",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=ca-serial25.crl",
+            Tls(true),
+        ),
+        // A version 1 CRL (no version field, no extensions).
+        (
+            "leaf-revoked",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=ca-v1.crl",
+            Refused(&["is revoked"]),
+        ),
+        (
+            "leaf",
+            "localhost",
+            "verify-full",
+            "ca.crt",
+            "sslcrl=ca-v1.crl",
+            Tls(true),
+        ),
     ]
 };
 
@@ -1160,7 +1293,15 @@ fn outcome(result: &Result<bool, String>) -> String {
 ///   `leaf-v1` (version 1, RSA);
 /// - the CA's CRLs: `ca.crl` (nothing revoked; also in `crldir/`, rehashed, and
 ///   `crldir-unhashed/`), `ca-revoked.crl` (`leaf-revoked`); `docs-self.crl` by `docs`
-///   revoking itself;
+///   revoking itself; `ca-2024.crl` and `ca-2024-revoked.crl` alike but issued 2024-01-01;
+///   `ca-delta.crl`, a delta CRL (deltaCRLIndicator) revoking `leaf-revoked`, with
+///   `ca-2024.crl` in `base-and-delta.crl` and in `crldir-delta/` (rehashed);
+///   `ca-removed.crl` listing `leaf-revoked` and `leaf-removed` (reason removeFromCRL);
+/// - `ca-renewed.crt`, the CA renewed (same name and key, serial number 4242), and its CRLs
+///   naming it in their authority key identifier (key identifier, issuer and serial):
+///   `renewed-clean.crl`, `renewed-revoking.crl` (`leaf-revoked`); `akid-mix-revoking.crl`
+///   (`ca-2024-revoked.crl` and `renewed-clean.crl`), `akid-mix-clean.crl` (`ca-2024.crl`
+///   and `renewed-revoking.crl`);
 /// - `by-inter` signed by `inter` (CA:TRUE, signed by `ca`) and `by-notca` signed by `notca`
 ///   (CA:FALSE, signed by `ca`), each file with the intermediate after the leaf;
 /// - `by-rootcafalse`, `by-leaf` (signed with `leaf.key`), `by-caexp` signed by `caexp` (a CA
@@ -1221,7 +1362,9 @@ fn openssl_certificates() -> tempfile::TempDir {
          [ wild ]\nsubjectAltName = DNS:*.example.com\n\
          [ dotted ]\nsubjectAltName = DNS:localhost.\n\
          [ nc_ca ]\nbasicConstraints = critical, CA:TRUE\n\
-         nameConstraints = critical, permitted;DNS:localhost\n";
+         nameConstraints = critical, permitted;DNS:localhost\n\
+         [ delta ]\ndeltaCRL = critical, DER:02:01:01\n\
+         [ akid_full ]\nauthorityKeyIdentifier = keyid:always, issuer:always\n";
     fs::write(path("ca.cnf"), config).unwrap();
     // `docs` keeps its own database to revoke itself.
     fs::write(
@@ -1290,10 +1433,38 @@ fn openssl_certificates() -> tempfile::TempDir {
     let now = ("20240101000000Z", "20990101000000Z");
     let past = ("20200101000000Z", "20200201000000Z");
     let localhost = "/CN=localhost";
+    // CRLs: `gencrl(cert, out, more)` with the CA's key and database.
+    let gencrl = |cert: &str, out: &str, more: &[&str]| {
+        let mut args = vec![
+            "ca", "-config", "ca.cnf", "-cert", cert, "-keyfile", "ca.key", "-gencrl", "-out", out,
+        ];
+        args.extend_from_slice(more);
+        openssl(&args);
+    };
+    let old = ["-crl_lastupdate", "20240101000000Z"];
+    // The CA renewed: same name and key, another serial number.
     openssl(&[
-        "ca", "-config", "ca.cnf", "-cert", "ca.crt", "-keyfile", "ca.key", "-gencrl", "-out",
-        "ca.crl",
+        "req",
+        "-new",
+        "-x509",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=pgsuite openssl test CA",
+        "-set_serial",
+        "4242",
+        "-days",
+        "365",
+        "-out",
+        "ca-renewed.crt",
     ]);
+    gencrl("ca.crt", "ca.crl", &[]);
+    gencrl("ca.crt", "ca-2024.crl", &old);
+    gencrl(
+        "ca-renewed.crt",
+        "renewed-clean.crl",
+        &["-crlexts", "akid_full"],
+    );
     sign("expired", localhost, "expired", "self", past);
     sign(
         "future",
@@ -1334,6 +1505,7 @@ fn openssl_certificates() -> tempfile::TempDir {
     sign("by-leaf", localhost, "leaf", "leaf", now);
     sign("ncca", "/CN=pgsuite constrained CA", "ncca", "nc_ca", now);
     sign("by-ncca", localhost, "ncca", "leaf", now);
+    sign("leaf-removed", localhost, "ca", "leaf", now);
     sign("caexp", "/CN=pgsuite expired CA", "caexp", "self", past);
     sign("by-caexp", localhost, "caexp", "leaf", now);
     for chain in ["by-inter", "by-notca"] {
@@ -1347,29 +1519,59 @@ fn openssl_certificates() -> tempfile::TempDir {
         fs::write(path(&format!("{chain}.crt")), pem).unwrap();
     }
     // Revocations: the CA revokes leaf-revoked, docs itself.
+    let revoke = |cert: &str, more: &[&str]| {
+        let mut args = vec![
+            "ca", "-config", "ca.cnf", "-cert", "ca.crt", "-keyfile", "ca.key", "-revoke", cert,
+        ];
+        args.extend_from_slice(more);
+        openssl(&args);
+    };
+    revoke("leaf-revoked.crt", &[]);
+    gencrl("ca.crt", "ca-revoked.crl", &[]);
+    gencrl("ca.crt", "ca-2024-revoked.crl", &old);
+    // Version 1 (no version field): without a CRL number.
+    fs::write(
+        path("v1.cnf"),
+        config.replace("crlnumber = crlnumber\n", ""),
+    )
+    .unwrap();
     openssl(&[
         "ca",
         "-config",
-        "ca.cnf",
-        "-cert",
-        "ca.crt",
-        "-keyfile",
-        "ca.key",
-        "-revoke",
-        "leaf-revoked.crt",
-    ]);
-    openssl(&[
-        "ca",
-        "-config",
-        "ca.cnf",
+        "v1.cnf",
         "-cert",
         "ca.crt",
         "-keyfile",
         "ca.key",
         "-gencrl",
         "-out",
-        "ca-revoked.crl",
+        "ca-v1.crl",
     ]);
+    gencrl("ca.crt", "ca-delta.crl", &["-crlexts", "delta"]);
+    gencrl(
+        "ca-renewed.crt",
+        "renewed-revoking.crl",
+        &["-crlexts", "akid_full"],
+    );
+    // Listed with reason removeFromCRL.
+    revoke("leaf-removed.crt", &["-crl_reason", "removeFromCRL"]);
+    gencrl("ca.crt", "ca-removed.crl", &[]);
+    let concat = |out: &str, parts: &[&str]| {
+        let text: String = parts
+            .iter()
+            .map(|p| fs::read_to_string(path(p)).unwrap())
+            .collect();
+        fs::write(path(out), text).unwrap();
+    };
+    concat("base-and-delta.crl", &["ca-2024.crl", "ca-delta.crl"]);
+    concat(
+        "akid-mix-revoking.crl",
+        &["ca-2024-revoked.crl", "renewed-clean.crl"],
+    );
+    concat(
+        "akid-mix-clean.crl",
+        &["ca-2024.crl", "renewed-revoking.crl"],
+    );
     openssl(&[
         "ca", "-config", "docs.cnf", "-cert", "docs.crt", "-keyfile", "docs.key", "-revoke",
         "docs.crt",
@@ -1391,6 +1593,31 @@ fn openssl_certificates() -> tempfile::TempDir {
         fs::copy(path("ca.crl"), path(crl_dir).join("ca.crl")).unwrap();
     }
     openssl(&["rehash", "crldir"]);
+    fs::create_dir(path("crldir-delta")).unwrap();
+    for crl in ["ca-2024.crl", "ca-delta.crl"] {
+        fs::copy(path(crl), path("crldir-delta").join(crl)).unwrap();
+    }
+    openssl(&["rehash", "crldir-delta"]);
+    // A serial number of 25 bytes (RFC 5280 allows 20; OpenSSL takes any).
+    request("leaf-serial25", localhost);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf-serial25.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "0x7f111111111111111111111111111111111111111111111111",
+        "-days",
+        "365",
+        "-out",
+        "leaf-serial25.crt",
+    ]);
+    revoke("leaf-serial25.crt", &[]);
+    gencrl("ca.crt", "ca-serial25.crl", &[]);
     // Version 1, by `openssl x509 -req` (RSA, as the documentation's commands).
     openssl(&[
         "req",

@@ -4,12 +4,12 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ring::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
+use x509_cert::Version;
 use x509_cert::attr::AttributeTypeAndValue;
-use x509_cert::crl::CertificateList;
+use x509_cert::certificate::{CertificateInner, Raw};
 use x509_cert::der::asn1::{Any, BitString, ObjectIdentifier};
 use x509_cert::der::oid::AssociatedOid as _;
 use x509_cert::der::{DateTime, Decode as _, Encode as _, Tag, Tagged as _};
@@ -20,7 +20,6 @@ use x509_cert::ext::pkix::{
     SubjectAltName, SubjectKeyIdentifier,
 };
 use x509_cert::name::Name as X509Name;
-use x509_cert::{Certificate, Version};
 
 use super::der::der_header;
 use super::signature::{Signed, key_fits_algorithm};
@@ -65,14 +64,6 @@ const SUPPORTED_CRITICAL: [&str; 15] = [
     "2.5.29.54",             // inhibitAnyPolicy
 ];
 
-/// CRL extensions: the issuing distribution point, the authority key identifier and the
-/// delta CRL indicator are the critical ones OpenSSL handles; an entry's certificate issuer
-/// (indirect CRLs).
-const ISSUING_DISTRIBUTION_POINT: &str = "2.5.29.28";
-const AUTHORITY_KEY_ID: &str = "2.5.29.35";
-const DELTA_CRL_INDICATOR: &str = "2.5.29.27";
-const CERTIFICATE_ISSUER: &str = "2.5.29.29";
-
 /// A name the certificate is valid for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum CertName {
@@ -116,7 +107,7 @@ impl fmt::Display for Name {
 }
 
 impl Name {
-    fn new(name: &X509Name) -> Result<Self, String> {
+    pub(super) fn new(name: &X509Name) -> Result<Self, String> {
         Ok(Name {
             text: name.to_string(),
             canonical: canonical_name(name)?,
@@ -132,12 +123,52 @@ impl Name {
     }
 }
 
-/// `AuthorityKeyIdentifier`: which key, or which issuer and serial, signed the certificate.
+/// `AuthorityKeyIdentifier`: which key, or which issuer and serial, signed the certificate
+/// or the CRL.
 #[derive(Debug, Clone, Default)]
-struct AuthorityKeyId {
+pub(super) struct AuthorityKeyId {
     key_id: Option<Vec<u8>>,
     issuer: Option<Name>,
     serial: Option<Vec<u8>>,
+}
+
+impl AuthorityKeyId {
+    /// Reads the extension's value; OpenSSL looks at the first directoryName only.
+    pub(super) fn parse(value: &[u8]) -> Result<Self, String> {
+        let akid = AuthorityKeyIdentifier::from_der(value)
+            .map_err(|e| format!("has a malformed authorityKeyIdentifier: {e}"))?;
+        let issuer = akid
+            .authority_cert_issuer
+            .iter()
+            .flatten()
+            .find_map(|n| match n {
+                GeneralName::DirectoryName(name) => Some(name),
+                _ => None,
+            })
+            .map(Name::new)
+            .transpose()?;
+        Ok(AuthorityKeyId {
+            key_id: akid.key_identifier.map(|k| k.as_bytes().to_vec()),
+            issuer,
+            serial: akid
+                .authority_cert_serial_number
+                .map(|s| s.as_bytes().to_vec()),
+        })
+    }
+
+    /// OpenSSL's `X509_check_akid`: whatever it names of `issuer` (its key identifier, when
+    /// both have one; its serial number; its issuer's name) is `issuer`'s.
+    pub(super) fn names(&self, issuer: &Cert) -> bool {
+        if let (Some(key_id), Some(skid)) = (&self.key_id, &issuer.subject_key_id)
+            && key_id != skid
+        {
+            return false;
+        }
+        if self.serial.as_ref().is_some_and(|s| *s != issuer.serial) {
+            return false;
+        }
+        !self.issuer.as_ref().is_some_and(|n| *n != issuer.issuer)
+    }
 }
 
 /// OpenSSL's answer to "may this certificate be a CA?" (`X509_check_ca`).
@@ -191,7 +222,10 @@ pub(super) struct Cert {
 impl Cert {
     /// Parses a DER certificate.
     pub(super) fn parse(der: &[u8]) -> Result<Self, String> {
-        let cert = Certificate::from_der(der).map_err(|e| format!("cannot be parsed: {e}"))?;
+        // The `Raw` profile: serial numbers of any length, as OpenSSL reads them (RFC 5280
+        // allows 20 bytes).
+        let cert =
+            CertificateInner::<Raw>::from_der(der).map_err(|e| format!("cannot be parsed: {e}"))?;
         let tbs = &cert.tbs_certificate;
         let inner = tbs.signature.to_der().unwrap_or_default();
         let signed = Signed::split(der, &inner).ok_or("cannot be parsed: not DER")?;
@@ -289,26 +323,7 @@ impl Cert {
                 .map_err(|e| bad("subjectKeyIdentifier", e))?;
             self.subject_key_id = Some(skid.0.as_bytes().to_vec());
         } else if id == AuthorityKeyIdentifier::OID {
-            let akid = AuthorityKeyIdentifier::from_der(value)
-                .map_err(|e| bad("authorityKeyIdentifier", e))?;
-            // OpenSSL looks at the first directoryName only.
-            let issuer = akid
-                .authority_cert_issuer
-                .iter()
-                .flatten()
-                .find_map(|n| match n {
-                    GeneralName::DirectoryName(name) => Some(name),
-                    _ => None,
-                })
-                .map(Name::new)
-                .transpose()?;
-            self.authority_key_id = Some(AuthorityKeyId {
-                key_id: akid.key_identifier.map(|k| k.as_bytes().to_vec()),
-                issuer,
-                serial: akid
-                    .authority_cert_serial_number
-                    .map(|s| s.as_bytes().to_vec()),
-            });
+            self.authority_key_id = Some(AuthorityKeyId::parse(value)?);
         } else if id == PROXY_CERT_INFO {
             self.proxy = true;
         } else if id == NAME_CONSTRAINTS {
@@ -346,18 +361,12 @@ impl Cert {
         if issuer.subject != self.issuer {
             return false;
         }
-        if let Some(akid) = &self.authority_key_id {
-            if let (Some(key_id), Some(skid)) = (&akid.key_id, &issuer.subject_key_id)
-                && key_id != skid
-            {
-                return false;
-            }
-            if akid.serial.as_ref().is_some_and(|s| *s != issuer.serial) {
-                return false;
-            }
-            if akid.issuer.as_ref().is_some_and(|n| *n != issuer.issuer) {
-                return false;
-            }
+        if self
+            .authority_key_id
+            .as_ref()
+            .is_some_and(|akid| !akid.names(issuer))
+        {
+            return false;
         }
         key_fits_algorithm(&issuer.spki, &self.signed.algorithm)
     }
@@ -555,103 +564,6 @@ impl Validity {
             )),
             Validity::Expired(t) => Some(format!("expired on {} (now {})", date(t), date(now))),
         }
-    }
-}
-
-/// A parsed certificate revocation list.
-#[derive(Debug, Clone)]
-pub(super) struct Crl {
-    /// The file it was read from.
-    pub(super) file: PathBuf,
-    pub(super) signed: Signed,
-    pub(super) issuer: Name,
-    pub(super) this_update: u64,
-    pub(super) next_update: Option<u64>,
-    /// Revoked serial numbers (DER content) with their revocation time.
-    revoked: Vec<(Vec<u8>, u64)>,
-    authority_key_id: Option<Vec<u8>>,
-    /// A delta CRL, which libpq (OpenSSL without `X509_V_FLAG_USE_DELTAS`) ignores.
-    pub(super) delta: bool,
-    /// An issuing distribution point or indirect entries: scopes we do not check.
-    pub(super) scoped: bool,
-    /// Critical extensions (of the list or of an entry) OpenSSL does not know.
-    pub(super) unknown_critical: Vec<String>,
-}
-
-impl Crl {
-    /// Parses a DER CRL read from `file`.
-    pub(super) fn parse(der: &[u8], file: PathBuf) -> Result<Self, String> {
-        let crl = CertificateList::from_der(der).map_err(|e| format!("cannot be parsed: {e}"))?;
-        let tbs = &crl.tbs_cert_list;
-        let inner = tbs.signature.to_der().unwrap_or_default();
-        let signed = Signed::split(der, &inner).ok_or("cannot be parsed: not DER")?;
-        let mut parsed = Crl {
-            file,
-            signed,
-            issuer: Name::new(&tbs.issuer)?,
-            this_update: tbs.this_update.to_unix_duration().as_secs(),
-            next_update: tbs.next_update.map(|t| t.to_unix_duration().as_secs()),
-            revoked: Vec::new(),
-            authority_key_id: None,
-            delta: false,
-            scoped: false,
-            unknown_critical: Vec::new(),
-        };
-        for ext in tbs.crl_extensions.iter().flatten() {
-            let id = ext.extn_id.to_string();
-            match id.as_str() {
-                ISSUING_DISTRIBUTION_POINT => parsed.scoped = true,
-                DELTA_CRL_INDICATOR => parsed.delta = true,
-                AUTHORITY_KEY_ID => {
-                    let akid = AuthorityKeyIdentifier::from_der(ext.extn_value.as_bytes())
-                        .map_err(|e| format!("has a malformed authorityKeyIdentifier: {e}"))?;
-                    parsed.authority_key_id = akid.key_identifier.map(|k| k.as_bytes().to_vec());
-                }
-                _ if ext.critical => parsed.unknown_critical.push(id),
-                _ => {}
-            }
-        }
-        for entry in tbs.revoked_certificates.iter().flatten() {
-            for ext in entry.crl_entry_extensions.iter().flatten() {
-                let id = ext.extn_id.to_string();
-                if id == CERTIFICATE_ISSUER {
-                    parsed.scoped = true;
-                } else if ext.critical {
-                    parsed.unknown_critical.push(id);
-                }
-            }
-            parsed.revoked.push((
-                entry.serial_number.as_bytes().to_vec(),
-                entry.revocation_date.to_unix_duration().as_secs(),
-            ));
-        }
-        Ok(parsed)
-    }
-
-    /// Whether the CRL names `issuer`'s key (its authority key identifier, if any, is
-    /// `issuer`'s subject key identifier).
-    pub(super) fn key_matches(&self, issuer: &Cert) -> bool {
-        match (&self.authority_key_id, &issuer.subject_key_id) {
-            (Some(akid), Some(skid)) => akid == skid,
-            _ => true,
-        }
-    }
-
-    /// Whether its validity holds at `now` (`thisUpdate` passed, `nextUpdate` not).
-    pub(super) fn validity(&self, now: u64) -> Validity {
-        match self.next_update {
-            _ if now < self.this_update => Validity::NotYet(self.this_update),
-            Some(next) if now >= next => Validity::Expired(next),
-            _ => Validity::Valid,
-        }
-    }
-
-    /// When it revoked `cert` (by serial number), if it did.
-    pub(super) fn revocation_of(&self, cert: &Cert) -> Option<u64> {
-        self.revoked
-            .iter()
-            .find(|(serial, _)| *serial == cert.serial)
-            .map(|(_, when)| *when)
     }
 }
 

@@ -59,7 +59,8 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::ConnInfoError;
-use super::certificate::{Cert, Crl};
+use super::certificate::Cert;
+use super::crl::Crl;
 use super::der::der_element;
 use super::signature::{HandshakeError, SignatureError, verify_handshake};
 use super::trust::{Crls, Refusal, Trust, crl_source, refused, unsupported};

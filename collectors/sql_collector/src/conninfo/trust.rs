@@ -16,8 +16,10 @@
 //!    keyAgreement; a CA's extended key usage (if any) includes serverAuth; path lengths hold.
 //! 3. With CRLs, every certificate of the chain, the root's included, needs a CRL from its
 //!    issuer (the root's own for the root), valid now, signed by the issuer (cRLSign if it has
-//!    a key usage), not revoking it. `sslcrldir` is searched by OpenSSL's name hash
-//!    (`openssl rehash`).
+//!    a key usage), not revoking it. A CRL whose authority key identifier names another
+//!    certificate (key identifier, issuer or serial number) is left out; a delta CRL counts as
+//!    a complete one (no `X509_V_FLAG_USE_DELTAS`); an entry with reason removeFromCRL
+//!    revokes nothing. `sslcrldir` is searched by OpenSSL's name hash (`openssl rehash`).
 //! 4. Signatures (each certificate by its issuer; not the root's own, except that a server
 //!    certificate trusted as itself must verify with its own key) and validity periods, the
 //!    root's included.
@@ -32,7 +34,8 @@ use std::path::PathBuf;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use x509_cert::ext::pkix::KeyUsages;
 
-use super::certificate::{CaKind, Cert, Crl, Name, Validity, date};
+use super::certificate::{CaKind, Cert, Name, Validity, date};
+use super::crl::Crl;
 use super::signature::{SignatureError, verify_signed};
 
 /// OpenSSL's default maximum chain depth (100 certificates below the root).
@@ -84,7 +87,9 @@ pub(super) struct Crls {
 }
 
 impl Crls {
-    /// The CRLs whose issuer is `issuer`, delta CRLs left out (libpq does not use them).
+    /// The CRLs whose issuer is `issuer`, delta CRLs included: without
+    /// `X509_V_FLAG_EXTENDED_CRL_SUPPORT`, OpenSSL's `get_crl_score` scores them as complete
+    /// CRLs.
     fn of<'a>(&'a self, issuer: &'a Name) -> impl Iterator<Item = &'a Crl> + 'a {
         let hash = issuer.hash();
         self.listed
@@ -95,7 +100,7 @@ impl Crls {
                     .filter(move |(h, _)| *h == hash)
                     .map(|(_, crl)| crl),
             )
-            .filter(move |crl| crl.issuer == *issuer && !crl.delta)
+            .filter(move |crl| crl.issuer == *issuer)
     }
 }
 
@@ -394,48 +399,59 @@ impl Trust {
         let n = chain.len();
         for i in 0..n {
             let cert = chain[i].cert;
-            let issuer_at = (i + 1).min(n - 1);
-            let issuer = chain[issuer_at].cert;
             let role = self.role(chain, i);
-            let issuer_role = self.role(chain, issuer_at);
-            // The best CRL, as OpenSSL scores them; the latest among equals.
-            let score = |crl: &Crl| {
-                (
+            // The best CRL as OpenSSL's `get_crl_sk` scores them (no unknown critical
+            // extension, in scope, valid now, signed by the certificate's issuer rather than
+            // by a certificate higher up the chain); the latest among equals, the first if
+            // equally late. A CRL whose authority key identifier names no certificate of the
+            // chain is left out (`crl_akid_check`).
+            let mut best: Option<(&Crl, usize, _)> = None;
+            let mut other_akid: Option<&Crl> = None;
+            for crl in crls.of(&cert.issuer) {
+                let Some(at) = crl_issuer(chain, i, crl) else {
+                    other_akid.get_or_insert(crl);
+                    continue;
+                };
+                let score = (
                     crl.unknown_critical.is_empty(),
                     !crl.scoped,
                     crl.validity(now) == Validity::Valid,
-                    crl.key_matches(issuer),
-                )
-            };
-            let mut best: Option<&Crl> = None;
-            for crl in crls.of(&cert.issuer) {
-                if best.is_none_or(|b| {
-                    score(crl) > score(b)
-                        || (score(crl) == score(b) && crl.this_update > b.this_update)
+                    at == (i + 1).min(n - 1),
+                );
+                if best.is_none_or(|(b, _, best_score)| {
+                    score > best_score || (score == best_score && crl.this_update > b.this_update)
                 }) {
-                    best = Some(crl);
+                    best = Some((crl, at, score));
                 }
             }
-            let Some(crl) = best else {
-                return Err(refused(format!(
+            let Some((crl, issuer_at, _)) = best else {
+                let mut message = format!(
                     "no certificate revocation list of {} is from {}, the issuer of {role}: \
                      with sslcrl or sslcrldir, libpq needs one for every certificate of the \
                      chain, the root certificate's included",
                     crls.source, cert.issuer
-                )));
+                );
+                if let Some(crl) = other_akid {
+                    message.push_str(&format!(
+                        "; \"{}\" is from that name, but its authority key identifier names \
+                         another certificate than {} (key identifier, issuer or serial number), \
+                         so libpq does not use it",
+                        crl.file.display(),
+                        self.role(chain, (i + 1).min(n - 1))
+                    ));
+                }
+                return Err(refused(message));
             };
-            let what = format!(
-                "the certificate revocation list \"{}\" of {}",
-                crl.file.display(),
-                crl.issuer
-            );
-            if !crl.key_matches(issuer) {
-                return Err(refused(format!(
-                    "{what} names another key than that of {issuer_role} (authority key \
-                     identifier)"
-                )));
-            }
-            if issuer.key_usage_lacks(KeyUsages::CRLSign) {
+            let issuer = chain[issuer_at].cert;
+            let issuer_role = self.role(chain, issuer_at);
+            let kind = if crl.delta {
+                "delta certificate revocation list"
+            } else {
+                "certificate revocation list"
+            };
+            let what = format!("the {kind} \"{}\" of {}", crl.file.display(), crl.issuer);
+            // OpenSSL's `check_crl` skips this for a delta CRL.
+            if !crl.delta && issuer.key_usage_lacks(KeyUsages::CRLSign) {
                 return Err(refused(format!(
                     "{issuer_role} may not sign certificate revocation lists: its key usage \
                      lacks cRLSign"
@@ -483,9 +499,15 @@ impl Trust {
                 )));
             }
             if let Some(when) = crl.revocation_of(cert) {
+                let delta = if crl.delta {
+                    " (libpq reads a delta CRL as a complete one)"
+                } else {
+                    ""
+                };
                 return Err(refused(format!(
-                    "{role} is revoked (since {}) by {what}",
-                    date(when)
+                    "{role} is revoked (since {}) by {what} issued {}{delta}",
+                    date(when),
+                    date(crl.this_update)
                 )));
             }
         }
@@ -574,6 +596,19 @@ fn pick_issuer<'a>(
         }
     }
     fallback
+}
+
+/// OpenSSL's `crl_akid_check` without extended CRL support: which certificate of `chain`
+/// signed `crl`, the CRL about `chain[i]`: its issuer (the root itself for the root) if the
+/// CRL's authority key identifier (if any) names it, else the first certificate higher up the
+/// chain with the CRL's issuer as subject that it names; `None`: OpenSSL leaves the CRL out.
+fn crl_issuer(chain: &[Link<'_>], i: usize, crl: &Crl) -> Option<usize> {
+    let first = (i + 1).min(chain.len() - 1);
+    if crl.names_issuer(chain[first].cert) {
+        return Some(first);
+    }
+    (first + 1..chain.len())
+        .find(|&at| chain[at].cert.subject == crl.issuer && crl.names_issuer(chain[at].cert))
 }
 
 /// Where CRL files came from, for [`Crls::source`].
@@ -907,7 +942,11 @@ ytzs9wKJ
                 &docs.parsed(),
                 &[],
             ),
-            &["names another key than that of the server certificate"],
+            &[
+                "no certificate revocation list",
+                "its authority key identifier names another certificate than the server \
+                 certificate \"CN=localhost\"",
+            ],
         );
         // A CA and its server certificate: the CA's CRL covers both.
         let ca_cert = make("CA", None, ca);
@@ -945,6 +984,127 @@ ytzs9wKJ
                 &[],
             ),
             &["is revoked"],
+        );
+    }
+
+    #[test]
+    fn delta_crls_and_removed_entries_as_openssl_reads_them() {
+        let ca_cert = make("CA", None, ca);
+        let serial = [0x42_u8];
+        let leaf = make("localhost", Some(&ca_cert), |p| {
+            p.serial_number = Some(SerialNumber::from_slice(&serial));
+        });
+        let roots = [ca_cert.parsed()];
+        // A delta CRL counts as a complete one: the newest decides.
+        let mut base = crl(&ca_cert, &[], 2090);
+        base.this_update -= 1;
+        let mut delta = crl(&ca_cert, &[&serial], 2090);
+        delta.delta = true;
+        assert_refused(
+            verdict(
+                &trust(&roots, Some(vec![base.clone(), delta.clone()])),
+                &leaf.parsed(),
+                &[],
+            ),
+            &[
+                "is revoked",
+                "by the delta certificate revocation list \"root.crl\"",
+                "libpq reads a delta CRL as a complete one",
+            ],
+        );
+        base.this_update += 2;
+        assert_eq!(
+            verdict(&trust(&roots, Some(vec![delta, base])), &leaf.parsed(), &[]),
+            Ok(())
+        );
+        // An entry with reason removeFromCRL revokes nothing; other reasons do.
+        let with_reason = |reason| {
+            let der = CertificateRevocationListParams {
+                this_update: date_time_ymd(2020, 1, 1),
+                next_update: date_time_ymd(2090, 1, 1),
+                crl_number: SerialNumber::from_slice(&[3]),
+                issuing_distribution_point: None,
+                revoked_certs: vec![RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial),
+                    revocation_time: date_time_ymd(2021, 1, 1),
+                    reason_code: Some(reason),
+                    invalidity_date: None,
+                }],
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&ca_cert.cert, &ca_cert.key)
+            .unwrap();
+            Crl::parse(der.der(), "root.crl".into()).unwrap()
+        };
+        let removed = with_reason(rcgen::RevocationReason::RemoveFromCrl);
+        assert_eq!(
+            verdict(&trust(&roots, Some(vec![removed])), &leaf.parsed(), &[]),
+            Ok(())
+        );
+        let compromised = with_reason(rcgen::RevocationReason::KeyCompromise);
+        assert_refused(
+            verdict(&trust(&roots, Some(vec![compromised])), &leaf.parsed(), &[]),
+            &["is revoked"],
+        );
+    }
+
+    #[test]
+    fn a_crl_is_signed_by_the_certificate_its_authority_key_identifier_names() {
+        // A key rollover: "CN=X" signed by the root "CN=X" with another key, the server
+        // certificate by it; every certificate names its issuer's key.
+        let root = make("X", None, ca);
+        let inter = make("X", Some(&root), ca);
+        let serial = [0x42_u8];
+        let leaf = make("localhost", Some(&inter), |p| {
+            p.serial_number = Some(SerialNumber::from_slice(&serial));
+        });
+        let roots = [root.parsed()];
+        let intermediates = [inter.parsed()];
+        // The root's CRL also covers the server certificate (higher up the chain, same name:
+        // OpenSSL's CRL_SCORE_SAME_PATH), checked with the root's key.
+        assert_eq!(
+            verdict(
+                &trust(&roots, Some(vec![crl(&root, &[], 2090)])),
+                &leaf.parsed(),
+                &intermediates
+            ),
+            Ok(())
+        );
+        assert_refused(
+            verdict(
+                &trust(&roots, Some(vec![crl(&root, &[&serial], 2090)])),
+                &leaf.parsed(),
+                &intermediates,
+            ),
+            &["the server certificate \"CN=localhost\" is revoked"],
+        );
+        // The intermediate's own CRL ranks first for the server certificate, even older; it is
+        // left out for the intermediate, whose issuer is the root.
+        let mut by_inter = crl(&inter, &[], 2090);
+        by_inter.this_update -= 1;
+        assert_eq!(
+            verdict(
+                &trust(
+                    &roots,
+                    Some(vec![by_inter.clone(), crl(&root, &[&serial], 2090)])
+                ),
+                &leaf.parsed(),
+                &intermediates
+            ),
+            Ok(())
+        );
+        assert_refused(
+            verdict(
+                &trust(&roots, Some(vec![by_inter])),
+                &leaf.parsed(),
+                &intermediates,
+            ),
+            &[
+                "no certificate revocation list",
+                "the issuer of the intermediate certificate \"CN=X\"",
+                "its authority key identifier names another certificate than the certificate \
+                 \"CN=X\" of the root certificate file",
+            ],
         );
     }
 
