@@ -335,3 +335,124 @@ async fn credentials_of_endpoints_never_reach_the_log_the_metrics_or_dead_letter
     }
     block_in_place(|| shipper.stop(Duration::from_secs(10)));
 }
+
+/// A destination behind a proxy that redirects (p18): what it answers to the shipper's POSTs,
+/// and every POST it got (status answered, body).
+#[derive(Debug, Default)]
+struct Redirecting {
+    answer: std::sync::Mutex<(u16, String)>,
+    posts: std::sync::Mutex<Vec<(u16, String)>>,
+}
+
+async fn redirecting(state: std::sync::Arc<Redirecting>) -> String {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse as _;
+    let app = axum::Router::new()
+        .route("/login", axum::routing::get(|| async { "a login page" }))
+        .fallback(
+            |axum::extract::State(s): axum::extract::State<std::sync::Arc<Redirecting>>,
+             body: String| async move {
+                let (status, location) = s.answer.lock().unwrap().clone();
+                s.posts.lock().unwrap().push((status, body));
+                let code = StatusCode::from_u16(status).unwrap();
+                if location.is_empty() {
+                    code.into_response()
+                } else {
+                    (code, [(header::LOCATION, location)]).into_response()
+                }
+            },
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// p18: a redirect is a failed send, kept and retried, never followed: a 302 to a login page
+/// does not count the records as sent (they reach the destination once it answers 200), and a
+/// 307 to another host takes neither the body nor the credentials there (X-Api-Key, the
+/// bearer token, the token in the query by way of Referer). The log names the masked Location.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_failed_sends_that_keep_the_data_and_the_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("app.log");
+    std::fs::write(&log, "seq=0 first\n").unwrap();
+    let other = Receiver::start().await;
+    let front = std::sync::Arc::new(Redirecting::default());
+    *front.answer.lock().unwrap() = (302, "/login?signature=KEY-S3CRET&next=a".to_owned());
+    let url = redirecting(front.clone()).await;
+    let cfg = d.join("c.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "checkpoint_dir: {ckpt}\nsources: {{app: {{include: ['{log}'], format: plain, rescan_interval: 100ms}}}}\nsinks:\n  vl:\n    type: victorialogs\n    endpoint: '{url}/?token=TK-S3CRET'\n    headers: {{X-Api-Key: PW-S3CRET}}\n    auth: {{bearer_token: BEARER-S3CRET}}\n    batch: {{timeout: 100ms}}\n    retry: {{initial_backoff: 100ms, max_backoff: 200ms}}\n",
+            ckpt = d.join("ckpt").display(),
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+    let shipper = block_in_place(|| {
+        Agent::builder("log_shipper", env!("CARGO_BIN_EXE_log_shipper"))
+            .arg(format!("--config={}", cfg.display()))
+            .kill_on_drop()
+            .start()
+    });
+    let posts = |status: u16| {
+        let posts = front.posts.lock().unwrap();
+        posts.iter().filter(|(s, _)| *s == status).count()
+    };
+    let sent = || {
+        block_in_place(|| {
+            value(
+                &shipper.metrics(),
+                "log_shipper_sink_events_sent_total",
+                &[("sink", "vl")],
+            )
+            .unwrap_or(0.0)
+        })
+    };
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        block_in_place(|| shipper.wait_for(what, cond));
+    };
+    wait("the 302 retried", &|| posts(302) >= 3);
+    assert_eq!(sent(), 0.0, "a 302 counted as delivered");
+
+    *front.answer.lock().unwrap() = (
+        307,
+        format!("{}/insert/jsonline?token=TK-S3CRET", other.url()),
+    );
+    wait("the 307 retried", &|| posts(307) >= 3);
+    assert_eq!(sent(), 0.0, "a 307 counted as delivered");
+    assert!(
+        other.requests().is_empty(),
+        "the redirect was followed: {:?}",
+        other.requests()
+    );
+
+    *front.answer.lock().unwrap() = (200, String::new());
+    wait(
+        "the record delivered once the destination takes it",
+        &|| sent() == 1.0,
+    );
+    assert!(
+        front
+            .posts
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, body)| body.contains("seq=0 first"))
+    );
+    let logs = shipper.logs();
+    assert!(
+        logs.contains("HTTP 302") && logs.contains("/login?signature=xxxxx&next=a"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("HTTP 307") && logs.contains("/insert/jsonline?token=xxxxx"),
+        "{logs}"
+    );
+    assert_no_secret("the log", &logs);
+    block_in_place(|| shipper.stop(Duration::from_secs(10)));
+}
