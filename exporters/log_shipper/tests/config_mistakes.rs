@@ -24,6 +24,16 @@ fn dry_run(config: &Path) -> Output {
         .unwrap()
 }
 
+/// Starts the shipper with `config` at debug level, killed on drop; ready once `/metrics`
+/// answers.
+fn start(config: &Path) -> Agent {
+    Agent::builder("log_shipper", env!("CARGO_BIN_EXE_log_shipper"))
+        .arg(format!("--config={}", config.display()))
+        .arg("--log.level=debug")
+        .kill_on_drop()
+        .start()
+}
+
 /// Starts the shipper for real; its exit status and output, or `None` if it still runs after
 /// 10 s (then killed).
 fn start_and_wait(config: &Path) -> Option<(i32, String)> {
@@ -195,10 +205,7 @@ fn a_reload_that_cannot_start_leaves_the_running_pipeline_alone() {
         )
     };
     std::fs::write(&cfg, yaml(&d.join("dl"))).unwrap();
-    let shipper = Agent::builder("log_shipper", env!("CARGO_BIN_EXE_log_shipper"))
-        .arg(format!("--config={}", cfg.display()))
-        .kill_on_drop()
-        .start();
+    let shipper = start(&cfg);
     let lines = || {
         std::fs::read_to_string(&out)
             .unwrap_or_default()
@@ -271,13 +278,7 @@ async fn credentials_of_endpoints_never_reach_the_log_the_metrics_or_dead_letter
         "{shown}"
     );
 
-    let shipper = block_in_place(|| {
-        Agent::builder("log_shipper", env!("CARGO_BIN_EXE_log_shipper"))
-            .arg(format!("--config={}", cfg.display()))
-            .arg("--log.level=debug")
-            .kill_on_drop()
-            .start()
-    });
+    let shipper = block_in_place(|| start(&cfg));
     let retried = |sink: &str| {
         block_in_place(|| {
             value(
@@ -336,33 +337,47 @@ async fn credentials_of_endpoints_never_reach_the_log_the_metrics_or_dead_letter
     block_in_place(|| shipper.stop(Duration::from_secs(10)));
 }
 
-/// A destination behind a proxy that redirects (p18): what it answers to the shipper's POSTs,
-/// and every POST it got (status answered, body).
+/// A destination behind a proxy (p17, p18): what it answers to the shipper's POSTs (a status
+/// and a `Location`; an error's body echoes the request line and headers, as proxies do), and
+/// every POST it got (status answered, body).
 #[derive(Debug, Default)]
-struct Redirecting {
+struct Front {
     answer: std::sync::Mutex<(u16, String)>,
     posts: std::sync::Mutex<Vec<(u16, String)>>,
 }
 
-async fn redirecting(state: std::sync::Arc<Redirecting>) -> String {
+/// Serves `front` on 127.0.0.1; its URL.
+async fn serve_front(front: std::sync::Arc<Front>) -> String {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse as _;
     let app = axum::Router::new()
         .route("/login", axum::routing::get(|| async { "a login page" }))
         .fallback(
-            |axum::extract::State(s): axum::extract::State<std::sync::Arc<Redirecting>>,
-             body: String| async move {
+            |axum::extract::State(s): axum::extract::State<std::sync::Arc<Front>>,
+             request: axum::extract::Request| async move {
                 let (status, location) = s.answer.lock().unwrap().clone();
-                s.posts.lock().unwrap().push((status, body));
+                let mut echo = format!("{} {}\n", request.method(), request.uri());
+                for (k, v) in request.headers() {
+                    echo.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+                }
+                let body = axum::body::to_bytes(request.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                s.posts
+                    .lock()
+                    .unwrap()
+                    .push((status, String::from_utf8_lossy(&body).into_owned()));
                 let code = StatusCode::from_u16(status).unwrap();
-                if location.is_empty() {
-                    code.into_response()
-                } else {
+                if !location.is_empty() {
                     (code, [(header::LOCATION, location)]).into_response()
+                } else if status >= 400 {
+                    (code, echo).into_response()
+                } else {
+                    code.into_response()
                 }
             },
         )
-        .with_state(state);
+        .with_state(front);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -380,9 +395,9 @@ async fn redirects_are_failed_sends_that_keep_the_data_and_the_credentials() {
     let log = d.join("app.log");
     std::fs::write(&log, "seq=0 first\n").unwrap();
     let other = Receiver::start().await;
-    let front = std::sync::Arc::new(Redirecting::default());
+    let front = std::sync::Arc::new(Front::default());
     *front.answer.lock().unwrap() = (302, "/login?signature=KEY-S3CRET&next=a".to_owned());
-    let url = redirecting(front.clone()).await;
+    let url = serve_front(front.clone()).await;
     let cfg = d.join("c.yml");
     std::fs::write(
         &cfg,
@@ -393,12 +408,7 @@ async fn redirects_are_failed_sends_that_keep_the_data_and_the_credentials() {
         ),
     )
     .unwrap();
-    let shipper = block_in_place(|| {
-        Agent::builder("log_shipper", env!("CARGO_BIN_EXE_log_shipper"))
-            .arg(format!("--config={}", cfg.display()))
-            .kill_on_drop()
-            .start()
-    });
+    let shipper = block_in_place(|| start(&cfg));
     let posts = |status: u16| {
         let posts = front.posts.lock().unwrap();
         posts.iter().filter(|(s, _)| *s == status).count()
@@ -454,5 +464,85 @@ async fn redirects_are_failed_sends_that_keep_the_data_and_the_credentials() {
         "{logs}"
     );
     assert_no_secret("the log", &logs);
+    block_in_place(|| shipper.stop(Duration::from_secs(10)));
+}
+
+/// p17: whatever a destination echoes (here the request line and headers, in 500 and 400
+/// answers), no credential reaches the log, the metrics, the dead letters or `--dry-run`:
+/// basic auth as its header carries it (base64, from `auth` or the endpoint's userinfo),
+/// `Proxy-Authorization`, `Cookie`, and secret query parameters by any common name (`sig`,
+/// `pwd`, `p`, `X-Amz-Signature`, `access_token`…).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_headers_basic_auth_and_query_parameters_are_masked() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let encoded = [
+        b64("buser:BasicPwS3CR"),
+        b64("puser:ProxyPwS3CR"),
+        b64("uinfo:UserinfoPwS3CR"),
+    ];
+    let leaks = |what: &str, text: &str| {
+        assert!(!text.contains("S3CR"), "a secret in {what}:\n{text}");
+        for e in &encoded {
+            assert!(!text.contains(e.as_str()), "{e} in {what}:\n{text}");
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("app.log");
+    std::fs::write(&log, "seq=0 first\n").unwrap();
+    let front = std::sync::Arc::new(Front::default());
+    *front.answer.lock().unwrap() = (500, String::new());
+    let url = serve_front(front.clone()).await;
+    let with_userinfo = url.replacen("http://", "http://uinfo:UserinfoPwS3CR@", 1);
+    let quick = "batch: {timeout: 100ms}\n    retry: {initial_backoff: 100ms, max_backoff: 200ms}";
+    let cfg = d.join("c.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "checkpoint_dir: {ckpt}\nsources: {{app: {{include: ['{log}'], format: plain, rescan_interval: 100ms}}}}\nsinks:\n  q:\n    type: victorialogs\n    endpoint: '{url}/vl/?tenant=t1&token=TokS3CR&api_key=ApiKeyS3CR&X-Amz-Signature=AmzSigS3CR&X-Amz-Credential=AKIAS3CR&sig=AzureSigS3CR&pwd=PwdS3CR&access_token=AccTokS3CR&p=InfluxPS3CR'\n    headers: {{X-Api-Key: XApiKeyS3CR, X-Scope-OrgID: orgid-not-secret, Proxy-Authorization: 'Basic {proxy}', Cookie: 'session=CookieS3CR; theme=dark', X-Auth-Token: XAuthTokS3CR}}\n    {quick}\n  b:\n    type: loki\n    endpoint: '{url}/'\n    encoding: json\n    auth: {{username: buser, password: BasicPwS3CR}}\n    {quick}\n  u:\n    type: victorialogs\n    endpoint: '{with_userinfo}/'\n    {quick}\n",
+            ckpt = d.join("ckpt").display(),
+            log = log.display(),
+            proxy = encoded[1],
+        ),
+    )
+    .unwrap();
+    let out = dry_run(&cfg);
+    let shown =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{shown}");
+    leaks("the --dry-run output", &shown);
+    assert!(shown.contains("tenant=t1&token=xxxxx"), "{shown}");
+
+    let shipper = block_in_place(|| start(&cfg));
+    let sinks = ["q", "b", "u"];
+    let every_sink = |family: &str, n: f64| {
+        block_in_place(|| {
+            shipper.wait_for(family, || {
+                let m = shipper.metrics();
+                sinks
+                    .iter()
+                    .all(|s| value(&m, family, &[("sink", s)]).unwrap_or(0.0) >= n)
+            });
+        });
+    };
+    every_sink("log_shipper_sink_requests_retried_total", 2.0);
+    *front.answer.lock().unwrap() = (400, String::new());
+    every_sink("log_shipper_sink_events_failed_total", 1.0);
+    let logs = shipper.logs();
+    // The echo was logged, without its credentials.
+    assert!(
+        logs.contains("HTTP 500: POST /vl/insert/jsonline?tenant=t1&token=xxxxx")
+            && logs.contains("x-scope-orgid: orgid-not-secret"),
+        "{logs}"
+    );
+    leaks("the log", &logs);
+    leaks("/metrics", &block_in_place(|| shipper.metrics()));
+    for sink in sinks {
+        let dead =
+            std::fs::read_to_string(d.join(format!("ckpt/dead_letter/{sink}.jsonl"))).unwrap();
+        assert!(dead.contains("HTTP 400: POST /"), "{dead}");
+        leaks("the dead letters", &dead);
+    }
     block_in_place(|| shipper.stop(Duration::from_secs(10)));
 }
