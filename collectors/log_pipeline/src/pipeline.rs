@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, CheckpointError, CheckpointWriter, FilesCheckpoint, SourceProgress};
-use crate::config::{Config, Writable};
+use crate::config::Config;
 use crate::sink::{SinkError, SinkSetup, SinkTask};
 use crate::source::SourceSetup;
 use crate::source::journald::{self, JournaldHandle};
@@ -56,50 +56,16 @@ pub struct Pipeline {
     checkpoint_stop: watch::Sender<bool>,
 }
 
-/// Creates `w.dir` if needed and checks that a file can be written in it (a probe file,
-/// removed at once), and that `w.file`, if it exists, can be appended to.
-fn check_writable(w: &Writable) -> Result<(), PipelineError> {
-    let fail = |message: String| PipelineError::NotWritable {
-        field: w.field.clone(),
-        message,
-    };
-    let dir = &w.dir;
-    if dir.exists() && !dir.is_dir() {
-        return Err(fail(format!("{} is not a directory", dir.display())));
-    }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    let probe = dir.join(format!(".log_shipper-probe-{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&probe)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"probe\n"))
-        .map_err(|e| fail(format!("cannot write in {}: {e}", dir.display())))?;
-    std::fs::remove_file(&probe)
-        .map_err(|e| fail(format!("cannot remove {}: {e}", probe.display())))?;
-    if let Some(file) = &w.file
-        && file.exists()
-    {
-        if file.is_dir() {
-            return Err(fail(format!("{} is a directory", file.display())));
-        }
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(file)
-            .map_err(|e| fail(format!("cannot append to {}: {e}", file.display())))?;
-    }
-    Ok(())
-}
-
 impl Pipeline {
     /// What a start would refuse, without starting anything (`--dry-run`, and a reload
     /// before it stops the running pipeline): every directory the config names created and
     /// written to, every HTTP client built (TLS files read).
     pub fn check(config: &Config) -> Result<(), PipelineError> {
         for w in &config.writable {
-            check_writable(w)?;
+            w.prepare().map_err(|message| PipelineError::NotWritable {
+                field: w.field.clone(),
+                message,
+            })?;
         }
         for sink in &config.sinks {
             crate::sink::check(sink)?;

@@ -16,12 +16,33 @@ use test_harness::Agent;
 use test_harness::agent::value;
 use tokio::task::block_in_place;
 
+/// Runs `command` to its end; `None` if it still runs after 10 s (then killed).
+fn run_within_10s(command: &mut Command) -> Option<Output> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// `--dry-run` with `config`; fails if it hangs.
 fn dry_run(config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_log_shipper"))
-        .arg(format!("--config={}", config.display()))
-        .arg("--dry-run")
-        .output()
-        .unwrap()
+    run_within_10s(
+        Command::new(env!("CARGO_BIN_EXE_log_shipper"))
+            .arg(format!("--config={}", config.display()))
+            .arg("--dry-run"),
+    )
+    .unwrap_or_else(|| panic!("--dry-run with {} hung", config.display()))
 }
 
 /// Starts the shipper with `config` at debug level, killed on drop; ready once `/metrics`
@@ -37,26 +58,14 @@ fn start(config: &Path) -> Agent {
 /// Starts the shipper for real; its exit status and output, or `None` if it still runs after
 /// 10 s (then killed).
 fn start_and_wait(config: &Path) -> Option<(i32, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_log_shipper"))
-        .arg(format!("--config={}", config.display()))
-        .arg("--web.listen-address=127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            let out = child.wait_with_output().unwrap();
-            let text = String::from_utf8_lossy(&out.stderr).into_owned()
-                + &String::from_utf8_lossy(&out.stdout);
-            return Some((out.status.code().unwrap_or(-1), text));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+    let out = run_within_10s(
+        Command::new(env!("CARGO_BIN_EXE_log_shipper"))
+            .arg(format!("--config={}", config.display()))
+            .arg("--web.listen-address=127.0.0.1:0"),
+    )?;
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    Some((out.status.code().unwrap_or(-1), text))
 }
 
 #[test]
@@ -187,24 +196,35 @@ fn dry_run_and_start_refuse_directories_that_cannot_be_written() {
     }
 }
 
+/// A reload into a config that cannot start (p14: a directory under a regular file, a FIFO as
+/// the output file, which hung the reload and then SIGTERM) is refused at once, and the running
+/// pipeline goes on.
 #[test]
 fn a_reload_that_cannot_start_leaves_the_running_pipeline_alone() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let log = d.join("app.log");
-    std::fs::write(&log, "first\n").unwrap();
+    std::fs::write(&log, "line 1\n").unwrap();
     let out = d.join("out.jsonl");
+    let fifo = d.join("fifo.jsonl");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let cfg = d.join("c.yml");
-    let yaml = |dead_letters: &Path| {
+    let yaml = |dead_letters: &Path, path: &Path| {
         format!(
             "checkpoint_dir: {}\ndead_letter_dir: {}\nsources: {{app: {{include: ['{}'], format: plain, rescan_interval: 100ms}}}}\nsinks: {{f: {{type: file, path: '{}', batch: {{timeout: 100ms}}}}}}\n",
             d.join("ckpt").display(),
             dead_letters.display(),
             log.display(),
-            out.display()
+            path.display()
         )
     };
-    std::fs::write(&cfg, yaml(&d.join("dl"))).unwrap();
+    std::fs::write(&cfg, yaml(&d.join("dl"), &out)).unwrap();
     let shipper = start(&cfg);
     let lines = || {
         std::fs::read_to_string(&out)
@@ -214,28 +234,44 @@ fn a_reload_that_cannot_start_leaves_the_running_pipeline_alone() {
     };
     shipper.wait_for("the first line", || lines() == 1);
     std::fs::write(d.join("a-file"), "x").unwrap();
-    std::fs::write(&cfg, yaml(&d.join("a-file/dl"))).unwrap();
-    shipper.signal("HUP");
-    shipper.wait_for("the reload refused", || {
-        value(
-            &shipper.metrics(),
-            "log_shipper_config_reload_failures_total",
-            &[],
-        ) == Some(1.0)
-    });
-    let logs = shipper.logs();
+    let refused = [
+        (
+            yaml(&d.join("a-file/dl"), &out),
+            "dead_letter_dir: cannot create".to_owned(),
+        ),
+        (
+            yaml(&d.join("dl"), &fifo),
+            format!("sinks.f.path: {} is a FIFO", fifo.display()),
+        ),
+    ];
+    for (n, (bad, message)) in (1..).zip(&refused) {
+        std::fs::write(&cfg, bad).unwrap();
+        shipper.signal("HUP");
+        shipper.wait_for("the reload refused", || {
+            value(
+                &shipper.metrics(),
+                "log_shipper_config_reload_failures_total",
+                &[],
+            ) == Some(f64::from(n))
+        });
+        let logs = shipper.logs();
+        assert!(
+            logs.contains("Reload rejected") && logs.contains(message.as_str()),
+            "{logs}"
+        );
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            format!("line {}\n", n + 1).as_bytes(),
+        )
+        .unwrap();
+        shipper.wait_for("the next line", || lines() == n as usize + 1);
+    }
+    // The running pipeline was never stopped for them.
     assert!(
-        logs.contains("Reload rejected") && logs.contains("dead_letter_dir: cannot create"),
-        "{logs}"
+        !shipper.logs().contains("Pipeline stopped"),
+        "{}",
+        shipper.logs()
     );
-    // The running pipeline was never stopped for it.
-    assert!(!logs.contains("Pipeline stopped"), "{logs}");
-    std::io::Write::write_all(
-        &mut std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
-        b"second\n",
-    )
-    .unwrap();
-    shipper.wait_for("the second line", || lines() == 2);
     shipper.stop(Duration::from_secs(10));
 }
 
@@ -545,4 +581,70 @@ async fn credentials_in_headers_basic_auth_and_query_parameters_are_masked() {
         leaks("the dead letters", &dead);
     }
     block_in_place(|| shipper.stop(Duration::from_secs(10)));
+}
+
+/// p15/p25: a FIFO or a device as a sink's `path` or `dead_letter_path` is refused by
+/// `--dry-run` and at start, at once (opening a FIFO to write blocked until a reader came:
+/// --dry-run and start hung; /dev/null swallowed the records). Reloads: see
+/// `a_reload_that_cannot_start_leaves_the_running_pipeline_alone`.
+#[test]
+fn fifos_and_devices_as_output_files_are_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fifo = d.join("fifo.jsonl");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let log = d.join("app.log");
+    std::fs::write(&log, "first\n").unwrap();
+    let out = d.join("out.jsonl");
+    let yaml = |sink: &str| {
+        format!(
+            "checkpoint_dir: {}\nsources: {{app: {{include: ['{}'], format: plain, rescan_interval: 100ms}}}}\nsinks: {{f: {{type: file, {sink}, batch: {{timeout: 100ms}}}}}}\n",
+            d.join("ckpt").display(),
+            log.display(),
+        )
+    };
+    let cfg = d.join("c.yml");
+    let cases = [
+        (
+            format!("path: '{}'", fifo.display()),
+            format!(
+                "sinks.f.path: {} is a FIFO, not a regular file",
+                fifo.display()
+            ),
+        ),
+        (
+            format!(
+                "path: '{}', dead_letter_path: '{}'",
+                out.display(),
+                fifo.display()
+            ),
+            format!(
+                "sinks.f.dead_letter_path: {} is a FIFO, not a regular file",
+                fifo.display()
+            ),
+        ),
+        (
+            "path: /dev/null".to_owned(),
+            "sinks.f.path: /dev/null is a character device, not a regular file".to_owned(),
+        ),
+    ];
+    for (sink, message) in &cases {
+        std::fs::write(&cfg, yaml(sink)).unwrap();
+        let out = dry_run(&cfg);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{sink}\n{stderr}");
+        assert!(
+            stderr.contains(message.as_str()),
+            "want {message}\n{stderr}"
+        );
+        let (code, text) = start_and_wait(&cfg).unwrap_or_else(|| panic!("start hung: {sink}"));
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains(message.as_str()), "want {message}\n{text}");
+    }
 }

@@ -46,6 +46,7 @@ mod http;
 mod sink;
 mod source;
 mod units;
+mod writable;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,7 @@ pub use source::{
     ReadFrom, Source, StaticFields,
 };
 pub use units::{ByteSize, DURATION_MAX, HumanDuration, parse_duration, parse_size};
+pub use writable::{Writable, open_append};
 
 /// Default cut of the `message` field, in characters (Pigsty's value).
 pub const DEFAULT_MESSAGE_MAX_LENGTH: usize = 8192;
@@ -142,18 +144,6 @@ pub struct Config {
     /// Every directory (and file) the shipper writes to, with the option naming it: checked
     /// at start and by `--dry-run` ([`crate::pipeline::Pipeline::check`]).
     pub writable: Vec<Writable>,
-}
-
-/// A directory the shipper writes to, and the file in it it appends to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Writable {
-    /// The option that names it: `checkpoint_dir`, `dead_letter_dir`,
-    /// `sinks.<name>.dead_letter_path`, `sinks.<name>.path`, `sinks.<name>.buffer.path`.
-    pub field: String,
-    /// The directory (created when missing).
-    pub dir: PathBuf,
-    /// The file appended to, if any.
-    pub file: Option<PathBuf>,
 }
 
 impl Config {

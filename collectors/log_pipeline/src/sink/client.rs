@@ -9,7 +9,7 @@ use agent_kit::redact::{Secrets, mask_endpoint, mask_secrets};
 
 use super::SinkError;
 use super::encode::{Encoded, Encoder};
-use crate::config::{Auth, Sink, SinkKind};
+use crate::config::{Auth, Sink, SinkKind, open_append};
 
 /// How one delivery attempt went wrong.
 #[derive(Debug)]
@@ -150,15 +150,13 @@ fn request_url(endpoint: &url::Url, api: &str) -> url::Url {
     url
 }
 
-/// Appends `bytes` to `path` (creating it and its directory) and fsyncs.
+/// Appends `bytes` to `path` (creating it and its directory) and fsyncs; refuses anything but
+/// a regular file, without blocking.
 pub(super) fn append_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let mut f = open_append(path, true)?;
     f.write_all(bytes)?;
     f.sync_data()
 }

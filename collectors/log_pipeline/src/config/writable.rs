@@ -1,0 +1,97 @@
+//! What the shipper writes to, and how it opens it: every directory the config names (and the
+//! file in it it appends to), checked before a start by [`Writable::prepare`]; and
+//! [`open_append`], which opens an output file without ever blocking, and only a regular one
+//! (a FIFO blocks an open for writing until a reader comes; a device swallows the records).
+
+use std::fs::{File, FileType, OpenOptions};
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+/// A directory the shipper writes to, and the file in it it appends to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writable {
+    /// The option that names it: `checkpoint_dir`, `dead_letter_dir`,
+    /// `sinks.<name>.dead_letter_path`, `sinks.<name>.path`, `sinks.<name>.buffer.path`.
+    pub field: String,
+    /// The directory (created when missing).
+    pub dir: PathBuf,
+    /// The file appended to, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl Writable {
+    /// Creates the directory if needed and checks that a file can be written in it (a probe
+    /// file, removed at once), and that the file, if it exists, is a regular file that can be
+    /// appended to. The error names the path (the caller names the option).
+    pub fn prepare(&self) -> Result<(), String> {
+        let dir = &self.dir;
+        if dir.exists() && !dir.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let probe = dir.join(format!(".log_shipper-probe-{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&probe)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"probe\n"))
+            .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+        std::fs::remove_file(&probe)
+            .map_err(|e| format!("cannot remove {}: {e}", probe.display()))?;
+        if let Some(file) = &self.file
+            && let Ok(meta) = std::fs::metadata(file)
+        {
+            if let Some(why) = not_regular(file, meta.file_type()) {
+                return Err(why);
+            }
+            open_append(file, false)
+                .map_err(|e| format!("cannot append to {}: {e}", file.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Why `path`, of type `kind`, cannot be an output file, if it cannot.
+fn not_regular(path: &Path, kind: FileType) -> Option<String> {
+    let what = if kind.is_file() {
+        return None;
+    } else if kind.is_dir() {
+        return Some(format!("{} is a directory", path.display()));
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Some(format!("{} is {what}, not a regular file", path.display()))
+}
+
+/// Opens `path` to append to it (creating it when `create`), without blocking: a FIFO without
+/// a reader fails at once, and anything but a regular file (a FIFO, a device, a socket) is
+/// refused with an error naming it, even when it replaced the file after the checks.
+pub fn open_append(path: &Path, create: bool) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create(create)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match std::fs::metadata(path) {
+            // A FIFO without a reader: ENXIO says nothing useful.
+            Ok(meta) => match not_regular(path, meta.file_type()) {
+                Some(why) => std::io::Error::other(why),
+                None => e,
+            },
+            Err(_) => e,
+        })?;
+    match not_regular(path, file.metadata()?.file_type()) {
+        Some(why) => Err(std::io::Error::other(why)),
+        None => Ok(file),
+    }
+}
