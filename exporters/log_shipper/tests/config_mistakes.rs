@@ -648,3 +648,30 @@ fn fifos_and_devices_as_output_files_are_refused_without_hanging() {
         assert!(text.contains(message.as_str()), "want {message}\n{text}");
     }
 }
+
+/// p21: batch limits are capped (2^64-1 of each was accepted and one batch grew to 2.5 GB);
+/// the error names the file, the field and its line.
+#[test]
+fn batch_limits_over_their_caps_are_refused_naming_the_file_the_field_and_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "checkpoint_dir: {}/ckpt\nsources: {{app: {{include: ['/x/*.log'], format: plain}}}}\nsinks:\n  f:\n    type: file\n    path: /tmp/out.jsonl\n    batch: {{max_bytes: 18446744073709551615, timeout: 1h}}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = dry_run(&cfg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let want = format!(
+        "{}: sinks.f.batch.max_bytes: must be between 1 and 10000000",
+        cfg.display()
+    );
+    assert!(
+        stderr.contains(&want) && stderr.contains("at line 7 column"),
+        "want {want}\n{stderr}"
+    );
+}

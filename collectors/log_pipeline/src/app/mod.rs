@@ -2,7 +2,7 @@
 //! the HTTP server and the signals. The binary is only
 //! `fn main() -> ExitCode { log_pipeline::app::main() }`.
 //!
-//! SIGHUP re-reads the config ([`reload`]): an invalid one, or one that cannot start (a
+//! SIGHUP re-reads the config (`reload`): an invalid one, or one that cannot start (a
 //! directory it names cannot be written), is rejected and the running pipeline stays; a valid
 //! one replaces it after the old one delivered what it holds, resuming from the checkpoints,
 //! so no position is lost. SIGTERM/SIGINT stop gracefully, within the stop grace.
@@ -10,6 +10,7 @@
 pub mod cli;
 mod reload;
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use clap::Parser;
 use tokio::sync::Mutex;
 use tracing::info;
 
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, ConfigError, SinkKind};
 use crate::pipeline::Pipeline;
 use crate::stats::Stats;
 use cli::Cli;
@@ -45,7 +46,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.config)?;
+    let config = load(&cli.config)?;
     if cli.dry_run {
         dry_run(&cli, &config)?;
         return Ok(ExitCode::SUCCESS);
@@ -84,6 +85,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     info!("Stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads and validates the config file; an error names the file (then the field, and the line
+/// when the YAML reader placed it).
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| match e {
+        // It names the file already.
+        e @ ConfigError::Read { .. } => e.into(),
+        e => anyhow::anyhow!("{}: {e}", path.display()),
+    })
 }
 
 /// `--dry-run`: what a start would refuse (directories that cannot be created or written, TLS

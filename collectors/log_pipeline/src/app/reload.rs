@@ -21,8 +21,7 @@ pub(super) async fn reload(
     stats: &Arc<Stats>,
 ) {
     // Checked before the running pipeline stops: a config that cannot start leaves it be.
-    let new = match Config::load(path)
-        .map_err(anyhow::Error::from)
+    let new = match super::load(path)
         .and_then(|c| Pipeline::check(&c).map(|()| c).map_err(anyhow::Error::from))
     {
         Ok(c) => c,
