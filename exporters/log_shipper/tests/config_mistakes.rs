@@ -675,3 +675,84 @@ fn batch_limits_over_their_caps_are_refused_naming_the_file_the_field_and_the_li
         "want {want}\n{stderr}"
     );
 }
+
+/// Unmounts a test's file system on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// p16/p30: the write probe of --dry-run, start and reload never follows a link planted in a
+/// directory others can write to (it truncated the link's target, as root), and is removed
+/// also when writing it fails (a full file system left it behind).
+#[test]
+fn the_write_probe_follows_no_link_and_is_never_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dl = d.join("dl");
+    std::fs::create_dir(&dl).unwrap();
+    let victim = d.join("victim");
+    std::fs::write(&victim, "precious data").unwrap();
+    let yaml = |checkpoints: &Path| {
+        format!(
+            "checkpoint_dir: {}\ndead_letter_dir: {}\nsources: {{app: {{include: ['{}/*.log'], format: plain}}}}\nsinks: {{f: {{type: file, path: '{}/out.jsonl'}}}}\n",
+            checkpoints.display(),
+            dl.display(),
+            d.display(),
+            d.display()
+        )
+    };
+    let cfg = d.join("c.yml");
+    std::fs::write(&cfg, yaml(&d.join("ckpt"))).unwrap();
+    // The probe was named after the pid: plant a link by that name, then become the shipper.
+    let out = run_within_10s(Command::new("bash").arg("-c").arg(format!(
+        "ln -s '{}' '{}/.log_shipper-probe-'$$ && exec '{}' --config='{}' --dry-run",
+        victim.display(),
+        dl.display(),
+        env!("CARGO_BIN_EXE_log_shipper"),
+        cfg.display()
+    )))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious data");
+    // Only the planted link is left in the directory.
+    assert_eq!(std::fs::read_dir(&dl).unwrap().count(), 1);
+
+    // A full file system: the probe is created, writing it fails, it is removed all the same.
+    let full = d.join("full");
+    std::fs::create_dir(&full).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&full)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "cannot mount a tmpfs on {}",
+        full.display()
+    );
+    let _unmount = Mounted(full.clone());
+    let checkpoints = full.join("ckpt");
+    std::fs::create_dir(&checkpoints).unwrap();
+    let _ = std::fs::write(full.join("fill"), vec![0u8; 1 << 20]);
+    std::fs::write(&cfg, yaml(&checkpoints)).unwrap();
+    let out = dry_run(&cfg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "checkpoint_dir: cannot write in {}",
+            checkpoints.display()
+        )),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&checkpoints).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -30,16 +30,7 @@ impl Writable {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let probe = dir.join(format!(".log_shipper-probe-{}", std::process::id()));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&probe)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, b"probe\n"))
-            .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
-        std::fs::remove_file(&probe)
-            .map_err(|e| format!("cannot remove {}: {e}", probe.display()))?;
+        probe(dir)?;
         if let Some(file) = &self.file
             && let Ok(meta) = std::fs::metadata(file)
         {
@@ -51,6 +42,31 @@ impl Writable {
         }
         Ok(())
     }
+}
+
+/// Checks that a file can be written in `dir`: a probe file of a name no one can guess, made
+/// new (never a file or link already there: a directory others can write to may hold a link
+/// to a file of ours), written, and removed.
+fn probe(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(format!(
+        ".log_shipper-probe-{}-{:016x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&probe)
+        .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    let written = std::io::Write::write_all(&mut file, b"probe\n")
+        .and_then(|()| file.sync_data())
+        .map_err(|e| format!("cannot write in {}: {e}", dir.display()));
+    drop(file);
+    // Removed whether the write worked or not (a full disk).
+    let removed =
+        std::fs::remove_file(&probe).map_err(|e| format!("cannot remove {}: {e}", probe.display()));
+    written.and(removed)
 }
 
 /// Why `path`, of type `kind`, cannot be an output file, if it cannot.
