@@ -6,6 +6,7 @@
 //! written last. Whatever a sink could not deliver within the grace period is not
 //! acknowledged, so it is read again by the next pipeline (a reload) or after a restart.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,20 +58,34 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// What a start would refuse, without starting anything (`--dry-run`, and a reload
-    /// before it stops the running pipeline): every directory the config names created and
-    /// written to, every HTTP client built (TLS files read).
+    /// What a start would refuse, without starting anything (a reload checks it before it
+    /// stops the running pipeline): every directory the config names created and written to,
+    /// every HTTP client built (TLS files read).
     pub fn check(config: &Config) -> Result<(), PipelineError> {
+        Pipeline::verify(config, true).map(drop)
+    }
+
+    /// What `--dry-run` checks: what [`Pipeline::check`] checks, without creating anything.
+    /// The directories a start would create, with the option naming each.
+    pub fn plan(config: &Config) -> Result<Vec<(String, PathBuf)>, PipelineError> {
+        Pipeline::verify(config, false)
+    }
+
+    fn verify(config: &Config, create: bool) -> Result<Vec<(String, PathBuf)>, PipelineError> {
+        let mut missing = Vec::new();
         for w in &config.writable {
-            w.prepare().map_err(|message| PipelineError::NotWritable {
-                field: w.field.clone(),
-                message,
-            })?;
+            let dir = w
+                .check(create)
+                .map_err(|message| PipelineError::NotWritable {
+                    field: w.field.clone(),
+                    message,
+                })?;
+            missing.extend(dir.map(|d| (w.field.clone(), d)));
         }
         for sink in &config.sinks {
             crate::sink::check(sink)?;
         }
-        Ok(())
+        Ok(missing)
     }
 
     /// Starts everything `config` describes. Must be called inside a tokio runtime.

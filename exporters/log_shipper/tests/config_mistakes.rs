@@ -1,6 +1,7 @@
 //! Mistakes a new user makes, caught before they cost data: every directory the config
-//! names is created and written by `--dry-run` and at start (errors name the option and the
-//! path), a reload that could not start leaves the running pipeline alone, and the
+//! names is checked by `--dry-run` (which creates nothing) and created and written at start
+//! (errors name the option and the path), output files that are not regular files, batch
+//! limits over their caps, a write probe that follows no link, a reload that could not start leaves the running pipeline alone, and the
 //! credentials of an endpoint (userinfo, tokens in its query, auth) never reach the log, the
 //! metrics or the dead-letter files, whatever the destination answers.
 
@@ -165,7 +166,9 @@ fn dry_run_and_start_refuse_directories_that_cannot_be_written() {
         assert!(out.contains(message.as_str()), "want {message}\n{out}");
     }
 
-    // All good: created, and no probe file left behind.
+    // All good. --dry-run creates nothing (p32: as root, it left root-owned directories the
+    // service could not write) and says what a start would create; a start creates them, and
+    // no probe file is left behind.
     let ok_ckpt = d.join("ckpt2");
     let buffer = d.join("buffer");
     std::fs::write(
@@ -179,21 +182,32 @@ fn dry_run_and_start_refuse_directories_that_cannot_be_written() {
         ),
     )
     .unwrap();
+    let made = [ok_ckpt, d.join("dl"), buffer, d.join("out")];
     let out = dry_run(&cfg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for made in [&ok_ckpt, &d.join("dl"), &buffer, &d.join("out")] {
-        assert!(made.is_dir(), "{}", made.display());
-        assert_eq!(
-            std::fs::read_dir(made).unwrap().count(),
-            0,
-            "{}",
-            made.display()
+    for dir in &made {
+        assert!(!dir.exists(), "--dry-run created {}", dir.display());
+        assert!(
+            stdout.contains(&format!("a start creates {}", dir.display())),
+            "{stdout}"
         );
     }
+    let shipper = start(&cfg);
+    for dir in &made {
+        assert!(dir.is_dir(), "{}", dir.display());
+        let probes = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("probe"))
+            .count();
+        assert_eq!(probes, 0, "{}", dir.display());
+    }
+    shipper.stop(Duration::from_secs(10));
 }
 
 /// A reload into a config that cannot start (p14: a directory under a regular file, a FIFO as

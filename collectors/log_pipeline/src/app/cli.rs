@@ -18,7 +18,8 @@ pub struct Cli {
     pub config: PathBuf,
 
     /// Validate the config, check that every directory it names can be created and written
-    /// and its TLS files read, print a summary (endpoints with credentials masked) and exit.
+    /// (creating nothing: the directories a start would create are listed) and its TLS files
+    /// read, print a summary (endpoints with credentials masked) and exit.
     #[arg(long)]
     pub dry_run: bool,
 

@@ -98,9 +98,10 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 }
 
 /// `--dry-run`: what a start would refuse (directories that cannot be created or written, TLS
-/// files that cannot be read), then a summary with the endpoints' credentials masked.
+/// files that cannot be read), without creating anything, then a summary with the endpoints'
+/// credentials masked and the directories a start creates (owned by the user it runs as).
 fn dry_run(cli: &Cli, config: &Config) -> anyhow::Result<()> {
-    Pipeline::check(config)?;
+    let missing = Pipeline::plan(config)?;
     println!(
         "{}: {} source(s), {} sink(s), checkpoints in {}",
         cli.config.display(),
@@ -115,6 +116,12 @@ fn dry_run(cli: &Cli, config: &Config) -> anyhow::Result<()> {
             (None, _) => String::new(),
         };
         println!("sink {}: {target}", sink.name);
+    }
+    let mut shown = std::collections::BTreeSet::new();
+    for (field, dir) in &missing {
+        if shown.insert(dir) {
+            println!("a start creates {} ({field})", dir.display());
+        }
     }
     Ok(())
 }

@@ -147,7 +147,8 @@ pub struct Config {
     /// The sinks, sorted by name.
     pub sinks: Vec<Sink>,
     /// Every directory (and file) the shipper writes to, with the option naming it: checked
-    /// at start and by `--dry-run` ([`crate::pipeline::Pipeline::check`]).
+    /// at start ([`crate::pipeline::Pipeline::check`]) and by `--dry-run`
+    /// ([`crate::pipeline::Pipeline::plan`]).
     pub writable: Vec<Writable>,
 }
 

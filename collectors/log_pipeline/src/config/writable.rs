@@ -1,5 +1,6 @@
 //! What the shipper writes to, and how it opens it: every directory the config names (and the
-//! file in it it appends to), checked before a start by [`Writable::prepare`]; and
+//! file in it it appends to), checked before a start, or by `--dry-run` without creating
+//! anything, by [`Writable::check`]; and
 //! [`open_append`], which opens an output file without ever blocking, and only a regular one
 //! (a FIFO blocks an open for writing until a reader comes; a device swallows the records).
 
@@ -20,16 +21,28 @@ pub struct Writable {
 }
 
 impl Writable {
-    /// Creates the directory if needed and checks that a file can be written in it (a probe
-    /// file, removed at once), and that the file, if it exists, is a regular file that can be
-    /// appended to. The error names the path (the caller names the option).
-    pub fn prepare(&self) -> Result<(), String> {
+    /// Checks that the shipper can write here: the directory (created when missing and
+    /// `create`; else only checked that it could be) can hold a new file (a probe file,
+    /// removed at once), and the file, if it exists, is a regular file that can be appended
+    /// to. The directory when it was missing (created, or what a start would create); the
+    /// error names the path (the caller names the option).
+    pub fn check(&self, create: bool) -> Result<Option<PathBuf>, String> {
         let dir = &self.dir;
-        if dir.exists() && !dir.is_dir() {
-            return Err(format!("{} is not a directory", dir.display()));
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let missing = match std::fs::metadata(dir) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(format!("{} is not a directory", dir.display()));
+            }
+            Ok(_) => false,
+            Err(_) if create => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                true
+            }
+            Err(_) => {
+                could_create(dir)?;
+                return Ok(Some(dir.clone()));
+            }
+        };
         probe(dir)?;
         if let Some(file) = &self.file
             && let Ok(meta) = std::fs::metadata(file)
@@ -40,19 +53,43 @@ impl Writable {
             open_append(file, false)
                 .map_err(|e| format!("cannot append to {}: {e}", file.display()))?;
         }
-        Ok(())
+        Ok(missing.then(|| dir.clone()))
     }
+}
+
+/// A name in a directory no one can guess (a directory others can write to may hold a link
+/// planted by a predictable name).
+fn probe_name(dir: &Path) -> PathBuf {
+    dir.join(format!(
+        ".log_shipper-probe-{}-{:016x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ))
+}
+
+/// Checks, without creating it, that missing directory `dir` could be created: its nearest
+/// existing ancestor is a directory in which a directory can be made (a probe directory,
+/// removed at once).
+fn could_create(dir: &Path) -> Result<(), String> {
+    let cannot = |why: String| format!("cannot create {}: {why}", dir.display());
+    let ancestor = dir
+        .ancestors()
+        .skip(1)
+        .find(|a| a.symlink_metadata().is_ok())
+        .unwrap_or(Path::new("/"));
+    if !ancestor.is_dir() {
+        return Err(cannot(format!("{} is not a directory", ancestor.display())));
+    }
+    let probe = probe_name(ancestor);
+    std::fs::create_dir(&probe).map_err(|e| cannot(e.to_string()))?;
+    std::fs::remove_dir(&probe).map_err(|e| format!("cannot remove {}: {e}", probe.display()))
 }
 
 /// Checks that a file can be written in `dir`: a probe file of a name no one can guess, made
 /// new (never a file or link already there: a directory others can write to may hold a link
 /// to a file of ours), written, and removed.
 fn probe(dir: &Path) -> Result<(), String> {
-    let probe = dir.join(format!(
-        ".log_shipper-probe-{}-{:016x}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
+    let probe = probe_name(dir);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
