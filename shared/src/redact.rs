@@ -283,7 +283,10 @@ pub enum Names {
 ///   ends in `password` or `passwd`, or its last `-`/`_`/`.`-separated part is `pass`,
 ///   `passphrase`, `secret`, `token` or `key` (not `sslkey`, a file name).
 /// - [`Names::Http`]: `token`, `key`, `pass` (password, passwd), `secret`, `credential`,
-///   `signature` anywhere in the name, or a name starting with `auth` (`Authorization`).
+///   `signature`, `cookie`, `session` anywhere in the name (`X-Amz-Signature`,
+///   `access_token`, `Set-Cookie`), a name starting with `auth` or ending in `authorization`
+///   (`Proxy-Authorization`), a `-`/`_`/`.`-separated part `sig`, `pwd` or `pw` (Azure's
+///   `sig`), or the name `p` (InfluxDB's password).
 pub fn is_secret_name(name: &str, names: Names) -> bool {
     match names {
         Names::Options => is_secret_option(name),
@@ -294,9 +297,22 @@ pub fn is_secret_name(name: &str, names: Names) -> bool {
 fn is_secret_http_name(name: &str) -> bool {
     let k = name.trim().to_ascii_lowercase();
     k.starts_with("auth")
-        || ["token", "key", "pass", "secret", "credential", "signature"]
-            .iter()
-            .any(|s| k.contains(s))
+        || k.ends_with("authorization")
+        || k == "p"
+        || [
+            "token",
+            "key",
+            "pass",
+            "secret",
+            "credential",
+            "signature",
+            "cookie",
+            "session",
+        ]
+        .iter()
+        .any(|s| k.contains(s))
+        || k.split(['-', '_', '.'])
+            .any(|part| matches!(part, "sig" | "pwd" | "pw"))
 }
 
 fn is_secret_option(name: &str) -> bool {
@@ -472,15 +488,17 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// The credentials in `url`: its userinfo and its secret query values (raw and decoded).
+    /// The credentials in `url`: its userinfo (raw, decoded, and as the basic auth header made
+    /// of it carries it) and its secret query values (raw and decoded).
     pub fn of_url(url: &url::Url) -> Secrets {
         let mut s = Secrets::default();
+        let user = percent_decode(url.username());
         if let Some(p) = url.password() {
             s.add(p);
-            s.add(&percent_decode(p));
-        } else {
+            s.add_basic(&user, &percent_decode(p));
+        } else if !user.is_empty() {
             s.add(url.username());
-            s.add(&percent_decode(url.username()));
+            s.add_basic(&user, "");
         }
         for (k, v) in url.query_pairs() {
             if is_secret_name(&k, Names::Http) {
@@ -497,6 +515,34 @@ impl Secrets {
             }
         }
         s
+    }
+
+    /// The credentials of HTTP basic auth: `password`, and `user:password` in base64 as the
+    /// `Authorization: Basic …` header carries it.
+    pub fn add_basic(&mut self, user: &str, password: &str) {
+        use base64::Engine as _;
+        self.add(password);
+        self.add(&base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+    }
+
+    /// The value of HTTP header `name` when the name is secret ([`Names::Http`]): the value,
+    /// the credentials after an auth scheme (`Basic <base64>`, `Bearer <token>`), and the
+    /// value of each cookie in it (`a=1; session=…`).
+    pub fn add_header(&mut self, name: &str, value: &str) {
+        if !is_secret_name(name, Names::Http) {
+            return;
+        }
+        self.add(value);
+        if let Some((scheme, credentials)) = value.trim().split_once(' ')
+            && !scheme.contains('=')
+        {
+            self.add(credentials.trim());
+        }
+        for cookie in value.split(';') {
+            if let Some((_, v)) = cookie.split_once('=') {
+                self.add(v.trim());
+            }
+        }
     }
 
     /// Adds one secret value.
@@ -700,6 +746,16 @@ mod tests {
             "Authorization",
             "auth_token",
             "sig_signature",
+            "Proxy-Authorization",
+            "Cookie",
+            "Set-Cookie",
+            "X-Session-Id",
+            "sig",
+            "pwd",
+            "p",
+            "X-Amz-Signature",
+            "X-Amz-Credential",
+            "X-Amz-Security-Token",
         ] {
             assert!(is_secret_name(k, Names::Http), "{k}");
         }
@@ -710,6 +766,10 @@ mod tests {
             "project",
             "user",
             "sslmode",
+            "X-Scope-OrgID",
+            "page",
+            "design",
+            "X-Amz-Date",
         ] {
             assert!(!is_secret_name(k, Names::Http), "{k}");
         }
@@ -739,7 +799,37 @@ mod tests {
             s.scrub(text),
             "error for url (http://host/?token=xxxxx): xxxxx xxxxx xxxxx tenant abcdef key=abc"
         );
-        assert_eq!(format!("{s:?}"), "Secrets(4)");
+        // Both passwords, both tokens, and user:password in base64.
+        assert_eq!(format!("{s:?}"), "Secrets(5)");
+    }
+
+    /// Basic auth as its header carries it, and secret headers' credentials however a proxy
+    /// echoes them.
+    #[test]
+    fn auth_headers_and_cookies_are_scrubbed() {
+        let mut s = Secrets::default();
+        s.add_basic("buser", "BasicPw");
+        // base64("puser:ProxyPw")
+        s.add_header("Proxy-Authorization", "Basic cHVzZXI6UHJveHlQdw==");
+        s.add_header("Cookie", "theme=dark; session=CookieVal");
+        s.add_header("X-Scope-OrgID", "tenant-one");
+        let echoed = "authorization: Basic YnVzZXI6QmFzaWNQdw==\nproxy-authorization: cHVzZXI6UHJveHlQdw==\ncookie: session=CookieVal\nx-scope-orgid: tenant-one BasicPw";
+        assert_eq!(
+            s.scrub(echoed),
+            "authorization: Basic xxxxx\nproxy-authorization: xxxxx\ncookie: session=xxxxx\nx-scope-orgid: tenant-one xxxxx"
+        );
+        let url = url::Url::parse("http://uinfo:Pw%40d@h/").unwrap();
+        // base64("uinfo:Pw@d"), as a client sends the userinfo.
+        assert_eq!(
+            Secrets::of_url(&url).scrub("Basic dWluZm86UHdAZA== Pw@d"),
+            "Basic xxxxx xxxxx"
+        );
+        let token = url::Url::parse("https://glpat-abcd@h/").unwrap();
+        // base64("glpat-abcd:")
+        assert_eq!(
+            Secrets::of_url(&token).scrub("Basic Z2xwYXQtYWJjZDo="),
+            "Basic xxxxx"
+        );
     }
 
     /// Passwords in the statements of log records, masked alike by both scans.

@@ -32,7 +32,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tower::ServiceExt as _;
 use tracing::{debug, error, info, warn};
 
@@ -46,6 +46,27 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Reload requests as one subscriber sees them: the requests made since it last asked are one
+/// reload, so a storm of SIGHUPs while it reloads is one more reload, and nothing is lost or
+/// ends its loop however slow it is.
+#[derive(Debug)]
+pub struct Reloads(watch::Receiver<u64>);
+
+/// The [`Lifecycle`] is gone: no reload request can come any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the lifecycle is gone")]
+pub struct LifecycleGone;
+
+impl Reloads {
+    /// Waits for a reload request made since the last call (or since subscribing); all those
+    /// made meanwhile count as one.
+    pub async fn recv(&mut self) -> Result<(), LifecycleGone> {
+        self.0.changed().await.map_err(|_| LifecycleGone)?;
+        self.0.mark_unchanged();
+        Ok(())
+    }
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +94,9 @@ pub enum ServeError {
 #[derive(Debug, Clone)]
 pub struct Lifecycle {
     shutdown: watch::Sender<bool>,
-    reload: broadcast::Sender<()>,
+    /// Reload requests so far: a subscriber sees that it changed, not each request, so any
+    /// number of requests while it reloads is one more reload, never a lag that ends its loop.
+    reload: watch::Sender<u64>,
 }
 
 impl Default for Lifecycle {
@@ -87,7 +110,7 @@ impl Lifecycle {
     pub fn new() -> Lifecycle {
         Lifecycle {
             shutdown: watch::Sender::new(false),
-            reload: broadcast::Sender::new(8),
+            reload: watch::Sender::new(0),
         }
     }
 
@@ -117,13 +140,13 @@ impl Lifecycle {
 
     /// Fires the reload hook.
     pub fn reload(&self) {
-        // No subscriber is not an error: nothing to reload.
-        let _ = self.reload.send(());
+        // Kept without subscribers too: nothing to reload then.
+        self.reload.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// A receiver that yields once per reload request.
-    pub fn subscribe_reload(&self) -> broadcast::Receiver<()> {
-        self.reload.subscribe()
+    /// A receiver of the reload requests made after this call, coalesced: see [`Reloads`].
+    pub fn subscribe_reload(&self) -> Reloads {
+        Reloads(self.reload.subscribe())
     }
 
     /// Whether shutdown has started.
@@ -529,4 +552,25 @@ fn landing_page(name: &str, endpoints: &[(String, String)]) -> String {
         n = escape(name),
         v = env!("CARGO_PKG_VERSION"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_storm_of_reload_requests_is_one_reload_and_later_ones_still_come() {
+        let lifecycle = Lifecycle::new();
+        let mut reloads = lifecycle.subscribe_reload();
+        for _ in 0..200 {
+            lifecycle.reload();
+        }
+        assert_eq!(reloads.recv().await, Ok(()));
+        let pending = tokio::time::timeout(Duration::from_millis(50), reloads.recv()).await;
+        assert!(pending.is_err(), "the storm made more than one reload");
+        lifecycle.reload();
+        assert_eq!(reloads.recv().await, Ok(()));
+        drop(lifecycle);
+        assert_eq!(reloads.recv().await, Err(LifecycleGone));
+    }
 }

@@ -5,6 +5,8 @@
 //! Modules by stage, each using only those listed after it (no import cycle: `cargo test -p
 //! test-harness --test module_graph`):
 //!
+//! - [`app`]: the program `log_shipper` (flags, route, wiring, signals, reloads); the binary
+//!   only calls [`app::main`];
 //! - [`pipeline`]: wiring sources to sinks with bounded buffers (backpressure), a
 //!   checkpointer per source;
 //! - [`source`]: what reads records: [`source::tailer`] (files: discovery, rotation,
@@ -27,6 +29,7 @@
 //! the source has acknowledged, so a crash or an outage re-sends at most the unacknowledged
 //! tail and never loses data still on disk.
 
+pub mod app;
 pub mod checkpoint;
 pub mod chunk;
 pub mod config;

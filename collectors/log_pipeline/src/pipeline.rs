@@ -6,6 +6,7 @@
 //! written last. Whatever a sink could not deliver within the grace period is not
 //! acknowledged, so it is read again by the next pipeline (a reload) or after a restart.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, CheckpointError, CheckpointWriter, FilesCheckpoint, SourceProgress};
-use crate::config::{Config, Writable};
+use crate::config::Config;
 use crate::sink::{SinkError, SinkSetup, SinkTask};
 use crate::source::SourceSetup;
 use crate::source::journald::{self, JournaldHandle};
@@ -56,55 +57,35 @@ pub struct Pipeline {
     checkpoint_stop: watch::Sender<bool>,
 }
 
-/// Creates `w.dir` if needed and checks that a file can be written in it (a probe file,
-/// removed at once), and that `w.file`, if it exists, can be appended to.
-fn check_writable(w: &Writable) -> Result<(), PipelineError> {
-    let fail = |message: String| PipelineError::NotWritable {
-        field: w.field.clone(),
-        message,
-    };
-    let dir = &w.dir;
-    if dir.exists() && !dir.is_dir() {
-        return Err(fail(format!("{} is not a directory", dir.display())));
-    }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    let probe = dir.join(format!(".log_shipper-probe-{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&probe)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"probe\n"))
-        .map_err(|e| fail(format!("cannot write in {}: {e}", dir.display())))?;
-    std::fs::remove_file(&probe)
-        .map_err(|e| fail(format!("cannot remove {}: {e}", probe.display())))?;
-    if let Some(file) = &w.file
-        && file.exists()
-    {
-        if file.is_dir() {
-            return Err(fail(format!("{} is a directory", file.display())));
-        }
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(file)
-            .map_err(|e| fail(format!("cannot append to {}: {e}", file.display())))?;
-    }
-    Ok(())
-}
-
 impl Pipeline {
-    /// What a start would refuse, without starting anything (`--dry-run`, and a reload
-    /// before it stops the running pipeline): every directory the config names created and
-    /// written to, every HTTP client built (TLS files read).
+    /// What a start would refuse, without starting anything (a reload checks it before it
+    /// stops the running pipeline): every directory the config names created and written to,
+    /// every HTTP client built (TLS files read).
     pub fn check(config: &Config) -> Result<(), PipelineError> {
+        Pipeline::verify(config, true).map(drop)
+    }
+
+    /// What `--dry-run` checks: what [`Pipeline::check`] checks, without creating anything.
+    /// The directories a start would create, with the option naming each.
+    pub fn plan(config: &Config) -> Result<Vec<(String, PathBuf)>, PipelineError> {
+        Pipeline::verify(config, false)
+    }
+
+    fn verify(config: &Config, create: bool) -> Result<Vec<(String, PathBuf)>, PipelineError> {
+        let mut missing = Vec::new();
         for w in &config.writable {
-            check_writable(w)?;
+            let dir = w
+                .check(create)
+                .map_err(|message| PipelineError::NotWritable {
+                    field: w.field.clone(),
+                    message,
+                })?;
+            missing.extend(dir.map(|d| (w.field.clone(), d)));
         }
         for sink in &config.sinks {
             crate::sink::check(sink)?;
         }
-        Ok(())
+        Ok(missing)
     }
 
     /// Starts everything `config` describes. Must be called inside a tokio runtime.

@@ -197,14 +197,12 @@ pub(super) fn validate(
     }
     let mut secrets = Secrets::of_url(&url);
     match &auth {
-        Some(Auth::Basic { password, .. }) => secrets.add(password),
+        Some(Auth::Basic { username, password }) => secrets.add_basic(username, password),
         Some(Auth::Bearer(token)) => secrets.add(token),
         None => {}
     }
     for (k, v) in &headers {
-        if is_secret_name(k, Names::Http) {
-            secrets.add(v);
-        }
+        secrets.add_header(k, v);
     }
     Ok(Http {
         endpoint: url,

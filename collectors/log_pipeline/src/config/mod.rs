@@ -24,7 +24,9 @@
 //! cannot work are refused: durations under what they need (`request_timeout` under 1s,
 //! `rotate_wait` under 1s, `multiline_timeout`, `rescan_interval`, `batch.timeout` and the
 //! backoffs under 10ms) or over a day, zero sizes and counts, `record_max_bytes` over 1GiB,
-//! `buffer.max_chunks` over 4096. Every directory the shipper writes to is listed in
+//! `buffer.max_chunks` over 4096, `batch.max_bytes` over 10 MB and `batch.max_events` over
+//! 100,000 (the largest of Vector's defaults: [`BATCH_MAX_BYTES_CAP`],
+//! [`BATCH_MAX_EVENTS_CAP`]). Every directory the shipper writes to is listed in
 //! [`Config::writable`], checked by [`crate::pipeline::Pipeline::check`].
 //!
 //! Each part's options are validated in a module of their own: `source` (files and the
@@ -46,6 +48,7 @@ mod http;
 mod sink;
 mod source;
 mod units;
+mod writable;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,12 +60,16 @@ use source::RawSource;
 
 pub use buffer::{DISK_BUFFER_MIN_SIZE, DiskBufferConfig, MAX_CHUNKS_MAX, WhenFull};
 pub use http::{Auth, Compression, Http, Tls};
-pub use sink::{BatchLimits, LokiEncoding, Retry, Sink, SinkKind, VlApi};
+pub use sink::{
+    BATCH_MAX_BYTES_CAP, BATCH_MAX_EVENTS_CAP, BatchLimits, LokiEncoding, Retry, Sink, SinkKind,
+    VlApi,
+};
 pub use source::{
     DEFAULT_MAX_DIRECTORIES, DEFAULT_MAX_FILES, JournaldSource, MAX_DIRECTORIES_MAX, MAX_FILES_MAX,
     ReadFrom, Source, StaticFields,
 };
 pub use units::{ByteSize, DURATION_MAX, HumanDuration, parse_duration, parse_size};
+pub use writable::{Writable, open_append};
 
 /// Default cut of the `message` field, in characters (Pigsty's value).
 pub const DEFAULT_MESSAGE_MAX_LENGTH: usize = 8192;
@@ -140,20 +147,9 @@ pub struct Config {
     /// The sinks, sorted by name.
     pub sinks: Vec<Sink>,
     /// Every directory (and file) the shipper writes to, with the option naming it: checked
-    /// at start and by `--dry-run` ([`crate::pipeline::Pipeline::check`]).
+    /// at start ([`crate::pipeline::Pipeline::check`]) and by `--dry-run`
+    /// ([`crate::pipeline::Pipeline::plan`]).
     pub writable: Vec<Writable>,
-}
-
-/// A directory the shipper writes to, and the file in it it appends to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Writable {
-    /// The option that names it: `checkpoint_dir`, `dead_letter_dir`,
-    /// `sinks.<name>.dead_letter_path`, `sinks.<name>.path`, `sinks.<name>.buffer.path`.
-    pub field: String,
-    /// The directory (created when missing).
-    pub dir: PathBuf,
-    /// The file appended to, if any.
-    pub file: Option<PathBuf>,
 }
 
 impl Config {
@@ -638,14 +634,6 @@ sinks:
                 "sinks.v.buffer.max_chunks: must be at most 4096 (each chunk holds up to 128KiB of input in memory)",
             ),
             (
-                sink("batch: {max_events: 0}"),
-                "sinks.v.batch.max_events: must be positive",
-            ),
-            (
-                sink("batch: {max_bytes: 0}"),
-                "sinks.v.batch.max_bytes: must be positive",
-            ),
-            (
                 source("multiline_timeout: 0s"),
                 "sources.pg.multiline_timeout: 0s cannot work: must be at least 10ms (a record written in several writes would be cut in pieces)",
             ),
@@ -690,6 +678,41 @@ sinks:
         ] {
             assert_eq!(err(&yaml), message, "{yaml}");
         }
+        // Batch limits are held in memory: capped as Vector's largest defaults, refused with
+        // the line (p21: 2^64-1 of each made a 2.5 GB batch).
+        for (limits, message) in [
+            (
+                "{max_events: 0}",
+                "sinks.v.batch.max_events: must be between 1 and 100000 (Vector's Loki sink default; a batch is held in memory until sent), not 0 at line 6 column",
+            ),
+            (
+                "{max_events: 18446744073709551615}",
+                "sinks.v.batch.max_events: must be between 1 and 100000 (Vector's Loki sink default; a batch is held in memory until sent), not 18446744073709551615 at line 6 column",
+            ),
+            (
+                "{max_bytes: 0}",
+                "sinks.v.batch.max_bytes: must be between 1 and 10000000 (10 MB, Vector's HTTP sink default; a batch is held in memory until sent), not 0 at line 6 column",
+            ),
+            (
+                "{max_bytes: 18446744073709551615}",
+                "sinks.v.batch.max_bytes: must be between 1 and 10000000 (10 MB, Vector's HTTP sink default; a batch is held in memory until sent), not 18446744073709551615 at line 6 column",
+            ),
+            (
+                "{max_bytes: 1GiB}",
+                "sinks.v.batch.max_bytes: must be between 1 and 10000000 (10 MB, Vector's HTTP sink default; a batch is held in memory until sent), not 1073741824 at line 6 column",
+            ),
+        ] {
+            let yaml = format!(
+                "{src}sinks:\n  v:\n    type: file\n    path: /tmp/x\n    batch: {limits}\n"
+            );
+            let e = err(&yaml);
+            assert!(e.starts_with(message), "{yaml}\n{e}");
+        }
+        let c = Config::parse(&sink("batch: {max_bytes: 10MB, max_events: 100000}")).unwrap();
+        assert_eq!(
+            (c.sinks[0].batch.max_bytes, c.sinks[0].batch.max_events),
+            (10_000_000, 100_000)
+        );
         // Numbers too large for a duration are refused, not a panic.
         for yaml in [
             sink("request_timeout: 1e300"),

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::buffer::{self, DiskBufferConfig, RawBuffer};
 use super::http::{self, Compression, Http, HttpOptions, RawAuth, Tls};
 use super::source::Source;
-use super::units::{ByteSize, HumanDuration, check_duration};
+use super::units::{ByteSize, HumanDuration, check_duration, parse_size};
 use super::{ConfigError, Writable, invalid};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -64,12 +64,90 @@ impl Default for BatchLimits {
     }
 }
 
+/// The largest `batch.max_bytes`: 10 MB, the default of Vector's HTTP sink (the largest of
+/// its sinks' defaults). A batch is held in memory until it is sent.
+pub const BATCH_MAX_BYTES_CAP: u64 = 10_000_000;
+
+/// The largest `batch.max_events`: 100,000, the default of Vector's Loki sink.
+pub const BATCH_MAX_EVENTS_CAP: u64 = 100_000;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBatch {
+    #[serde(default, deserialize_with = "max_bytes")]
     max_bytes: Option<ByteSize>,
-    max_events: Option<usize>,
+    #[serde(default, deserialize_with = "max_events")]
+    max_events: Option<u64>,
     timeout: Option<HumanDuration>,
+}
+
+/// `batch.max_bytes` (a number of bytes or a size such as `2MiB`), refused while the YAML is
+/// read (so that the error has its line) unless between 1 and [`BATCH_MAX_BYTES_CAP`].
+fn max_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    d.deserialize_any(Limit {
+        cap: BATCH_MAX_BYTES_CAP,
+        why: "10 MB, Vector's HTTP sink default",
+        sizes: true,
+    })
+    .map(|n| Some(ByteSize(n)))
+}
+
+/// `batch.max_events`, refused unless between 1 and [`BATCH_MAX_EVENTS_CAP`].
+fn max_events<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_any(Limit {
+        cap: BATCH_MAX_EVENTS_CAP,
+        why: "Vector's Loki sink default",
+        sizes: false,
+    })
+    .map(Some)
+}
+
+/// Reads a count (or, with `sizes`, a size) between 1 and `cap`; the error is raised inside
+/// the YAML reader, which then names the field and its line.
+struct Limit {
+    cap: u64,
+    why: &'static str,
+    sizes: bool,
+}
+
+impl Limit {
+    fn check<E: serde::de::Error>(&self, n: u64) -> Result<u64, E> {
+        if (1..=self.cap).contains(&n) {
+            Ok(n)
+        } else {
+            Err(E::custom(format!(
+                "must be between 1 and {} ({}; a batch is held in memory until sent), not {n}",
+                self.cap, self.why
+            )))
+        }
+    }
+}
+
+impl serde::de::Visitor<'_> for Limit {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.sizes {
+            write!(f, "a size such as 1MiB, at most {}", self.cap)
+        } else {
+            write!(f, "a count, at most {}", self.cap)
+        }
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u64, E> {
+        self.check(n)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u64, E> {
+        self.check(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<u64, E> {
+        match parse_size(s) {
+            Some(n) if self.sizes => self.check(n),
+            _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
+        }
+    }
 }
 
 /// Retry policy on 429, 5xx and connection errors: exponential backoff, each wait drawn from
@@ -371,7 +449,9 @@ fn validate_batch(f: &dyn Fn(&str) -> String, raw: &RawBatch) -> Result<BatchLim
     let ms = Duration::from_millis;
     let batch = BatchLimits {
         max_bytes: raw.max_bytes.map_or(defaults.max_bytes, |b| b.0),
-        max_events: raw.max_events.unwrap_or(defaults.max_events),
+        max_events: raw
+            .max_events
+            .map_or(defaults.max_events, |n| n.try_into().unwrap_or(usize::MAX)),
         timeout: check_duration(
             &f("batch.timeout"),
             raw.timeout.map_or(defaults.timeout, |d| d.0),
@@ -379,12 +459,6 @@ fn validate_batch(f: &dyn Fn(&str) -> String, raw: &RawBatch) -> Result<BatchLim
             "every read would go out as its own request",
         )?,
     };
-    if batch.max_bytes == 0 {
-        return Err(invalid(f("batch.max_bytes"), "must be positive"));
-    }
-    if batch.max_events == 0 {
-        return Err(invalid(f("batch.max_events"), "must be positive"));
-    }
     Ok(batch)
 }
 

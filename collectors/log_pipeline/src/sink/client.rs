@@ -5,11 +5,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent_kit::redact::{Secrets, mask_endpoint};
+use agent_kit::redact::{Secrets, mask_endpoint, mask_secrets};
 
 use super::SinkError;
 use super::encode::{Encoded, Encoder};
-use crate::config::{Auth, Sink, SinkKind};
+use crate::config::{Auth, Sink, SinkKind, open_append};
 
 /// How one delivery attempt went wrong.
 #[derive(Debug)]
@@ -80,6 +80,23 @@ impl Output {
                 if resp.status().is_success() {
                     return Ok(());
                 }
+                if resp.status().is_redirection() {
+                    // Not followed: a 302/303 would turn the POST into a GET and the records
+                    // would count as sent; a 307/308 would take the body and the credentials
+                    // to wherever it points. Kept and retried until the endpoint is fixed.
+                    let location = resp
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    let shown = match url.join(&location) {
+                        Ok(to) => mask_endpoint(&to),
+                        Err(_) => mask_secrets(&location).into_owned(),
+                    };
+                    return Err(SendError::Retry(secrets.scrub(&format!(
+                        "HTTP {status}: redirect to {shown} not followed; set the endpoint to where the destination is"
+                    ))));
+                }
                 let mut text = resp.text().await.unwrap_or_default();
                 crate::parse::cut_chars(&mut text, 512);
                 // A proxy may echo the request, credentials included.
@@ -133,15 +150,13 @@ fn request_url(endpoint: &url::Url, api: &str) -> url::Url {
     url
 }
 
-/// Appends `bytes` to `path` (creating it and its directory) and fsyncs.
+/// Appends `bytes` to `path` (creating it and its directory) and fsyncs; refuses anything but
+/// a regular file, without blocking.
 pub(super) fn append_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let mut f = open_append(path, true)?;
     f.write_all(bytes)?;
     f.sync_data()
 }
@@ -164,6 +179,9 @@ pub(super) fn build(config: &Sink) -> Result<(Output, Encoder), SinkError> {
         .timeout(http.request_timeout)
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
+        // A redirect is a failed send (see `Output::send`), and no URL goes in a Referer.
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
         .user_agent(concat!("log_shipper/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &http.tls.ca_file {
         let pem = std::fs::read(ca)
