@@ -4,11 +4,11 @@
 //!
 //! ```no_run
 //! # async fn run(web: agent_kit::cli::WebArgs) -> anyhow::Result<()> {
-//! use agent_kit::server::{Lifecycle, Server};
+//! use agent_kit::server::{HttpServer, Lifecycle};
 //! let lifecycle = Lifecycle::new();
 //! lifecycle.listen_for_signals()?;
 //! let app = axum::Router::new().route("/metrics", axum::routing::get(|| async { "up 1\n" }));
-//! Server::new("PG Exporter", &web, ":9630")
+//! HttpServer::new("PG Exporter", &web, ":9630")
 //!     .endpoint("/metrics", "Prometheus metrics")
 //!     .bind()
 //!     .await?
@@ -164,7 +164,7 @@ impl Lifecycle {
 
 /// Describes the server before it binds: its name, listen addresses and endpoints.
 #[derive(Debug, Clone)]
-pub struct Server {
+pub struct HttpServer {
     name: String,
     addresses: Vec<ListenAddress>,
     systemd_socket: bool,
@@ -172,11 +172,11 @@ pub struct Server {
     endpoints: Vec<(String, String)>,
 }
 
-impl Server {
+impl HttpServer {
     /// A server named `name` (shown on the landing page) listening where `web` says, or on
     /// `default_address` (e.g. `:9630`).
-    pub fn new(name: &str, web: &WebArgs, default_address: &str) -> Server {
-        Server {
+    pub fn new(name: &str, web: &WebArgs, default_address: &str) -> HttpServer {
+        HttpServer {
             name: name.to_owned(),
             addresses: web.listen_addresses_or(default_address),
             systemd_socket: web.systemd_socket,
@@ -186,7 +186,7 @@ impl Server {
     }
 
     /// Adds an endpoint to the landing page.
-    pub fn endpoint(mut self, path: &str, description: &str) -> Server {
+    pub fn endpoint(mut self, path: &str, description: &str) -> HttpServer {
         self.endpoints
             .push((path.to_owned(), description.to_owned()));
         self
@@ -253,7 +253,7 @@ async fn bind_one(address: &ListenAddress) -> Result<TcpListener, ServeError> {
 /// A server with its listeners bound; [`BoundServer::serve`] runs it.
 #[derive(Debug)]
 pub struct BoundServer {
-    server: Server,
+    server: HttpServer,
     listeners: Vec<TcpListener>,
     web_config: Arc<RwLock<WebConfig>>,
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use agent_kit::cli::WebArgs;
 use agent_kit::redact::mask_password;
-use agent_kit::server::{Lifecycle, Server};
+use agent_kit::server::{HttpServer, Lifecycle};
 use clap::Parser;
 
 const PASSWORD: &str = "Sw0rdfish-Secret";
@@ -54,7 +54,7 @@ async fn passwords_never_reach_the_logs() {
         "--web.listen-address=127.0.0.1:0".to_owned(),
         format!("--web.config.file={}", config.display()),
     ]);
-    let bound = Server::new("x", &cli.web, ":0").bind().await.unwrap();
+    let bound = HttpServer::new("x", &cli.web, ":0").bind().await.unwrap();
     let addr = bound.local_addrs()[0];
     let lifecycle = Lifecycle::new();
     let l = lifecycle.clone();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agent_kit::cli::WebArgs;
 use agent_kit::exposition::{MetricType, TextEncoder, metrics_response};
-use agent_kit::server::{Lifecycle, Server};
+use agent_kit::server::{HttpServer, Lifecycle};
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::get;
@@ -41,7 +41,7 @@ async fn start(args: &[&str]) -> (SocketAddr, Lifecycle, tokio::task::JoinHandle
     let mut argv = vec!["test", "--web.listen-address=127.0.0.1:0"];
     argv.extend_from_slice(args);
     let cli = Cli::parse_from(argv);
-    let bound = Server::new("Demo Exporter", &cli.web, ":0")
+    let bound = HttpServer::new("Demo Exporter", &cli.web, ":0")
         .endpoint("/metrics", "Prometheus metrics")
         .bind()
         .await
@@ -328,7 +328,7 @@ async fn bad_web_config_fails_at_bind_naming_the_file() {
         "--web.listen-address=127.0.0.1:0",
         &format!("--web.config.file={config}"),
     ]);
-    let err = Server::new("x", &cli.web, ":0")
+    let err = HttpServer::new("x", &cli.web, ":0")
         .bind()
         .await
         .unwrap_err()
@@ -340,7 +340,7 @@ async fn bad_web_config_fails_at_bind_naming_the_file() {
 async fn listens_on_ipv6_loopback_and_all_interfaces() {
     // `[::1]:0` works where the host has IPv6; `:0` (all interfaces) always does.
     let cli = Cli::parse_from(["test", "--web.listen-address=:0"]);
-    let bound = Server::new("x", &cli.web, ":0").bind().await.unwrap();
+    let bound = HttpServer::new("x", &cli.web, ":0").bind().await.unwrap();
     let port = bound.local_addrs()[0].port();
     let lifecycle = Lifecycle::new();
     let l = lifecycle.clone();
@@ -355,7 +355,7 @@ async fn listens_on_ipv6_loopback_and_all_interfaces() {
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
         let (addr, lifecycle, task) = {
             let cli = Cli::parse_from(["test", "--web.listen-address=[::1]:0"]);
-            let bound = Server::new("x", &cli.web, ":0").bind().await.unwrap();
+            let bound = HttpServer::new("x", &cli.web, ":0").bind().await.unwrap();
             let addr = bound.local_addrs()[0];
             let lifecycle = Lifecycle::new();
             let l = lifecycle.clone();

@@ -1351,7 +1351,7 @@ async fn level_filter_and_multiline_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_sinks_verify_the_server_and_present_a_client_certificate() {
     use agent_kit::cli::WebArgs;
-    use agent_kit::server::{Lifecycle, Server};
+    use agent_kit::server::{HttpServer, Lifecycle};
     use clap::Parser as _;
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
@@ -1403,7 +1403,7 @@ async fn https_sinks_verify_the_server_and_present_a_client_certificate() {
     ])
     .unwrap();
     let rx = Receiver::detached();
-    let bound = Server::new("receiver", &flags.web, ":0")
+    let bound = HttpServer::new("receiver", &flags.web, ":0")
         .bind()
         .await
         .unwrap();

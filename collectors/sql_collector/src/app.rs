@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use agent_kit::cli::{LogArgs, WebArgs};
 use agent_kit::exposition::metrics_response;
 use agent_kit::redact::mask_password;
-use agent_kit::server::{Lifecycle, Server};
+use agent_kit::server::{HttpServer, Lifecycle};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -420,7 +420,7 @@ async fn run(flavor: &Flavor, cli: Cli) -> anyhow::Result<ExitCode> {
     spawn_reload_triggers(&state, &lifecycle)?;
     tokio::spawn(exporter.clone().probe_forever());
 
-    let mut server = Server::new(flavor.title, &cli.web, flavor.default_listen)
+    let mut server = HttpServer::new(flavor.title, &cli.web, flavor.default_listen)
         .endpoint(&cli.web.telemetry_path, "Prometheus metrics");
     for (paths, description) in ROUTES {
         server = server.endpoint(paths[0], description);

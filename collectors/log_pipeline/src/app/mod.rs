@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use agent_kit::exposition::{TextEncoder, metrics_response};
 use agent_kit::redact::mask_endpoint;
-use agent_kit::server::{Lifecycle, Server};
+use agent_kit::server::{HttpServer, Lifecycle};
 use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -74,7 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     });
 
-    let server = Server::new("Log Shipper", &cli.web, ":9598")
+    let server = HttpServer::new("Log Shipper", &cli.web, ":9598")
         .endpoint(&cli.web.telemetry_path, "Prometheus metrics");
     let bound = server.bind().await?;
     bound

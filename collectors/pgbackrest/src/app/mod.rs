@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use agent_kit::exposition::metrics_response;
-use agent_kit::server::{Lifecycle, Server};
+use agent_kit::server::{HttpServer, Lifecycle};
 use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -70,7 +70,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             .run(async move { stop.shutdown_requested().await }),
     );
 
-    let bound = Server::new("pgBackRest exporter", &cli.web, ":9854")
+    let bound = HttpServer::new("pgBackRest exporter", &cli.web, ":9854")
         .endpoint(&cli.web.telemetry_path, "Metrics")
         .bind()
         .await?;

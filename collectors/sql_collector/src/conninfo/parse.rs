@@ -23,7 +23,7 @@ pub(super) enum Form {
 
 /// One `keyword = value` found in the text.
 #[derive(Debug)]
-pub(super) struct Entry {
+pub(super) struct Setting {
     pub(super) keyword: &'static Keyword,
     pub(super) value: String,
     /// Where the value is written in the text (quotes included), when it is written there.
@@ -43,7 +43,7 @@ pub(super) enum UrlPath {
 #[derive(Debug)]
 pub(super) struct Parsed {
     pub(super) form: Form,
-    pub(super) entries: Vec<Entry>,
+    pub(super) entries: Vec<Setting>,
     /// For URLs, the place of the database name.
     pub(super) path: Option<UrlPath>,
 }
@@ -242,7 +242,7 @@ fn parse_url_parts(
             };
             after_secret |= secret;
             let value_start = start + param.find('=').map_or(param.len(), |e| e + 1);
-            entries.push(Entry {
+            entries.push(Setting {
                 keyword,
                 value,
                 span: Some(value_start..start + param.len()),
@@ -354,9 +354,9 @@ pub(super) fn encode_url_component(s: &str) -> String {
     utf8_percent_encode(s, URL_COMPONENT).to_string()
 }
 
-fn entry(name: &str, value: String, span: Option<Range<usize>>) -> Entry {
+fn entry(name: &str, value: String, span: Option<Range<usize>>) -> Setting {
     let keyword = keywords::lookup(name).unwrap_or_else(|| unreachable!("{name} is a keyword"));
-    Entry {
+    Setting {
         keyword,
         value,
         span,
@@ -365,7 +365,7 @@ fn entry(name: &str, value: String, span: Option<Range<usize>>) -> Entry {
 
 fn parse_key_values(s: &str) -> Result<Parsed, ConnInfoError> {
     let b = s.as_bytes();
-    let mut entries: Vec<Entry> = Vec::new();
+    let mut entries: Vec<Setting> = Vec::new();
     let mut i = 0;
     // Set after an unquoted secret value: a word that follows may be the rest of a password
     // containing a space, and must not be echoed in errors.
@@ -458,7 +458,7 @@ fn parse_key_values(s: &str) -> Result<Parsed, ConnInfoError> {
         let value = String::from_utf8(value)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         after_secret = keyword.secret && !quoted;
-        entries.push(Entry {
+        entries.push(Setting {
             keyword,
             value,
             span: Some(value_start..end),
