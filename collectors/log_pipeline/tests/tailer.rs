@@ -1,5 +1,5 @@
-//! The file tailer end to end through a file sink, off the happy path: a file name that is
-//! not UTF-8.
+//! The file tailer end to end through a file sink, off the happy path: a file that leaves the
+//! globs and comes back, a file name that is not UTF-8.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
@@ -72,6 +72,63 @@ async fn assert_shipped_once(dir: &Path, want: &[&str]) {
     let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
     assert_eq!(got, want);
+}
+
+/// A file renamed out of the globs is drained and closed; renamed back, it is read on from
+/// where it ended, not again from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_leaves_the_globs_and_comes_back_is_read_on_from_where_it_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("a.log");
+    let away = logs.join("a.log.old");
+    write(&app, "line 1\nline 2\nline 3\n");
+    let stats = Arc::new(Stats::default());
+    let cfg = config(dir.path(), &format!("{}/*.log", logs.display()), "");
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    assert_shipped_once(dir.path(), &["line 1", "line 2", "line 3"]).await;
+    std::fs::rename(&app, &away).unwrap();
+    let name = app.display().to_string();
+    wait_for("a.log drained and closed", 10, || {
+        stats.file("app", &name).is_none()
+    })
+    .await;
+    std::fs::rename(&away, &app).unwrap();
+    write(&app, "line 4\n");
+    assert_shipped_once(dir.path(), &["line 1", "line 2", "line 3", "line 4"]).await;
+    p.stop(GRACE).await;
+}
+
+/// A file cut by `max_files` (a new file sorts before it) is drained and closed; back within
+/// the limit, it is read on from where it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_back_within_max_files_is_read_on_from_where_it_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (a, b, c) = (logs.join("a.log"), logs.join("b.log"), logs.join("c.log"));
+    write(&b, "b 1\nb 2\n");
+    write(&c, "c 1\nc 2\n");
+    let stats = Arc::new(Stats::default());
+    let cfg = config(
+        dir.path(),
+        &format!("{}/*.log", logs.display()),
+        "    max_files: 2\n",
+    );
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    assert_shipped_once(dir.path(), &["b 1", "b 2", "c 1", "c 2"]).await;
+    write(&a, "a 1\n");
+    let name = c.display().to_string();
+    wait_for("c.log cut by max_files, drained and closed", 10, || {
+        stats.file("app", &name).is_none()
+    })
+    .await;
+    wait_for("a.log read", 10, || shipped(dir.path()).len() == 5).await;
+    std::fs::remove_file(&a).unwrap();
+    write(&c, "c 3\n");
+    assert_shipped_once(dir.path(), &["a 1", "b 1", "b 2", "c 1", "c 2", "c 3"]).await;
+    p.stop(GRACE).await;
 }
 
 /// One file whose name is not UTF-8 among others: every file's position is checkpointed

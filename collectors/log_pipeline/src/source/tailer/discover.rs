@@ -197,13 +197,33 @@ impl Tailer {
             }
             return;
         }
+        // 2. A file that ended here (it left the globs and was drained) and came back, as it
+        // was or grown: on from where it ended.
+        if let Some(i) = self.dead.iter().rposition(|d| {
+            (d.fid.dev, d.fid.ino) == (fid.dev, fid.ino)
+                && d.fid.head_matches(&head)
+                && d.offset <= size
+        }) {
+            let d = self.dead.remove(i);
+            self.young.remove(&(fid.dev, fid.ino));
+            self.add_stream(
+                next_stream_id(),
+                file,
+                path,
+                fid,
+                size,
+                d.offset,
+                "back in the globs",
+            );
+            return;
+        }
         // A file just created may still be written by `cp` (copytruncate): decide once its
         // head is complete, or once it has been seen for a moment.
         let key = (fid.dev, fid.ino);
         let first_seen = *self.young.entry(key).or_insert_with(Instant::now);
         let settled = !self.scanned_once || first_seen.elapsed() >= SETTLE;
         let full = head.len() == HEAD_MAX;
-        // 2. A copy of a live file (copytruncate in progress): wait for the original's end.
+        // 3. A copy of a live file (copytruncate in progress): wait for the original's end.
         if let Some(orig) = self
             .streams
             .iter()
@@ -220,7 +240,7 @@ impl Tailer {
             });
             return;
         }
-        // 3. A copy of an ended file: continue where it ended, once the copy got there.
+        // 4. A copy of an ended file: continue where it ended, once the copy got there.
         if let Some(i) = self
             .dead
             .iter()
@@ -229,7 +249,7 @@ impl Tailer {
             if size < self.dead[i].offset && first_seen.elapsed() < COPY_WAIT {
                 return;
             }
-            let d = self.dead.swap_remove(i);
+            let d = self.dead.remove(i);
             self.young.remove(&key);
             self.add_stream(
                 next_stream_id(),
@@ -246,7 +266,7 @@ impl Tailer {
             return;
         }
         self.young.remove(&key);
-        // 4. read_from: end applies to files present at the very first start.
+        // 5. read_from: end applies to files present at the very first start.
         if self.first_start && !self.scanned_once && self.source.read_from == ReadFrom::End {
             self.add_stream(
                 next_stream_id(),
@@ -350,7 +370,7 @@ impl Tailer {
                             ..e.clone()
                         },
                     );
-                    self.dead.push(DeadFile {
+                    self.remember_ended(DeadFile {
                         fid: e.id,
                         offset: e.offset,
                     });
