@@ -1,5 +1,5 @@
 //! The file tailer end to end through a file sink, off the happy path: a file that leaves the
-//! globs and comes back, a file name that is not UTF-8.
+//! globs and comes back, a file name that is not UTF-8, a tree deeper than `PATH_MAX`.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
@@ -176,5 +176,41 @@ async fn a_file_name_that_is_not_utf8_keeps_every_checkpoint() {
     write(&bad, "bad 2\n");
     let p = Pipeline::start(&cfg, &stats).unwrap();
     assert_shipped_once(dir.path(), &["good 1", "bad 1", "good 2", "bad 2"]).await;
+    p.stop(GRACE).await;
+}
+
+/// A tree deeper than `PATH_MAX` under the globs: the files above are read, and what cannot be
+/// reached is counted (by kind), not silently skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_past_path_max_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    write(&logs.join("top.log"), "top 1\n");
+    let name = "d".repeat(250);
+    let made = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && for i in $(seq 20); do mkdir {name} && cd {name} || exit 1; done && echo deep > deep.log",
+            logs.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let stats = Arc::new(Stats::default());
+    let cfg = config(dir.path(), &format!("{}/**/*.log", logs.display()), "");
+    let p = Pipeline::start(&cfg, &stats).unwrap();
+    assert_shipped_once(dir.path(), &["top 1"]).await;
+    let metric = |kind: &str| -> f64 {
+        let prefix =
+            format!("log_shipper_source_path_errors_total{{source=\"app\",kind=\"{kind}\"}} ");
+        stats
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(metric("name_too_long") >= 1.0, "{}", stats.render());
+    assert_eq!(metric("permission"), 0.0);
     p.stop(GRACE).await;
 }
