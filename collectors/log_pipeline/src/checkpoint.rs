@@ -35,11 +35,47 @@ pub struct FilePosition {
     /// Byte offset after the last record read (offset..read may be re-sent after a crash).
     #[serde(default)]
     pub read: u64,
-    /// Last known path.
+    /// Last known path: a string when it is UTF-8 (as checkpoints always held), else its bytes
+    /// (see [`path_bytes`]).
+    #[serde(with = "path_bytes")]
     pub path: PathBuf,
     /// The file has ended (rotated away and drained, or truncated).
     #[serde(default)]
     pub dead: bool,
+}
+
+/// A path in a checkpoint: a JSON string when it is UTF-8, else the array of its bytes, so
+/// that a file name in another encoding (`bad\xff.log`) is kept exactly and does not stop
+/// the checkpoints of the whole source. Checkpoints written before hold strings only.
+pub mod path_bytes {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize as _, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    /// Writes `path` as a string, or as its bytes when it is not UTF-8.
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        match path.to_str() {
+            Some(text) => text.serialize(s),
+            None => path.as_os_str().as_bytes().serialize(s),
+        }
+    }
+
+    /// Reads a path written by [`serialize`] (or by an older version: a string).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Ok(match Stored::deserialize(d)? {
+            Stored::Text(text) => PathBuf::from(text),
+            Stored::Bytes(bytes) => PathBuf::from(OsString::from_vec(bytes)),
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -465,6 +501,37 @@ mod tests {
         assert!(!path.with_extension("json.tmp").exists());
         std::fs::write(&path, "{").unwrap();
         assert!(matches!(load(&path), Err(CheckpointError::Corrupt { .. })));
+    }
+
+    /// A file name that is not UTF-8 is stored as its bytes and read back exactly, beside the
+    /// other files' positions; a checkpoint of an older version (paths as strings) still loads.
+    #[test]
+    fn a_path_that_is_not_utf8_is_stored_as_bytes_and_old_checkpoints_still_load() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(dir.path(), "pg");
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/x/bad\xff.log"));
+        let entry = |id, path: PathBuf| FilePosition {
+            id,
+            offset: 4,
+            read: 4,
+            path,
+            dead: false,
+        };
+        let entries = vec![entry(id(7), odd), entry(id(8), "/x/good.log".into())];
+        store(&path, &entries).unwrap();
+        assert_eq!(load(&path).unwrap().unwrap(), entries);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""path":"/x/good.log""#), "{text}");
+
+        let old = r#"{"version":1,"files":[{"dev":1,"ino":9,"head_len":3,"head_hash":1,"offset":5,"path":"/x/old.log"}]}"#;
+        std::fs::write(&path, old).unwrap();
+        let loaded = load(&path).unwrap().unwrap();
+        assert_eq!(loaded[0].path, PathBuf::from("/x/old.log"));
+        assert_eq!(
+            (loaded[0].offset, loaded[0].read, loaded[0].dead),
+            (5, 0, false)
+        );
     }
 
     /// A sink about to send records handed off after the last checkpoint waits for one whose

@@ -11,7 +11,11 @@
 //! - Limits: at most [`Limits::max_directories`] distinct directories listed and
 //!   [`Limits::max_files`] files reported; what is past them is left out and
 //!   [`Expansion::limit`] says which was reached. The work queue and the entries kept per
-//!   directory are bounded by the same limits, so memory stays bounded too.
+//!   directory are bounded by the same limits, so memory stays bounded too. Literal names
+//!   after a wildcard (`/d/*/x.log`) are joined, not listed: they count as the files they
+//!   name, not as directories.
+//! - Excludes match the path as found and as resolved, so a symlinked directory or a link
+//!   does not bring an excluded file back.
 //! - Only regular files: FIFOs, sockets, devices (also behind a symlink) and directories are
 //!   never reported, and [`open_regular`] opens with `O_NONBLOCK` and checks the type of what
 //!   it opened, so a path swapped for a FIFO after the expansion does not block the reader.
@@ -23,7 +27,7 @@
 //! `**` matches every file below.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -59,6 +63,67 @@ impl Limit {
     }
 }
 
+/// Why a path the globs reach cannot be used (one that vanished, or whose parent is no
+/// directory, is simply not there: no error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PathError {
+    /// Not allowed to list the directory, search it, or open the file (`EACCES`, `EPERM`).
+    Permission,
+    /// The path is longer than `PATH_MAX` (a very deep tree): it cannot be reached.
+    NameTooLong,
+    /// Anything else (a symlink loop, an I/O error).
+    Other,
+}
+
+impl PathError {
+    /// Every kind, in the order of [`PathError::index`].
+    pub const ALL: [PathError; 3] = [
+        PathError::Permission,
+        PathError::NameTooLong,
+        PathError::Other,
+    ];
+
+    /// What `error` means for a path the globs reach; `None` when the path is simply not
+    /// there (gone meanwhile, or a component is a regular file).
+    pub fn of(error: &std::io::Error) -> Option<PathError> {
+        use std::io::ErrorKind;
+        match error.kind() {
+            ErrorKind::NotFound | ErrorKind::NotADirectory => None,
+            ErrorKind::PermissionDenied => Some(PathError::Permission),
+            ErrorKind::InvalidFilename => Some(PathError::NameTooLong),
+            _ => Some(PathError::Other),
+        }
+    }
+
+    /// Its position in [`PathError::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The `kind` label of its metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            PathError::Permission => "permission",
+            PathError::NameTooLong => "name_too_long",
+            PathError::Other => "other",
+        }
+    }
+}
+
+/// A path the globs reach that cannot be used.
+#[derive(Debug)]
+pub struct Unusable {
+    /// The directory or file.
+    pub path: PathBuf,
+    /// Why.
+    pub kind: PathError,
+    /// The error, as the system gave it.
+    pub error: String,
+}
+
+/// At most this many [`Unusable`] paths are kept per expansion (all are counted).
+pub const MAX_UNUSABLE: usize = 100;
+
 /// A regular file found.
 #[derive(Debug)]
 pub struct Found {
@@ -82,6 +147,11 @@ pub struct Expansion {
     pub repeats: usize,
     /// The limit reached first, if any.
     pub limit: Option<Limit>,
+    /// Directories and files that could not be listed or reached (the first
+    /// [`MAX_UNUSABLE`]).
+    pub unusable: Vec<Unusable>,
+    /// All of them, by [`PathError::index`].
+    pub unusable_counts: [u64; 3],
     /// The stop flag was raised: the result is incomplete and must not be used.
     pub cancelled: bool,
 }
@@ -103,6 +173,17 @@ struct Compiled {
     root: PathBuf,
     /// Never empty.
     steps: Vec<Step>,
+    /// The first step of the literal names that end the pattern (`x.log` of `/d/*/x.log`;
+    /// `steps.len()` when it ends with a wildcard): a path there is joined to a file's path,
+    /// never listed.
+    literal_tail: usize,
+}
+
+impl Compiled {
+    /// Whether a path at step `i` is still to be listed (rather than joined to a file name).
+    fn lists(&self, i: usize) -> bool {
+        i < self.literal_tail
+    }
 }
 
 fn compile(pattern: &str) -> Option<Compiled> {
@@ -124,7 +205,15 @@ fn compile(pattern: &str) -> Option<Compiled> {
             steps.push(Step::Literal(OsString::from(c)));
         }
     }
-    (!steps.is_empty()).then_some(Compiled { root, steps })
+    let literal_tail = steps
+        .iter()
+        .rposition(|s| !matches!(s, Step::Literal(_)))
+        .map_or(0, |i| i + 1);
+    (!steps.is_empty()).then_some(Compiled {
+        root,
+        steps,
+        literal_tail,
+    })
 }
 
 /// A source's include and exclude patterns, compiled once.
@@ -144,6 +233,16 @@ impl Globs {
                 .filter_map(|p| glob::Pattern::new(p).ok())
                 .collect(),
         }
+    }
+
+    /// Whether an exclude pattern matches `path` as found or as resolved (symlinks followed),
+    /// so that an excluded file is not read through a symlinked directory or a link to it.
+    fn excluded(&self, path: &Path) -> bool {
+        let x = &self.excludes;
+        !x.is_empty()
+            && (x.iter().any(|p| p.matches_path(path))
+                || std::fs::canonicalize(path)
+                    .is_ok_and(|real| real != path && x.iter().any(|p| p.matches_path(&real))))
     }
 
     /// Expands the include patterns within `limits`; returns early, with
@@ -202,12 +301,19 @@ impl Walk<'_> {
     }
 
     fn pattern(&mut self, pi: usize, pattern: &Compiled) {
-        // Pending (directory, step): bounded, since every listing pushes its entries.
+        // Pending (directory, step), depth first. The directories still to be listed are
+        // bounded here, since every listing pushes its entries. The paths of a literal tail
+        // are not: they only ever come from the one listing just done (each one is a file
+        // name to try, pushing nothing), which kept at most `max_files + max_directories`.
         let max_pending = self.limits.max_directories.saturating_mul(4).max(64);
         let mut pending: Vec<(PathBuf, usize)> = vec![(pattern.root.clone(), 0)];
+        let mut to_list = usize::from(pattern.lists(0));
         while let Some((dir, i)) = pending.pop() {
             if self.stopped() {
                 return;
+            }
+            if pattern.lists(i) {
+                to_list -= 1;
             }
             let last = i + 1 == pattern.steps.len();
             match &pattern.steps[i] {
@@ -217,29 +323,52 @@ impl Walk<'_> {
                         self.watch(&dir);
                         self.candidate(path);
                     } else {
+                        to_list += usize::from(pattern.lists(i + 1));
                         pending.push((path, i + 1));
                     }
                 }
                 Step::AnyDepth => {
-                    let Some(entries) = self.list(pi, i, &dir, &|_, ft| may_be_dir(ft)) else {
+                    let keep = |_: &OsStr, ft: &std::fs::FileType| may_be_dir(ft);
+                    let Some(entries) = self.list(pi, i, &dir, &keep, Limit::Directories) else {
                         continue;
                     };
                     // Depth first, in name order: this directory's next step, then each
                     // subdirectory.
                     for (name, _) in entries.into_iter().rev() {
-                        if pending.len() >= max_pending {
+                        if to_list >= max_pending {
                             self.reach(Limit::Directories);
                             break;
                         }
+                        to_list += 1;
                         pending.push((dir.join(name), i));
                     }
+                    to_list += usize::from(pattern.lists(i + 1));
                     pending.push((dir, i + 1));
                 }
                 Step::Match(p) => {
-                    let keep = |name: &str, ft: &std::fs::FileType| {
-                        p.matches(name) && (last || may_be_dir(ft))
+                    let next_lists = pattern.lists(i + 1);
+                    // Before a literal tail, only the entries where it names a regular file:
+                    // what is kept (and cut at the limits) is then files, not directories
+                    // that may hold none.
+                    let tail: PathBuf = pattern.steps[(i + 1).min(pattern.steps.len())..]
+                        .iter()
+                        .filter_map(|s| match s {
+                            Step::Literal(n) => Some(n.as_os_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    let keep = |name: &OsStr, ft: &std::fs::FileType| {
+                        p.matches(&name.to_string_lossy())
+                            && (last
+                                || may_be_dir(ft)
+                                    && (next_lists || is_file(&dir.join(name).join(&tail))))
                     };
-                    let Some(entries) = self.list(pi, i, &dir, &keep) else {
+                    let cut = if next_lists {
+                        Limit::Directories
+                    } else {
+                        Limit::Files
+                    };
+                    let Some(entries) = self.list(pi, i, &dir, &keep, cut) else {
                         continue;
                     };
                     if last {
@@ -251,15 +380,34 @@ impl Walk<'_> {
                         }
                     } else {
                         for (name, _) in entries.into_iter().rev() {
-                            if pending.len() >= max_pending {
-                                self.reach(Limit::Directories);
-                                break;
+                            if next_lists {
+                                if to_list >= max_pending {
+                                    self.reach(Limit::Directories);
+                                    break;
+                                }
+                                to_list += 1;
                             }
                             pending.push((dir.join(name), i + 1));
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Notes that `path` could not be used because of `error` (unless it is simply not
+    /// there).
+    fn unusable(&mut self, path: &Path, error: &std::io::Error) {
+        let Some(kind) = PathError::of(error) else {
+            return;
+        };
+        self.out.unusable_counts[kind.index()] += 1;
+        if self.out.unusable.len() < MAX_UNUSABLE {
+            self.out.unusable.push(Unusable {
+                path: path.to_owned(),
+                kind,
+                error: error.to_string(),
+            });
         }
     }
 
@@ -271,15 +419,24 @@ impl Walk<'_> {
 
     /// Lists `dir` for step `step` of pattern `pi`, keeping the entries `keep` accepts, sorted
     /// by name; `None` when it is no directory, was listed for this step already (a loop or
-    /// another path to it), or is past the directory limit.
+    /// another path to it), or is past the directory limit. Entries past what both limits
+    /// together can use are left out, and limit `cut` reached.
     fn list(
         &mut self,
         pi: usize,
         step: usize,
         dir: &Path,
-        keep: &dyn Fn(&str, &std::fs::FileType) -> bool,
+        keep: &dyn Fn(&OsStr, &std::fs::FileType) -> bool,
+        cut: Limit,
     ) -> Option<Vec<(OsString, std::fs::FileType)>> {
-        let meta = std::fs::metadata(dir).ok().filter(Metadata::is_dir)?;
+        let meta = match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => return None,
+            Err(e) => {
+                self.unusable(dir, &e);
+                return None;
+            }
+        };
         let id = (meta.dev(), meta.ino());
         if !self.listed.insert((id.0, id.1, pi, step)) {
             self.out.repeats += 1;
@@ -297,7 +454,7 @@ impl Walk<'_> {
         let read = match std::fs::read_dir(dir) {
             Ok(r) => r,
             Err(e) => {
-                debug!(dir = %dir.display(), error = %e, "Cannot list directory.");
+                self.unusable(dir, &e);
                 return None;
             }
         };
@@ -314,15 +471,12 @@ impl Walk<'_> {
             let Ok(entry) = entry else { continue };
             let Ok(ft) = entry.file_type() else { continue };
             let name = entry.file_name();
-            if !keep(&name.to_string_lossy(), &ft) {
+            if !keep(&name, &ft) {
                 continue;
             }
             if kept.len() >= max_kept {
-                self.reach(if ft.is_dir() {
-                    Limit::Directories
-                } else {
-                    Limit::Files
-                });
+                // Noted, without ending the walk: the entries kept are still used.
+                self.out.limit.get_or_insert(cut);
                 break;
             }
             kept.push((name, ft));
@@ -333,11 +487,15 @@ impl Walk<'_> {
 
     /// A path the pattern matched: reported if it is a regular file not reported yet.
     fn candidate(&mut self, path: PathBuf) {
-        if self.globs.excludes.iter().any(|x| x.matches_path(&path)) {
+        if self.globs.excluded(&path) {
             return;
         }
-        let Ok(meta) = std::fs::metadata(&path) else {
-            return;
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.unusable(&path, &e);
+                return;
+            }
         };
         if !meta.is_file() {
             if !meta.is_dir() {
@@ -367,6 +525,10 @@ impl Walk<'_> {
 
 fn may_be_dir(ft: &std::fs::FileType) -> bool {
     ft.is_dir() || ft.is_symlink()
+}
+
+fn is_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
 fn is_symlink(path: &Path) -> bool {
@@ -590,6 +752,127 @@ mod tests {
         assert_eq!(e.limit, Some(Limit::Directories));
         assert_eq!(e.dirs_listed, 5);
         assert_eq!(e.files.len(), 4, "root and 4 subdirectories");
+    }
+
+    /// An excluded file is left out whatever path reaches it: a symlinked directory, a
+    /// symlink to the file.
+    #[test]
+    fn an_excluded_file_is_left_out_through_symlinks_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        touch(&root.join("in/real/app.log"));
+        touch(&root.join("in/real/secret.log"));
+        symlink("real", root.join("in/alias")).unwrap();
+        symlink("real/secret.log", root.join("in/link.log")).unwrap();
+        let globs = Globs::new(
+            &[format!("{}/in/**/*.log", root.display())],
+            &[format!("{}/in/real/secret.log", root.display())],
+        );
+        let e = globs.expand(LIMITS, &AtomicBool::new(false));
+        assert_eq!(names(&e, root), ["in/alias/app.log"]);
+    }
+
+    /// A tree deeper than `PATH_MAX`: what is past it is reported, not silently skipped;
+    /// a vanished path is no error, a denied one is.
+    #[test]
+    fn paths_past_path_max_are_reported_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        touch(&root.join("top.log"));
+        let name = "d".repeat(250);
+        let made = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "cd '{}' && for i in $(seq 20); do mkdir {name} && cd {name} || exit 1; done && echo x > deep.log",
+                root.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = expand(&[format!("{}/**/*.log", root.display())], LIMITS);
+        assert_eq!(names(&e, root), ["top.log"]);
+        assert_eq!(e.unusable_counts, [0, 1, 0]);
+        assert_eq!(e.unusable[0].kind, PathError::NameTooLong);
+        assert!(e.unusable[0].path.as_os_str().len() > 4096);
+
+        let io = std::io::Error::from_raw_os_error;
+        assert_eq!(PathError::of(&io(libc::ENOENT)), None);
+        assert_eq!(PathError::of(&io(libc::ENOTDIR)), None);
+        assert_eq!(
+            PathError::of(&io(libc::EACCES)),
+            Some(PathError::Permission)
+        );
+        assert_eq!(
+            PathError::of(&io(libc::ENAMETOOLONG)),
+            Some(PathError::NameTooLong)
+        );
+        assert_eq!(PathError::of(&io(libc::ELOOP)), Some(PathError::Other));
+    }
+
+    fn limits(max_files: usize, max_directories: usize) -> Limits {
+        Limits {
+            max_files,
+            max_directories,
+        }
+    }
+
+    /// A literal name after a wildcard (`*/x.log`): the directories it goes through are never
+    /// listed and count against no directory limit; the files it names count against
+    /// `max_files`, exactly.
+    #[test]
+    fn a_literal_name_after_a_wildcard_counts_files_not_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for i in 0..300 {
+            touch(&root.join(format!("lit/d{i:03}/x.log")));
+        }
+        for i in 0..100 {
+            std::fs::create_dir_all(root.join(format!("lit/empty{i:03}"))).unwrap();
+        }
+        let pattern = [format!("{}/lit/*/x.log", root.display())];
+        for (files, dirs, found, limit) in [
+            (1000, 1, 300, None),
+            (300, 1, 300, None),
+            (299, 1, 299, Some(Limit::Files)),
+            (10, 1, 10, Some(Limit::Files)),
+        ] {
+            let e = expand(&pattern, limits(files, dirs));
+            let what = format!("max_files {files}, max_directories {dirs}");
+            assert_eq!(e.files.len(), found, "{what}");
+            assert_eq!(e.limit, limit, "{what}");
+            assert_eq!(e.dirs_listed, 1, "{what}");
+        }
+        let e = expand(&pattern, limits(1000, 1));
+        assert_eq!(e.files[0].path, root.join("lit/d000/x.log"));
+        assert_eq!(e.files[299].path, root.join("lit/d299/x.log"));
+        // Through a literal directory too (`*/sub/x.log`).
+        touch(&root.join("lit/d000/sub/x.log"));
+        touch(&root.join("lit/d001/sub/x.log"));
+        let e = expand(
+            &[format!("{}/lit/*/sub/x.log", root.display())],
+            limits(2, 1),
+        );
+        assert_eq!((e.files.len(), e.limit), (2, None));
+    }
+
+    /// `max_directories` and `max_files` exactly at what a tree holds, and one under.
+    #[test]
+    fn limits_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for i in 0..20 {
+            touch(&root.join(format!("tree/d{i:02}/t.log")));
+        }
+        let tree = [format!("{}/tree/**/*.log", root.display())];
+        let e = expand(&tree, limits(1000, 21));
+        assert_eq!((e.files.len(), e.dirs_listed, e.limit), (20, 21, None));
+        let e = expand(&tree, limits(1000, 20));
+        assert_eq!((e.files.len(), e.dirs_listed), (19, 20));
+        assert_eq!(e.limit, Some(Limit::Directories));
+        let e = expand(&tree, limits(20, 21));
+        assert_eq!((e.files.len(), e.limit), (20, None));
+        let e = expand(&tree, limits(19, 21));
+        assert_eq!((e.files.len(), e.limit), (19, Some(Limit::Files)));
     }
 
     #[test]

@@ -230,6 +230,7 @@ fn validate_files(
     }
     for p in &s.include {
         check_glob(&f("include"), p)?;
+        check_include(&f("include"), p)?;
     }
     for p in &s.exclude {
         check_glob(&f("exclude"), p)?;
@@ -414,4 +415,94 @@ fn check_glob(field: &str, pattern: &str) -> Result<(), ConfigError> {
     glob::Pattern::new(pattern)
         .map(drop)
         .map_err(|e| invalid(field, format!("{pattern:?}: {e}")))
+}
+
+/// Refuses an include pattern that can never match a file: `/`, one ending with `/`, one
+/// naming an existing directory, one below a regular file. One whose directory does not exist
+/// yet is fine (a log directory created later).
+fn check_include(field: &str, pattern: &str) -> Result<(), ConfigError> {
+    let refuse = |why: String| {
+        Err(invalid(
+            field,
+            format!("{pattern:?} never matches a file: {why}"),
+        ))
+    };
+    let trimmed = pattern.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return refuse("it names the root directory; end it with a file name or a pattern for one, e.g. \"/var/log/postgresql/*.log\"".to_owned());
+    }
+    if trimmed.len() != pattern.len() {
+        return refuse(format!(
+            "it ends with '/', so only directories match; e.g. \"{trimmed}/*.log\""
+        ));
+    }
+    let wildcard = |c: &str| c.contains(['*', '?', '[']);
+    // The literal directories before the first wildcard: each must be a directory, if it
+    // exists.
+    let mut path = PathBuf::from("/");
+    for c in pattern.split('/').filter(|c| !c.is_empty()) {
+        if path.exists() && !path.is_dir() {
+            return refuse(format!("{} is a file, not a directory", path.display()));
+        }
+        if wildcard(c) {
+            return Ok(());
+        }
+        path.push(c);
+    }
+    if path.is_dir() {
+        return refuse(format!(
+            "it is a directory; to read the files in it write \"{trimmed}/*.log\""
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    fn include_error(pattern: &str) -> Option<String> {
+        let yaml = format!(
+            "checkpoint_dir: /var/lib/ls\nsources: {{app: {{include: ['{pattern}'], format: plain}}}}\nsinks: {{f: {{type: file, path: /tmp/out.jsonl}}}}\n"
+        );
+        Config::parse(&yaml).err().map(|e| e.to_string())
+    }
+
+    /// An include that can never match a file is refused, naming the field and saying why;
+    /// one whose directory does not exist yet is accepted.
+    #[test]
+    fn an_include_that_can_never_match_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        for (pattern, says) in [
+            ("/".to_owned(), "root directory"),
+            ("//".to_owned(), "root directory"),
+            (format!("{root}/logs"), "it is a directory"),
+            (format!("{root}/logs/"), "ends with '/'"),
+            (format!("{root}/logs/*.log/"), "ends with '/'"),
+            (format!("{root}/file/*.log"), "is a file, not a directory"),
+            (
+                format!("{root}/file/sub/x.log"),
+                "is a file, not a directory",
+            ),
+        ] {
+            let e = include_error(&pattern).unwrap_or_else(|| panic!("{pattern} accepted"));
+            assert!(e.starts_with("sources.app.include: "), "{e}");
+            assert!(
+                e.contains("never matches a file") && e.contains(says),
+                "{e}"
+            );
+        }
+        for pattern in [
+            format!("{root}/logs/*.log"),
+            format!("{root}/logs/app.log"),
+            format!("{root}/not-yet/*.log"),
+            format!("{root}/not-yet/sub/app.log"),
+            format!("{root}/*/x.log"),
+        ] {
+            assert_eq!(include_error(&pattern), None, "{pattern}");
+        }
+    }
 }

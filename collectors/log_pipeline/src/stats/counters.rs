@@ -60,6 +60,9 @@ pub struct SourceCounters {
     pub glob_directories: AtomicU64,
     /// Expansions cut short at `max_files` or `max_directories`.
     pub glob_limit_hits: AtomicU64,
+    /// Directories and files the globs reach that could not be listed, reached or opened,
+    /// each time, by [`PathError::index`](crate::expand::PathError::index).
+    pub path_errors: [AtomicU64; 3],
 }
 
 /// Counters of one sink.

@@ -16,6 +16,7 @@ use std::time::Instant;
 use agent_kit::exposition::{MetricType, TextEncoder};
 use agent_kit::sync::lock;
 
+use crate::expand::PathError;
 use crate::format::Format;
 use crate::record::Record;
 use postgres::PgLogMetrics;
@@ -262,6 +263,20 @@ impl Stats {
             "Glob expansions cut short at max_files or max_directories: the files past the limit are not read.",
             Counter,
             per_source(|c| ld(&c.glob_limit_hits)),
+        );
+        family(
+            enc,
+            "log_shipper_source_path_errors_total",
+            "Directories and files the include globs reach that could not be listed, reached or opened (each time), by kind: permission, name_too_long (longer than PATH_MAX), other.",
+            Counter,
+            sources.iter().flat_map(|(source, c)| {
+                PathError::ALL.into_iter().map(move |k| {
+                    (
+                        [("source", source.as_str()), ("kind", k.label())],
+                        ld(&c.path_errors[k.index()]),
+                    )
+                })
+            }),
         );
         family(
             enc,

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -12,10 +13,10 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::{COPY_WAIT, DeadFile, PendingCopy, SETTLE, Stream, Tailer};
+use super::{COPY_WAIT, DeadFile, MAX_WARNED, PendingCopy, SETTLE, Stream, Tailer};
 use crate::checkpoint::FilePosition;
 use crate::config::ReadFrom;
-use crate::expand::{Expansion, Found, Limit, Limits, open_regular};
+use crate::expand::{Expansion, Found, Limit, Limits, PathError, open_regular};
 use crate::identity::{FileId, HEAD_MAX, StreamId, file_id, next_stream_id, read_head};
 use crate::parse::{Framer, Parser};
 
@@ -80,9 +81,16 @@ impl Tailer {
             max_files: self.source.max_files,
             max_directories: self.source.max_directories,
         };
-        let e = self.globs.expand(limits, &self.stop);
+        let mut e = self.globs.expand(limits, &self.stop);
         if e.cancelled {
             return None;
+        }
+        for kind in PathError::ALL {
+            self.counters.path_errors[kind.index()]
+                .fetch_add(e.unusable_counts[kind.index()], Ordering::Relaxed);
+        }
+        for u in std::mem::take(&mut e.unusable) {
+            self.warn_unusable(&u.path, u.kind, &u.error);
         }
         let c = &self.counters;
         let before = (
@@ -165,15 +173,23 @@ impl Tailer {
 
     /// Opens a newly seen file and decides where to start reading it.
     fn open_new(&mut self, path: &Path) {
-        let (file, meta) = match open_regular(path) {
+        let opened = open_regular(path).and_then(|(file, meta)| {
+            let head = read_head(&file)?;
+            Ok((file, meta, head))
+        });
+        let (file, meta, head) = match opened {
             Ok(f) => f,
             Err(e) => {
-                debug!(path = %path.display(), error = %e, "Cannot open file.");
+                // Not there any more, or no longer a regular file: the next expansion says.
+                match PathError::of(&e).filter(|_| e.kind() != ErrorKind::InvalidInput) {
+                    Some(kind) => {
+                        self.counters.path_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+                        self.warn_unusable(path, kind, &e.to_string());
+                    }
+                    None => debug!(path = %path.display(), error = %e, "Cannot open file."),
+                }
                 return;
             }
-        };
-        let Ok(head) = read_head(&file) else {
-            return;
         };
         let fid = file_id(&meta, &head);
         let size = meta.len();
@@ -197,13 +213,33 @@ impl Tailer {
             }
             return;
         }
+        // 2. A file that ended here (it left the globs and was drained) and came back, as it
+        // was or grown: on from where it ended.
+        if let Some(i) = self.dead.iter().rposition(|d| {
+            (d.fid.dev, d.fid.ino) == (fid.dev, fid.ino)
+                && d.fid.head_matches(&head)
+                && d.offset <= size
+        }) {
+            let d = self.dead.remove(i);
+            self.young.remove(&(fid.dev, fid.ino));
+            self.add_stream(
+                next_stream_id(),
+                file,
+                path,
+                fid,
+                size,
+                d.offset,
+                "back in the globs",
+            );
+            return;
+        }
         // A file just created may still be written by `cp` (copytruncate): decide once its
         // head is complete, or once it has been seen for a moment.
         let key = (fid.dev, fid.ino);
         let first_seen = *self.young.entry(key).or_insert_with(Instant::now);
         let settled = !self.scanned_once || first_seen.elapsed() >= SETTLE;
         let full = head.len() == HEAD_MAX;
-        // 2. A copy of a live file (copytruncate in progress): wait for the original's end.
+        // 3. A copy of a live file (copytruncate in progress): wait for the original's end.
         if let Some(orig) = self
             .streams
             .iter()
@@ -220,7 +256,7 @@ impl Tailer {
             });
             return;
         }
-        // 3. A copy of an ended file: continue where it ended, once the copy got there.
+        // 4. A copy of an ended file: continue where it ended, once the copy got there.
         if let Some(i) = self
             .dead
             .iter()
@@ -229,7 +265,7 @@ impl Tailer {
             if size < self.dead[i].offset && first_seen.elapsed() < COPY_WAIT {
                 return;
             }
-            let d = self.dead.swap_remove(i);
+            let d = self.dead.remove(i);
             self.young.remove(&key);
             self.add_stream(
                 next_stream_id(),
@@ -246,7 +282,7 @@ impl Tailer {
             return;
         }
         self.young.remove(&key);
-        // 4. read_from: end applies to files present at the very first start.
+        // 5. read_from: end applies to files present at the very first start.
         if self.first_start && !self.scanned_once && self.source.read_from == ReadFrom::End {
             self.add_stream(
                 next_stream_id(),
@@ -260,6 +296,32 @@ impl Tailer {
             return;
         }
         self.add_stream(next_stream_id(), file, path, fid, size, 0, "new file");
+    }
+
+    /// Warns that `path` cannot be used, once per path (until it is read): an unreadable
+    /// directory or file, a path past `PATH_MAX`. Past [`MAX_WARNED`] paths, at debug level
+    /// (the metric counts them all).
+    fn warn_unusable(&mut self, path: &Path, kind: PathError, error: &str) {
+        let source = &self.source.name;
+        if self.warned.contains(path) {
+            return;
+        }
+        if self.warned.len() >= MAX_WARNED {
+            debug!(source = %source, path = %path.display(), kind = kind.label(), error, "Cannot read this path.");
+            return;
+        }
+        self.warned.insert(path.to_owned());
+        let why = match kind {
+            PathError::Permission => {
+                "permission denied: give the shipper's user access to it, or narrow the globs"
+            }
+            PathError::NameTooLong => "the path is longer than PATH_MAX (a very deep tree)",
+            PathError::Other => "see the error",
+        };
+        warn!(source = %source, path = %path.display(), kind = kind.label(), error, "Cannot read this directory or file, nor what is below it: {why}. Warned once per path; log_shipper_source_path_errors_total counts every time.");
+        if self.warned.len() == MAX_WARNED {
+            warn!(source = %source, "{MAX_WARNED} paths warned about: further ones are logged at debug level only.");
+        }
     }
 
     /// Starts reading `file` at `start` as stream `id` (a new one, or a checkpointed file's,
@@ -276,6 +338,7 @@ impl Tailer {
         why: &str,
     ) {
         info!(source = %self.source.name, path = %path.display(), offset = start, reason = why, "Reading file.");
+        self.warned.remove(path);
         self.progress.register(id, fid, path, start);
         self.counters.files_opened.fetch_add(1, Ordering::Relaxed);
         self.streams.push(Stream {
@@ -350,7 +413,7 @@ impl Tailer {
                             ..e.clone()
                         },
                     );
-                    self.dead.push(DeadFile {
+                    self.remember_ended(DeadFile {
                         fid: e.id,
                         offset: e.offset,
                     });

@@ -12,7 +12,12 @@
 //!   at the very first start with `read_from: end`; otherwise the beginning.
 //! - Rotation: a file that left the globs keeps being read through its open descriptor until it
 //!   has been at EOF for `rotate_wait`; at start, a checkpointed file found under another name
-//!   in the same directory is drained too.
+//!   in the same directory is drained too. A file that comes back into the globs after that
+//!   (renamed back, within `max_files` again) is read on from where it ended.
+//! - Unusable paths: a directory or file the globs reach that cannot be listed, reached or
+//!   opened (permission denied, longer than `PATH_MAX`) is warned about once per path and
+//!   counted each time by kind (`log_shipper_source_path_errors_total`); a path that vanished
+//!   is no error.
 //! - Backpressure: records go to the sinks through bounded channels; when a sink's buffer is
 //!   full, this thread blocks and reading pauses.
 //!
@@ -56,6 +61,10 @@ const COPY_WAIT: Duration = Duration::from_secs(30);
 /// How long a new file shorter than its identifying head waits before it is opened (it may be
 /// a copy in progress).
 const SETTLE: Duration = Duration::from_millis(500);
+/// Unusable paths (unreadable, past `PATH_MAX`) warned about one by one, at most.
+const MAX_WARNED: usize = 1000;
+/// Ended files remembered (where each stopped), for their copies and their return.
+const MAX_ENDED: usize = 1000;
 /// How often the files' sizes (their lag) are refreshed while reading waits on a full buffer.
 const LAG_REFRESH: Duration = Duration::from_secs(1);
 
@@ -159,6 +168,7 @@ struct Tailer {
     streams: Vec<Stream>,
     /// Checkpoint entries of live files not found yet.
     known: Vec<(StreamId, FilePosition)>,
+    /// Ended files (drained, truncated; also from the checkpoint), the latest last.
     dead: Vec<DeadFile>,
     /// Streams that ended (truncated or dropped) → their committed offset.
     ended: HashMap<StreamId, u64>,
@@ -175,6 +185,8 @@ struct Tailer {
     watched: HashSet<PathBuf>,
     /// The include and exclude patterns, compiled.
     globs: Globs,
+    /// Unusable paths warned about (once each, until read).
+    warned: HashSet<PathBuf>,
     /// The limit the last expansion reached (warned about once until it clears).
     glob_limit: Option<Limit>,
     /// No expansion before this (see [`Tailer::run`]).
@@ -255,6 +267,7 @@ impl Tailer {
             watcher: None,
             watched: HashSet::new(),
             globs,
+            warned: HashSet::new(),
             glob_limit: None,
             scan_gap_until: Instant::now(),
             closed: false,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{DeadFile, LAG_REFRESH, READ_CHUNK, StreamTurn, Tailer};
+use super::{DeadFile, LAG_REFRESH, MAX_ENDED, READ_CHUNK, StreamTurn, Tailer};
 use crate::chunk::Chunk;
 use crate::identity::{FileId, StreamId, head_hash, next_stream_id, read_head};
 use crate::parse::{Framer, RawRecord};
@@ -34,6 +34,12 @@ impl Tailer {
                     let s = self.streams.swap_remove(i);
                     info!(source = %self.source.name, path = %s.path.display(), "File drained and closed.");
                     self.ended.insert(s.id, s.framer.committed());
+                    // Where it ended, should it come back into the globs (renamed back, or
+                    // within max_files again): read on from there, not from 0.
+                    self.remember_ended(DeadFile {
+                        fid: s.fid,
+                        offset: s.framer.committed(),
+                    });
                     self.progress.end(s.id);
                     self.stats
                         .file_closed(&self.source.name, &s.path.to_string_lossy());
@@ -191,13 +197,12 @@ impl Tailer {
         let old_id = s.id;
         let committed = s.framer.committed();
         self.ended.insert(old_id, committed);
-        self.dead.push(DeadFile {
+        let ended = DeadFile {
             fid: s.fid,
             offset: committed,
-        });
-        if self.dead.len() > 1000 {
-            self.dead.remove(0);
-        }
+        };
+        self.remember_ended(ended);
+        let s = &mut self.streams[i];
         self.progress.end(old_id);
         let new_id = next_stream_id();
         let meta_fid = FileId {
@@ -214,6 +219,15 @@ impl Tailer {
         self.progress.register(new_id, meta_fid, &s.path, 0);
         self.resolve_pending_copies();
         false
+    }
+
+    /// Keeps where an ended file stopped (the latest last), for its copies and its return;
+    /// the oldest of more than [`MAX_ENDED`] are forgotten.
+    pub(super) fn remember_ended(&mut self, d: DeadFile) {
+        self.dead.push(d);
+        if self.dead.len() > MAX_ENDED {
+            self.dead.remove(0);
+        }
     }
 
     /// The chunk of stream `i` for `raws`, up to offset `end`: each record parsed, seen by the
