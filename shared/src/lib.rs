@@ -1,6 +1,7 @@
 //! What every agent of the suite shares, so that they all serve, log and take flags the same
 //! way as the Go exporters they replace.
 //!
+//! - [`allocator`]: jemalloc for every agent, and why;
 //! - [`cli`]: the `--web.*` and `--log.*` flags;
 //! - [`entry`]: the shared `main` (flags, logging, runtime, exit codes);
 //! - [`server`]: the HTTP server (TLS, basic auth, landing page, graceful shutdown, SIGHUP
@@ -16,6 +17,7 @@
 //! - [`yaml`]: YAML config files parsed with a guard against pathological nesting and errors
 //!   placed at a line and column.
 
+pub mod allocator;
 pub mod cli;
 pub mod entry;
 pub mod exposition;
