@@ -60,8 +60,8 @@ pub struct PlannedCollector {
     pub config: Arc<CollectorConfig>,
     /// Its counters since the last plan.
     pub stats: CollectorStats,
-    /// The latest execution's outcome without its rendered lines (the cache keeps those for
-    /// the TTL), for sample counts, errors, durations and the remaining TTL.
+    /// The latest execution's outcome without its samples (the cache keeps those for the
+    /// TTL), for sample counts, errors, durations and the remaining TTL.
     pub last: Mutex<Option<Arc<Outcome>>>,
 }
 
@@ -745,7 +745,7 @@ impl Server {
                 warn!(collector = %planned.config.branch, url = %self.info.masked(), error = %e, "Collector failed.");
             }
             for family in &mut outcome.families {
-                family.lines.shrink_to_fit();
+                family.values.shrink_to_fit();
             }
             *planned.last.lock().expect("outcome lock") = Some(Arc::new(summary(&outcome)));
             // Cheap to clone: served to every scrape until it expires.
@@ -774,7 +774,7 @@ fn count(stats: &CollectorStats, outcome: &Outcome, executed: bool) {
     }
 }
 
-/// `outcome` without its rendered lines.
+/// `outcome` without its samples.
 fn summary(outcome: &Outcome) -> Outcome {
     Outcome {
         families: outcome
@@ -784,7 +784,8 @@ fn summary(outcome: &Outcome) -> Outcome {
                 name: f.name.clone(),
                 help: f.help.clone(),
                 kind: f.kind,
-                lines: String::new(),
+                labels: Arc::default(),
+                values: Vec::new(),
                 samples: f.samples,
             })
             .collect(),
