@@ -180,7 +180,7 @@ impl Outcome {
 }
 
 /// Runs `collector` on `conn`: predicates first (each possibly cached in `predicate_cache`),
-/// then the query, all within the collector's timeout.
+/// then the query, each within the collector's timeout (counted from when it is sent).
 pub async fn execute(
     collector: &CollectorConfig,
     conn: &DbConnection,
@@ -188,12 +188,11 @@ pub async fn execute(
     predicate_cache: &PredicateCache,
 ) -> Outcome {
     let started = Instant::now();
-    let deadline = collector.timeout.map(|t| started + t);
     for predicate in &collector.predicate_queries {
         let passed = match predicate_cache.get(&collector.branch, &predicate.name) {
             Some(passed) => passed,
             None => {
-                let result = match conn.query(&predicate.query, deadline).await {
+                let result = match conn.query(&predicate.query, collector.timeout).await {
                     Ok(r) => r,
                     Err(e) => return Outcome::failed(started, e.into()),
                 };
@@ -219,7 +218,7 @@ pub async fn execute(
             };
         }
     }
-    let result = match conn.query(&collector.query, deadline).await {
+    let result = match conn.query(&collector.query, collector.timeout).await {
         Ok(r) => r,
         Err(e) => return Outcome::failed(started, e.into()),
     };

@@ -441,13 +441,20 @@ impl Exporter {
             }
             None => self.set_health(Health::Down),
         }
-        let forks: Vec<Arc<Server>> = self
-            .forks
-            .lock()
-            .expect("forks lock")
-            .values()
-            .cloned()
-            .collect();
+        // Without the main server's pre-check, which databases exist and which a DBA's
+        // statement holds is unknown: none is scraped. A database being dropped or renamed
+        // is left alone until the statement ends.
+        let forks: Vec<Arc<Server>> = match &instance {
+            None => Vec::new(),
+            Some(facts) => self
+                .forks
+                .lock()
+                .expect("forks lock")
+                .iter()
+                .filter(|(db, _)| !facts.busy_databases.contains(db))
+                .map(|(_, server)| server.clone())
+                .collect(),
+        };
         // Each waits for a connection of the budget only when it has something to execute.
         let fork_scrapes: Vec<ServerScrape> = futures_util::future::join_all(
             forks
