@@ -122,15 +122,6 @@ impl FamilyOutput {
     pub fn write_sample(&self, index: usize, out: &mut String) {
         write_sample_with_labels(out, &self.name, self.labels.get(index), self.values[index]);
     }
-
-    /// The family's samples as lines of the text format.
-    pub fn lines(&self) -> String {
-        let mut out = String::new();
-        for i in 0..self.values.len() {
-            self.write_sample(i, &mut out);
-        }
-        out
-    }
 }
 
 /// The result of one real execution, kept in the TTL cache until it expires.
@@ -537,6 +528,15 @@ fn render_histogram(
 mod tests {
     use super::*;
 
+    /// The family's samples as lines of the text format.
+    fn lines(family: &FamilyOutput) -> String {
+        let mut out = String::new();
+        for i in 0..family.values.len() {
+            family.write_sample(i, &mut out);
+        }
+        out
+    }
+
     /// A collector with text, integer, float, boolean and NULL labels, scaled and defaulted
     /// values, a value that is no number, a duplicate label set and a histogram, rendered with a
     /// constant label, as the text format writes it (headers left to the scrape).
@@ -626,7 +626,7 @@ t:
                 family.kind.as_str(),
                 family.samples
             ));
-            out.push_str(&family.lines());
+            out.push_str(&lines(family));
         }
         // As rendered before label sets were shared by the families (commit d14206e).
         let want = r#"# t_v "value in s" gauge 4
@@ -674,6 +674,6 @@ t_h_sum{name="x",id="-2",ratio="1e+21",flag="false",cls="pg-\"test\""} 2
             rows: vec![vec![Value::Int(2)]],
         };
         let rendered = render(config, &result, &[]).unwrap();
-        assert_eq!(rendered.families[0].lines(), "u_x 2\n");
+        assert_eq!(lines(&rendered.families[0]), "u_x 2\n");
     }
 }
