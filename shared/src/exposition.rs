@@ -189,16 +189,43 @@ pub fn write_sample<'l>(
 ) {
     out.push_str(name);
     out.push_str(suffix);
+    out.push('{');
+    let start = out.len();
+    write_labels(out, labels);
+    if out.len() == start {
+        out.pop();
+    } else {
+        out.push('}');
+    }
+    out.push(' ');
+    write_value(out, value);
+    out.push('\n');
+}
+
+/// Appends a label set as a sample line holds it between its braces: `k="v",k2="v2"`, the
+/// values escaped; nothing for no labels. Engines that keep one label set for several samples
+/// render it once with this and write each sample with [`write_sample_with_labels`].
+pub fn write_labels<'l>(out: &mut String, labels: impl IntoIterator<Item = (&'l str, &'l str)>) {
     let mut first = true;
     for (k, v) in labels {
-        out.push(if first { '{' } else { ',' });
+        if !first {
+            out.push(',');
+        }
         first = false;
         out.push_str(k);
         out.push_str("=\"");
         escape_label_value(out, v);
         out.push('"');
     }
-    if !first {
+}
+
+/// Appends one sample line `name{labels} value` whose `labels` were rendered by
+/// [`write_labels`] (no braces when empty).
+pub fn write_sample_with_labels(out: &mut String, name: &str, labels: &str, value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        out.push_str(labels);
         out.push('}');
     }
     out.push(' ');
@@ -286,6 +313,85 @@ pub fn metrics_response(body: String, request_headers: &HeaderMap) -> Response {
         }
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Serves an exposition produced in `chunks` as the response body is sent, in the text format
+/// 0.0.4, gzip-compressed chunk by chunk when the request's `Accept-Encoding` allows gzip: the
+/// whole body is never held, neither plain nor compressed. A chunk is produced when the
+/// connection is ready for more, so a slow client paces the producer.
+pub fn metrics_response_stream<I>(chunks: I, request_headers: &HeaderMap) -> Response
+where
+    I: Iterator<Item = String> + Send + 'static,
+{
+    let content_type = HeaderValue::from_static(TEXT_CONTENT_TYPE);
+    let ok = |chunk| Ok::<_, std::convert::Infallible>(chunk);
+    if accepts_gzip(request_headers) {
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(
+            GzipChunks::new(chunks).map(ok),
+        ));
+        return (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CONTENT_ENCODING, HeaderValue::from_static("gzip")),
+            ],
+            body,
+        )
+            .into_response();
+    }
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(
+        chunks
+            .filter(|c| !c.is_empty())
+            .map(String::into_bytes)
+            .map(ok),
+    ));
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Text chunks compressed into one gzip stream, handed on once [`GzipChunks::SEND_AT`] bytes
+/// of it are ready (and the rest at the end).
+struct GzipChunks<I> {
+    chunks: I,
+    gz: Option<flate2::write::GzEncoder<Vec<u8>>>,
+}
+
+impl<I> GzipChunks<I> {
+    const SEND_AT: usize = 32 * 1024;
+
+    fn new(chunks: I) -> Self {
+        GzipChunks {
+            chunks,
+            gz: Some(flate2::write::GzEncoder::new(
+                Vec::with_capacity(Self::SEND_AT * 2),
+                flate2::Compression::fast(),
+            )),
+        }
+    }
+}
+
+impl<I: Iterator<Item = String>> Iterator for GzipChunks<I> {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let gz = self.gz.as_mut()?;
+            match self.chunks.next() {
+                Some(chunk) => {
+                    // Writing into a Vec cannot fail.
+                    let _ = gz.write_all(chunk.as_bytes());
+                    if gz.get_ref().len() >= Self::SEND_AT {
+                        let ready =
+                            std::mem::replace(gz.get_mut(), Vec::with_capacity(Self::SEND_AT * 2));
+                        return Some(ready);
+                    }
+                }
+                None => {
+                    let rest = self.gz.take()?.finish().unwrap_or_default();
+                    return Some(rest);
+                }
+            }
+        }
+    }
 }
 
 /// Whether `Accept-Encoding` lists gzip with a non-zero quality.
@@ -452,5 +558,74 @@ d_seconds_count{db=\"app\",cls=\"pg-test\"} 6
 
         let plain = metrics_response(text.clone(), &HeaderMap::new());
         assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+    }
+
+    #[tokio::test]
+    async fn streamed_chunks_arrive_whole_plain_and_gzipped() {
+        // Enough text for several compressed pieces, in chunks of uneven sizes, empty ones too.
+        let chunks: Vec<String> = (0..300u64)
+            .map(|i| {
+                (0..i % 7 * 40)
+                    .map(|j| {
+                        format!(
+                            "a{{n=\"{i}\"}} {}\n",
+                            (i * 1000 + j) * 2_654_435_761 % 1_000_000_007
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let text: String = chunks.concat();
+        // Compressed pieces are handed on as they fill, not all at the end.
+        assert!(GzipChunks::new(chunks.clone().into_iter()).count() > 3);
+        let mut gz = HeaderMap::new();
+        gz.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        let resp = metrics_response_stream(chunks.clone().into_iter(), &gz);
+        assert_eq!(resp.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], TEXT_CONTENT_TYPE);
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let mut decoded = String::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, text);
+
+        let plain = metrics_response_stream(chunks.into_iter(), &HeaderMap::new());
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        let bytes = axum::body::to_bytes(plain.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(bytes, text.as_bytes());
+
+        // Nothing at all is still a valid gzip stream.
+        let resp = metrics_response_stream(std::iter::empty(), &gz);
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let mut decoded = String::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut decoded)
+            .unwrap();
+        assert!(decoded.is_empty());
+    }
+
+    #[test]
+    fn labels_rendered_once_write_the_same_lines() {
+        let pairs = [("name", "a\"b\\c\nd"), ("unit", "")];
+        let mut line = String::new();
+        write_sample(&mut line, "pg_setting", "", pairs, 1.5);
+        let mut labels = String::new();
+        write_labels(&mut labels, pairs);
+        let mut again = String::new();
+        write_sample_with_labels(&mut again, "pg_setting", &labels, 1.5);
+        assert_eq!(again, line);
+        let mut bare = String::new();
+        write_sample_with_labels(&mut bare, "pg_up", "", 1.0);
+        let mut want = String::new();
+        write_sample(&mut want, "pg_up", "", [], 1.0);
+        assert_eq!(bare, want);
+        assert_eq!(bare, "pg_up 1\n");
     }
 }

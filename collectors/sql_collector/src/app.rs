@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_kit::cli::{LogArgs, WebArgs};
-use agent_kit::exposition::metrics_response;
+use agent_kit::exposition::metrics_response_stream;
 use agent_kit::redact::mask_password;
 use agent_kit::server::{HttpServer, Lifecycle};
 use axum::Router;
@@ -607,8 +607,11 @@ fn scrape_deadline(headers: &HeaderMap) -> Option<Instant> {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let body = state.exporter.scrape(scrape_deadline(&headers)).await;
-    metrics_response(body, &headers)
+    let exposition = state
+        .exporter
+        .scrape_exposition(scrape_deadline(&headers))
+        .await;
+    metrics_response_stream(exposition, &headers)
 }
 
 async fn health_up(State(state): State<Arc<AppState>>) -> Response {

@@ -6,7 +6,7 @@
 //! the simple protocol; its values arrive as untyped text.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio_postgres::{CancelToken, Client, SimpleQueryMessage};
@@ -32,6 +32,10 @@ pub enum QueryError {
     #[error("{0}")]
     Db(String),
 }
+
+/// How long a statement cancelled at its timeout is given to end before the connection's
+/// next statement is sent.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(1);
 
 /// Column names and decoded rows of one query.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,12 +68,15 @@ impl LastNotice {
     }
 }
 
-/// One open connection.
+/// One open connection. Its queries run one at a time, in the order they ask: a timeout
+/// counts from the moment the statement is sent, never the wait behind another scrape's
+/// statement, and the cancel request sent when it expires can only reach its own statement.
 pub struct DbConnection {
     client: Client,
     protocol: Protocol,
     canceller: Canceller,
     notice: LastNotice,
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for DbConnection {
@@ -89,6 +96,7 @@ impl DbConnection {
             protocol,
             canceller,
             notice: LastNotice::default(),
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -115,32 +123,33 @@ impl DbConnection {
         &self.client
     }
 
-    /// Runs `sql`; when `deadline` passes first, cancels the statement on the server and
-    /// returns [`QueryError::Timeout`]. The connection stays usable afterwards.
+    /// Runs `sql` once the statements asked for before it on this connection have ended;
+    /// when `timeout` passes after it was sent, cancels it on the server and returns
+    /// [`QueryError::Timeout`]. The connection stays usable afterwards: the next statement is
+    /// sent only once the cancelled one has ended (or [`CANCEL_GRACE`] has passed), so the
+    /// cancel cannot hit it.
     pub async fn query(
         &self,
         sql: &str,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> Result<ResultSet, QueryError> {
+        let _turn = self.turn.lock().await;
         let run = async {
             match self.protocol {
                 Protocol::Extended => self.query_extended(sql).await,
                 Protocol::Simple => self.query_simple(sql).await,
             }
         };
-        let Some(deadline) = deadline else {
+        let Some(timeout) = timeout else {
             return run.await;
         };
-        let started = Instant::now();
-        match tokio::time::timeout_at(deadline.into(), run).await {
-            Ok(result) => result,
-            Err(_) => {
-                (self.canceller)(self.client.cancel_token()).await;
-                Err(QueryError::Timeout(
-                    deadline.saturating_duration_since(started),
-                ))
-            }
+        let mut run = std::pin::pin!(run);
+        if let Ok(result) = tokio::time::timeout(timeout, run.as_mut()).await {
+            return result;
         }
+        (self.canceller)(self.client.cancel_token()).await;
+        let _ = tokio::time::timeout(CANCEL_GRACE, run).await;
+        Err(QueryError::Timeout(timeout))
     }
 
     async fn query_extended(&self, sql: &str) -> Result<ResultSet, QueryError> {

@@ -22,10 +22,11 @@ use agent_kit::exposition::{MetricType, TextEncoder, write_header};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::collector::{FamilyOutput, LabelSets};
 use crate::config::CollectorSet;
 use crate::conninfo::ConnInfo;
 use crate::planner::ServerKind;
-use crate::server::{Collected, EngineSettings, OutcomeCache, Probe, Server, ServerScrape};
+use crate::server::{EngineSettings, OutcomeCache, Probe, Server, ServerScrape};
 
 /// How often the server's liveness and role are probed for `/up`, `/primary`, `/replica`.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -393,10 +394,38 @@ impl Exporter {
         }
     }
 
-    /// One whole scrape: the main server, then the discovered databases in parallel within
-    /// the connection budget, then the self-metrics. Stops waiting at `deadline` (from the
-    /// scraper's timeout header).
+    /// One whole scrape as text, as [`Exporter::scrape_exposition`] writes it.
     pub async fn scrape(&self, deadline: Option<Instant>) -> String {
+        let mut families = self.collect(deadline).await;
+        let mut out = String::new();
+        families.write(&mut out, usize::MAX);
+        let Families {
+            up,
+            servers,
+            scrapes,
+            ..
+        } = families;
+        // The outcomes not cached are freed before the self-metrics are written.
+        drop(scrapes);
+        if !self.settings.disable_intro {
+            self.render_self_metrics(&mut out, up, &servers);
+        }
+        out
+    }
+
+    /// One whole scrape: the main server, then the discovered databases in parallel within
+    /// the connection budget. Stops waiting at `deadline` (from the scraper's timeout
+    /// header). The text (every collector family, then the self-metrics) is written as the
+    /// returned [`Exposition`] is read, chunk by chunk, never whole.
+    pub async fn scrape_exposition(self: &Arc<Self>, deadline: Option<Instant>) -> Exposition {
+        Exposition {
+            exporter: self.clone(),
+            families: Some(self.collect(deadline).await),
+        }
+    }
+
+    /// Scrapes every server and groups their families.
+    async fn collect(&self, deadline: Option<Instant>) -> Families {
         let started = Instant::now();
         let main = self.primary.scrape(deadline, None).await;
         self.fatal_failed.store(main.fatal_failed, Ordering::SeqCst);
@@ -414,13 +443,20 @@ impl Exporter {
             }
             None => self.set_health(Health::Down),
         }
-        let forks: Vec<Arc<Server>> = self
-            .forks
-            .lock()
-            .expect("forks lock")
-            .values()
-            .cloned()
-            .collect();
+        // Without the main server's pre-check, which databases exist and which a DBA's
+        // statement holds is unknown: none is scraped. A database being dropped or renamed
+        // is left alone until the statement ends.
+        let forks: Vec<Arc<Server>> = match &instance {
+            None => Vec::new(),
+            Some(facts) => self
+                .forks
+                .lock()
+                .expect("forks lock")
+                .iter()
+                .filter(|(db, _)| !facts.busy_databases.contains(db))
+                .map(|(_, server)| server.clone())
+                .collect(),
+        };
         // Each waits for a connection of the budget only when it has something to execute.
         let fork_scrapes: Vec<ServerScrape> = futures_util::future::join_all(
             forks
@@ -442,27 +478,20 @@ impl Exporter {
             );
         }
 
-        // Sized once: with hundreds of databases the body is megabytes, and a doubling
-        // String would reserve up to twice that.
-        let mut body = String::new();
         let up = main.up;
-        let scrapes: Vec<(&Arc<Server>, ServerScrape)> = std::iter::once((&self.primary, main))
-            .chain(forks.iter().zip(fork_scrapes))
-            .collect();
-        self.render_collector_output(&mut body, &scrapes);
-        // The outcomes not cached are freed before the self-metrics are written.
-        drop(scrapes);
+        let mut servers = vec![self.primary.clone()];
+        servers.extend(forks);
+        let scrapes: Vec<ServerScrape> = std::iter::once(main).chain(fork_scrapes).collect();
+        let groups = self.group_families(&servers, &scrapes);
         *self.last_scrape_duration.lock().expect("lock") = started.elapsed().as_secs_f64();
         *self.last_scrape_time.lock().expect("lock") = unix_now();
-        if !self.settings.disable_intro {
-            let mut servers = vec![self.primary.clone()];
-            servers.extend(forks);
-            let mut own = String::with_capacity(64 * 1024);
-            self.render_self_metrics(&mut own, up, &servers);
-            body.reserve_exact(own.len());
-            body.push_str(&own);
+        Families {
+            servers,
+            scrapes,
+            groups,
+            next: (0, 0, 0),
+            up,
         }
-        body
     }
 
     fn render_self_metrics(&self, body: &mut String, up: bool, servers: &[Arc<Server>]) {
@@ -683,108 +712,105 @@ impl Exporter {
         agent_kit::process_metrics::encode(&mut enc);
     }
 
-    /// Writes every collector family once, with the samples of all servers grouped under it,
-    /// in first-seen order. A series another server already gave (a collector without the
-    /// `cluster` tag or a `datname` label runs on every database) is dropped, as rows with a
+    /// Groups the collector families of `scrapes` (one per server of `servers`) by name, in
+    /// first-seen order, for the [`Exposition`] to write each once with the samples of all
+    /// servers under it. A series another server already gave (a collector without the
+    /// `cluster` tag or a `datname` label runs on every database) is left out, as rows with a
     /// repeated label set are within one collector: counted as an error of the collector on
     /// the database that repeats it, and logged once per collector.
-    fn render_collector_output(&self, body: &mut String, scrapes: &[(&Arc<Server>, ServerScrape)]) {
-        struct Part<'a> {
-            server: usize,
-            collected: &'a Collected,
-            lines: &'a str,
-        }
-        struct Group<'a> {
-            help: &'a str,
-            kind: MetricType,
-            parts: Vec<Part<'a>>,
-            samples: usize,
-            servers: usize,
-        }
+    fn group_families(&self, servers: &[Arc<Server>], scrapes: &[ServerScrape]) -> Vec<Group> {
         let mut order: Vec<&str> = Vec::new();
-        let mut groups: HashMap<&str, Group<'_>> = HashMap::new();
-        for (server, (_, scrape)) in scrapes.iter().enumerate() {
-            for collected in &scrape.outcomes {
-                for family in &collected.outcome.families {
-                    if family.samples == 0 {
+        let mut groups: HashMap<&str, Group> = HashMap::new();
+        for (server, scrape) in scrapes.iter().enumerate() {
+            for (outcome, collected) in scrape.outcomes.iter().enumerate() {
+                for (family, output) in collected.outcome.families.iter().enumerate() {
+                    if output.samples == 0 {
                         continue;
                     }
-                    let group = groups.entry(&family.name).or_insert_with(|| {
-                        order.push(&family.name);
-                        Group {
-                            help: &family.help,
-                            kind: family.kind,
-                            parts: Vec::new(),
-                            samples: 0,
-                            servers: 0,
-                        }
+                    let group = groups.entry(&output.name).or_insert_with(|| {
+                        order.push(&output.name);
+                        Group::default()
                     });
                     if group.parts.last().is_none_or(|p| p.server != server) {
                         group.servers += 1;
                     }
-                    group.samples += family.samples;
                     group.parts.push(Part {
                         server,
-                        collected,
-                        lines: &family.lines,
+                        outcome,
+                        family,
+                        skip: None,
                     });
                 }
             }
         }
-        body.reserve_exact(
-            order
-                .iter()
-                .map(|name| {
-                    let group = &groups[name];
-                    let lines: usize = group.parts.iter().map(|p| p.lines.len()).sum();
-                    2 * name.len() + group.help.len() + 32 + lines
-                })
-                .sum::<usize>()
-                + 1024,
-        );
-        // (repeating server, its collector, server that gave the series first)
-        let mut repeats: Vec<(usize, &Collected, usize)> = Vec::new();
-        for name in &order {
-            let name = *name;
-            let group = &groups[name];
-            write_header(body, name, group.help, group.kind);
+        let output = |part: &Part| -> &FamilyOutput {
+            &scrapes[part.server].outcomes[part.outcome].outcome.families[part.family]
+        };
+        // (repeating server, its outcome, server that gave the series first)
+        let mut repeats: Vec<(usize, usize, usize)> = Vec::new();
+        // The families of one collector share their label sets: the series they leave out
+        // are the same, found once. (Each part's server and label sets, each part's skips.)
+        type Skips = Vec<Option<Arc<[bool]>>>;
+        let mut last: Option<(Vec<(usize, *const LabelSets)>, Skips)> = None;
+        let mut ordered = Vec::with_capacity(order.len());
+        for name in order {
+            let mut group = groups.remove(name).expect("grouped above");
             if group.servers < 2 {
-                for part in &group.parts {
-                    body.push_str(part.lines);
-                }
+                ordered.push(group);
                 continue;
             }
-            // Series (the line without its value) to the server that gave it first.
-            let mut first: HashMap<&str, usize> = HashMap::with_capacity(group.samples);
+            let key: Vec<(usize, *const LabelSets)> = group
+                .parts
+                .iter()
+                .map(|p| (p.server, Arc::as_ptr(&output(p).labels)))
+                .collect();
+            if let Some((last_key, skips)) = &last
+                && *last_key == key
+            {
+                for (part, skip) in group.parts.iter_mut().zip(skips) {
+                    part.skip.clone_from(skip);
+                }
+                ordered.push(group);
+                continue;
+            }
+            // Series (its label set) to the server that gave it first.
+            let samples = group.parts.iter().map(|p| output(p).samples).sum();
+            let mut first: HashMap<&str, usize> = HashMap::with_capacity(samples);
+            let mut skips = Vec::with_capacity(group.parts.len());
             for part in &group.parts {
+                let family = output(part);
                 let mut repeated_from = None;
-                for line in part.lines.split_inclusive('\n') {
-                    let series = line
-                        .trim_end()
-                        .rsplit_once(' ')
-                        .map_or(line, |(series, _)| series);
-                    match first.entry(series) {
+                let mut skip: Option<Vec<bool>> = None;
+                for i in 0..family.samples {
+                    match first.entry(family.labels.get(i)) {
                         std::collections::hash_map::Entry::Vacant(e) => {
                             e.insert(part.server);
-                            body.push_str(line);
                         }
                         std::collections::hash_map::Entry::Occupied(e) => {
                             if *e.get() != part.server {
                                 repeated_from.get_or_insert(*e.get());
                             }
+                            skip.get_or_insert_with(|| vec![false; family.samples])[i] = true;
                         }
                     }
                 }
                 if let Some(from) = repeated_from
                     && !repeats
                         .iter()
-                        .any(|(s, c, _)| *s == part.server && std::ptr::eq(*c, part.collected))
+                        .any(|(s, o, _)| *s == part.server && *o == part.outcome)
                 {
-                    repeats.push((part.server, part.collected, from));
+                    repeats.push((part.server, part.outcome, from));
                 }
+                skips.push(skip.map(Arc::from));
             }
+            for (part, skip) in group.parts.iter_mut().zip(&skips) {
+                part.skip.clone_from(skip);
+            }
+            last = Some((key, skips));
+            ordered.push(group);
         }
-        for (server, collected, from) in repeats {
+        for (server, outcome, from) in repeats {
+            let collected = &scrapes[server].outcomes[outcome];
             let outcome = &collected.outcome;
             // An invocation counts one error, whatever went wrong.
             if outcome.error.is_none() && outcome.duplicate_rows == 0 {
@@ -803,13 +829,14 @@ impl Exporter {
             if first_time {
                 warn!(
                     collector = %config.branch,
-                    database = %scrapes[server].0.dbname(),
-                    first = %scrapes[from].0.dbname(),
+                    database = %servers[server].dbname(),
+                    first = %servers[from].dbname(),
                     "Collector gives the same series on several databases; only the first \
                      copy is kept. Tag it `cluster` to run it once, or give it a `datname` label."
                 );
             }
         }
+        ordered
     }
 
     /// The `/explain` text: every planned collector of the main server.
@@ -848,6 +875,111 @@ impl Exporter {
             );
         }
         out
+    }
+}
+
+/// The collector families of one name across the servers of a scrape.
+#[derive(Debug, Default)]
+struct Group {
+    parts: Vec<Part>,
+    /// Servers giving samples of it.
+    servers: usize,
+}
+
+/// One server's samples of a family.
+#[derive(Debug)]
+struct Part {
+    /// Index of the server in the scrape.
+    server: usize,
+    /// Index of the outcome in the server's scrape.
+    outcome: usize,
+    /// Index of the family in the outcome.
+    family: usize,
+    /// Samples left out: series another part gave first.
+    skip: Option<Arc<[bool]>>,
+}
+
+/// The collector families of one scrape, grouped by name, and how far they are written.
+struct Families {
+    servers: Vec<Arc<Server>>,
+    scrapes: Vec<ServerScrape>,
+    groups: Vec<Group>,
+    /// The next sample to write: its group, part and index.
+    next: (usize, usize, usize),
+    /// The main server's pre-check and fatal collectors succeeded.
+    up: bool,
+}
+
+impl Families {
+    /// Writes samples from the position `next` on into `out` until it reaches `limit` bytes
+    /// or every family is written (`# HELP`, `# TYPE`, then the samples of every server);
+    /// moves `next` past them. Returns whether every family is written.
+    fn write(&mut self, out: &mut String, limit: usize) -> bool {
+        let (mut group, mut part, mut sample) = self.next;
+        while let Some(g) = self.groups.get(group) {
+            while let Some(p) = g.parts.get(part) {
+                let family = &self.scrapes[p.server].outcomes[p.outcome].outcome.families[p.family];
+                if part == 0 && sample == 0 {
+                    write_header(out, &family.name, &family.help, family.kind);
+                }
+                while sample < family.samples {
+                    if !p.skip.as_ref().is_some_and(|skip| skip[sample]) {
+                        family.write_sample(sample, out);
+                    }
+                    sample += 1;
+                    if out.len() >= limit {
+                        self.next = (group, part, sample);
+                        return false;
+                    }
+                }
+                (part, sample) = (part + 1, 0);
+            }
+            (group, part, sample) = (group + 1, 0, 0);
+        }
+        self.next = (group, part, sample);
+        true
+    }
+}
+
+/// The text of one scrape, written chunk by chunk as it is read: every collector family once
+/// (`# HELP`, `# TYPE`, then the samples of every server), then the self-metrics. Each chunk
+/// but the last is [`Exposition::CHUNK`] bytes and a line at most; the outcomes are let go
+/// before the self-metrics are written. Collect it into a `String` for the whole text.
+pub struct Exposition {
+    exporter: Arc<Exporter>,
+    /// `None` once everything is written.
+    families: Option<Families>,
+}
+
+impl std::fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exposition")
+            .field("families", &self.families.as_ref().map(|f| f.groups.len()))
+            .field("next", &self.families.as_ref().map(|f| f.next))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exposition {
+    /// The size a chunk reaches before it is handed on.
+    pub const CHUNK: usize = 64 * 1024;
+}
+
+impl Iterator for Exposition {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let families = self.families.as_mut()?;
+        let mut out = String::with_capacity(Self::CHUNK + 1024);
+        if !families.write(&mut out, Self::CHUNK) {
+            return Some(out);
+        }
+        // The outcomes not cached are freed before the self-metrics are written.
+        let Families { up, servers, .. } = self.families.take()?;
+        if !self.exporter.settings.disable_intro {
+            self.exporter.render_self_metrics(&mut out, up, &servers);
+        }
+        Some(out)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Pgbouncer's admin console: its version handshake (`SHOW VERSION`, answered as a row by
 //! 1.12 and later, as a NOTICE before) and the facts a plan needs.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use crate::connection::{DbConnection, QueryError};
 use crate::planner::Facts;
@@ -25,11 +25,11 @@ pub fn parse_version(text: &str) -> Option<u32> {
 /// The version comes from `SHOW VERSION`'s row (1.12 and later) or, when no row comes back,
 /// from the NOTICE that answered it (before 1.12). Without either the pre-check fails: with
 /// an unknown version every branch of every collector would be planned at once.
-pub(crate) async fn facts(conn: &DbConnection, deadline: Option<Instant>) -> Result<Facts, String> {
+pub(crate) async fn facts(conn: &DbConnection, timeout: Duration) -> Result<Facts, String> {
     // A notice left over from an earlier statement must not pass for the answer.
     let _ = conn.take_notice();
     let result = conn
-        .query("SHOW VERSION", deadline)
+        .query("SHOW VERSION", Some(timeout))
         .await
         .map_err(|e| match e {
             QueryError::Timeout(d) => format!("SHOW VERSION timed out after {d:?}"),

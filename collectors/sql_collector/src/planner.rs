@@ -33,6 +33,10 @@ pub struct Facts {
     pub user: String,
     /// Databases that allow connections and are not templates (for auto-discovery).
     pub databases: Vec<String>,
+    /// Those of `databases` a DBA's statement holds (or waits for) a lock on that a new
+    /// session would wait behind (`DROP`, `ALTER DATABASE … RENAME` in progress): not
+    /// connected to while it lasts.
+    pub busy_databases: Vec<String>,
     /// Schemas of the connected database.
     pub schemas: BTreeSet<String>,
     /// Extensions installed in the connected database.

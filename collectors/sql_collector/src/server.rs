@@ -62,8 +62,8 @@ pub struct PlannedCollector {
     pub config: Arc<CollectorConfig>,
     /// Its counters since the last plan.
     pub stats: CollectorStats,
-    /// The latest execution's outcome without its rendered lines (the cache keeps those for
-    /// the TTL), for sample counts, errors, durations and the remaining TTL.
+    /// The latest execution's outcome without its samples (the cache keeps those for the
+    /// TTL), for sample counts, errors, durations and the remaining TTL.
     pub last: Mutex<Option<Arc<Outcome>>>,
 }
 
@@ -186,16 +186,32 @@ impl std::fmt::Debug for OutcomeCache {
 /// The last plan generation given out, across all servers.
 static PLAN_GENERATIONS: AtomicU64 = AtomicU64::new(0);
 
+/// How long a connection to a discovered database is handed to new borrowers after it was
+/// opened. Overlapping scrapes would otherwise pass it on from one to the next and never let
+/// it close, and a DBA's `DROP DATABASE` gives up after 5 s of waiting for it.
+const SHARE_WITHIN: Duration = Duration::from_secs(1);
+
+/// After a connect to a discovered database timed out, no new connect is tried for this long
+/// at first, doubling with each timeout in a row up to [`MAX_BACKOFF`]: the session that
+/// timed out may still be queued on the server behind a DBA's lock, and one more per scrape
+/// would pile up to `max_connections`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The longest pause between connects to a discovered database whose connects time out.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 /// An open connection and, to a discovered database, its place in the exporter's budget
 /// (given back when the connection is dropped).
 #[derive(Debug)]
 struct Held {
     conn: DbConnection,
+    opened: Instant,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Where a server finds its open connection: kept (main server and probe), or shared by the
-/// scrapes in flight and closed when the last one drops it (discovered databases).
+/// scrapes in flight and closed when the last one drops it (discovered databases; handed to
+/// a new borrower only within [`SHARE_WITHIN`] of its opening).
 #[derive(Debug, Default)]
 struct Slot {
     kept: Option<Arc<Held>>,
@@ -206,9 +222,20 @@ impl Slot {
     fn live(&self) -> Option<Arc<Held>> {
         self.kept
             .clone()
-            .or_else(|| self.shared.upgrade())
+            .or_else(|| {
+                self.shared
+                    .upgrade()
+                    .filter(|held| held.opened.elapsed() < SHARE_WITHIN)
+            })
             .filter(|held| !held.conn.is_closed())
     }
+}
+
+/// When connects to a discovered database may be tried again after timeouts.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    until: Instant,
+    pause: Duration,
 }
 
 /// Why no connection could be had.
@@ -220,6 +247,9 @@ enum OpenError {
         "no connection of the budget for discovered databases became free before the scrape's deadline"
     )]
     Budget,
+    /// An earlier connect timed out and the pause after it has not passed.
+    #[error("not connecting for {0:?} more: an earlier connect timed out")]
+    Backoff(Duration),
     /// Connecting failed.
     #[error(transparent)]
     Connect(#[from] ConnInfoError),
@@ -245,9 +275,13 @@ pub struct Server {
     /// Bounds the connections open at once to discovered databases (`None`: main server).
     budget: Option<Arc<Semaphore>>,
     connection: tokio::sync::Mutex<Slot>,
+    /// Set after a connect to a discovered database timed out.
+    backoff: Mutex<Option<Backoff>>,
     /// The health probe's own connection: a slow collector query must not delay it.
     probe_connection: tokio::sync::Mutex<Slot>,
-    facts: tokio::sync::Mutex<Option<(Instant, Facts)>>,
+    /// The last pre-check's result and when it ended: one pre-check runs at a time, and the
+    /// scrapes that began before it ended take its result instead of asking again.
+    facts: tokio::sync::Mutex<Option<(Instant, Result<Facts, String>)>>,
     last_facts: RwLock<Option<Facts>>,
     last_planned_facts: RwLock<Option<Facts>>,
     plan: RwLock<Arc<Plan>>,
@@ -309,6 +343,7 @@ impl Server {
             needs_plan: AtomicBool::new(true),
             budget,
             connection: tokio::sync::Mutex::default(),
+            backoff: Mutex::new(None),
             probe_connection: tokio::sync::Mutex::default(),
             facts: tokio::sync::Mutex::new(None),
             last_facts: RwLock::new(None),
@@ -374,12 +409,15 @@ impl Server {
                 };
             }
         };
-        let deadline = Some(Instant::now() + self.settings.connect_timeout);
         let sql = match self.kind {
             ServerKind::Postgres => "SELECT pg_is_in_recovery()",
             ServerKind::Pgbouncer => "SHOW VERSION",
         };
-        match conn.conn.query(sql, deadline).await {
+        match conn
+            .conn
+            .query(sql, Some(self.settings.connect_timeout))
+            .await
+        {
             Ok(result) => Probe::Up {
                 in_recovery: matches!(
                     result.rows.first().and_then(|r| r.first()),
@@ -397,7 +435,8 @@ impl Server {
     /// shared until its last user drops it for a discovered database, which first waits
     /// (until `deadline`) for a permit of the budget. Connecting is bounded by the connect
     /// timeout and `deadline`: a database being dropped makes new sessions wait for the
-    /// `DROP` to end.
+    /// `DROP` to end, so after a connect timed out a discovered database is not connected to
+    /// again before its [`Backoff`] has passed.
     async fn open(
         &self,
         slot: &tokio::sync::Mutex<Slot>,
@@ -408,6 +447,10 @@ impl Server {
             return Ok(held);
         }
         *slot = Slot::default();
+        let paused = *self.backoff.lock().expect("backoff lock");
+        if let Some(left) = paused.and_then(|b| b.until.checked_duration_since(Instant::now())) {
+            return Err(OpenError::Backoff(left));
+        }
         let permit = match &self.budget {
             None => None,
             Some(budget) => {
@@ -433,7 +476,22 @@ impl Server {
                 .max(Duration::from_millis(1)),
             None => self.settings.connect_timeout,
         };
-        let conn = self.info.connect_db(protocol, timeout).await?;
+        let conn = match self.info.connect_db(protocol, timeout).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                if self.forked && matches!(e, ConnInfoError::Timeout(_)) {
+                    let mut backoff = self.backoff.lock().expect("backoff lock");
+                    let pause = backoff.map_or(FIRST_BACKOFF, |b| (b.pause * 2).min(MAX_BACKOFF));
+                    *backoff = Some(Backoff {
+                        until: Instant::now() + pause,
+                        pause,
+                    });
+                    warn!(url = %self.info.masked(), ?pause, "Connect timed out; not connecting again for a while.");
+                }
+                return Err(e.into());
+            }
+        };
+        self.backoff.lock().expect("backoff lock").take();
         if self.kind == ServerKind::Postgres {
             // Best effort, as upstream: the name only helps DBAs spot the exporter. Sent
             // without waiting for its answer (which is discarded): it goes out ahead of the
@@ -445,6 +503,7 @@ impl Server {
         }
         let held = Arc::new(Held {
             conn,
+            opened: Instant::now(),
             _permit: permit,
         });
         if self.forked {
@@ -456,31 +515,28 @@ impl Server {
         Ok(held)
     }
 
-    /// Gathers facts on `conn`, or takes those a concurrent scrape gathered after `since`
-    /// (so concurrent scrapes ask once, and every scrape sees databases created or dropped
-    /// before it started).
+    /// Gathers facts on `conn`, or takes the result of the pre-check a concurrent scrape ran
+    /// and ended after `since` (so concurrent scrapes ask once, share a failure too, and
+    /// every scrape sees databases created or dropped before it started). The pre-check's
+    /// timeout counts from when it is sent, not while it waits behind another scrape's
+    /// statement on the connection.
     async fn refresh_facts(&self, conn: &Held, since: Instant) -> Result<Facts, String> {
         let mut cached = self.facts.lock().await;
-        if let Some((at, facts)) = cached.as_ref()
+        if let Some((at, result)) = cached.as_ref()
             && *at >= since
         {
-            return Ok(facts.clone());
+            return result.clone();
         }
-        let deadline = Some(Instant::now() + self.settings.connect_timeout);
+        let timeout = self.settings.connect_timeout;
         let result = match self.kind {
-            ServerKind::Pgbouncer => crate::pgbouncer::facts(&conn.conn, deadline).await,
-            ServerKind::Postgres => postgres_facts(&conn.conn, self.forked, deadline).await,
+            ServerKind::Pgbouncer => crate::pgbouncer::facts(&conn.conn, timeout).await,
+            ServerKind::Postgres => postgres_facts(&conn.conn, self.forked, timeout).await,
         };
+        *cached = Some((Instant::now(), result.clone()));
         match &result {
-            Ok(facts) => {
-                *cached = Some((Instant::now(), facts.clone()));
-                *self.last_facts.write().expect("facts lock") = Some(facts.clone());
-            }
-            Err(_) => {
-                cached.take();
-                // A broken connection is replaced at the next attempt.
-                self.connection.lock().await.kept.take();
-            }
+            Ok(facts) => *self.last_facts.write().expect("facts lock") = Some(facts.clone()),
+            // A broken connection is replaced at the next attempt.
+            Err(_) => drop(self.connection.lock().await.kept.take()),
         }
         result
     }
@@ -593,6 +649,10 @@ impl Server {
             Err(OpenError::Budget) => {
                 // Whatever is cached is served; the rest is left out.
                 return self.run_plan(&self.plan(), None, deadline).await;
+            }
+            Err(e @ OpenError::Backoff(_)) => {
+                debug!(url = %self.info.masked(), error = %e, "Not scraped.");
+                return ServerScrape::default();
             }
             Err(e) if self.forked && e.database_gone() => {
                 info!(url = %self.info.masked(), "Database gone before its scrape.");
@@ -747,7 +807,7 @@ impl Server {
                 warn!(collector = %planned.config.branch, url = %self.info.masked(), error = %e, "Collector failed.");
             }
             for family in &mut outcome.families {
-                family.lines.shrink_to_fit();
+                family.values.shrink_to_fit();
             }
             *planned.last.lock().expect("outcome lock") = Some(Arc::new(summary(&outcome)));
             // Cheap to clone: served to every scrape until it expires.
@@ -776,7 +836,7 @@ fn count(stats: &CollectorStats, outcome: &Outcome, executed: bool) {
     }
 }
 
-/// `outcome` without its rendered lines.
+/// `outcome` without its samples.
 fn summary(outcome: &Outcome) -> Outcome {
     Outcome {
         families: outcome
@@ -786,7 +846,8 @@ fn summary(outcome: &Outcome) -> Outcome {
                 name: f.name.clone(),
                 help: f.help.clone(),
                 kind: f.kind,
-                lines: String::new(),
+                labels: Arc::default(),
+                values: Vec::new(),
                 samples: f.samples,
             })
             .collect(),
@@ -801,30 +862,40 @@ fn summary(outcome: &Outcome) -> Outcome {
 async fn postgres_facts(
     conn: &DbConnection,
     discovered: bool,
-    deadline: Option<Instant>,
+    timeout: Duration,
 ) -> Result<Facts, String> {
-    /// The query, with the expression of the `databases` column.
+    /// The query, with the expressions of the `databases` and `busy` columns.
     macro_rules! facts_sql {
-        ($databases:literal) => {
+        ($databases:literal, $busy:literal) => {
             concat!(
                 "SELECT current_setting('server_version_num')::int AS version, ",
                 "pg_is_in_recovery() AS in_recovery, current_database()::text AS dbname, ",
                 "current_user::text AS username, ",
                 $databases,
                 " AS databases, ",
+                $busy,
+                " AS busy, ",
                 "array_to_string(ARRAY(SELECT nspname FROM pg_namespace ORDER BY 1), chr(1)) AS schemas, ",
                 "array_to_string(ARRAY(SELECT extname FROM pg_extension ORDER BY 1), chr(1)) AS extensions"
             )
         };
     }
     let sql = if discovered {
-        facts_sql!("''")
+        facts_sql!("''", "''")
     } else {
+        // A new session takes RowExclusiveLock on its database's pg_database object while it
+        // starts, and waits in InitPostgres behind any of the modes listed (DROP and RENAME
+        // take AccessExclusiveLock): past the connect timeout such a session stays queued on
+        // the server until the DBA's statement ends.
         facts_sql!(
-            "array_to_string(ARRAY(SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1), chr(1))"
+            "array_to_string(ARRAY(SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1), chr(1))",
+            "array_to_string(ARRAY(SELECT d.datname FROM pg_database d WHERE d.datallowconn AND NOT d.datistemplate \
+             AND EXISTS (SELECT FROM pg_locks l WHERE l.locktype = 'object' AND l.classid = 'pg_database'::regclass \
+             AND l.objid = d.oid AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')) \
+             ORDER BY 1), chr(1))"
         )
     };
-    let result = conn.query(sql, deadline).await.map_err(|e| match e {
+    let result = conn.query(sql, Some(timeout)).await.map_err(|e| match e {
         QueryError::Timeout(d) => format!("pre-check timed out after {d:?}"),
         QueryError::Db(msg) => msg,
     })?;
@@ -848,7 +919,8 @@ async fn postgres_facts(
         dbname: text(2),
         user: text(3),
         databases: list(4),
-        schemas: list(5).into_iter().collect(),
-        extensions: list(6).into_iter().collect(),
+        busy_databases: list(5),
+        schemas: list(6).into_iter().collect(),
+        extensions: list(7).into_iter().collect(),
     })
 }

@@ -288,13 +288,19 @@ impl Value {
 
     /// The label string with pg_exporter's rules.
     pub fn to_label(&self) -> String {
+        self.label().into_owned()
+    }
+
+    /// The label string with pg_exporter's rules, borrowed when the value is text.
+    pub fn label(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
         match self {
-            Value::Null | Value::Unsupported(_) => String::new(),
-            Value::Bool(b) => if *b { "true" } else { "false" }.to_owned(),
-            Value::Int(i) => i.to_string(),
-            Value::Float(f) => go_format_float(*f),
-            Value::Time(t) => (t.trunc() as i64).to_string(),
-            Value::Text(t) => t.clone(),
+            Value::Null | Value::Unsupported(_) => Cow::Borrowed(""),
+            Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            Value::Int(i) => Cow::Owned(i.to_string()),
+            Value::Float(f) => Cow::Owned(go_format_float(*f)),
+            Value::Time(t) => Cow::Owned((t.trunc() as i64).to_string()),
+            Value::Text(t) => Cow::Borrowed(t),
         }
     }
 

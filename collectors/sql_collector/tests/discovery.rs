@@ -32,6 +32,16 @@ fn exporter(
     databases: &[&str],
     tweak: impl FnOnce(&mut ExporterSettings),
 ) -> (Arc<Exporter>, tempfile::TempDir) {
+    exporter_of("postgres", yaml, databases, tweak)
+}
+
+/// [`exporter`] with `main` as the main server's database.
+fn exporter_of(
+    main: &str,
+    yaml: &str,
+    databases: &[&str],
+    tweak: impl FnOnce(&mut ExporterSettings),
+) -> (Arc<Exporter>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("collectors.yml"), yaml).unwrap();
     let set = config::load(dir.path(), LoadMode::Strict).unwrap();
@@ -41,7 +51,7 @@ fn exporter(
         ..ExporterSettings::default()
     };
     tweak(&mut settings);
-    let info = ConnInfo::parse(&format!("{}?sslmode=disable", server().url("postgres"))).unwrap();
+    let info = ConnInfo::parse(&format!("{}?sslmode=disable", server().url(main))).unwrap();
     (Exporter::new(settings, set, info), dir)
 }
 
@@ -290,5 +300,212 @@ async fn the_same_series_from_several_databases_is_kept_once_and_counted() {
     }
     for db in dbs {
         let _ = run(&dba, &format!("DROP DATABASE {db}")).await;
+    }
+}
+
+/// Sessions waiting for a lock on `db`'s pg_database object: new sessions queued in their
+/// start-up behind a DBA's `DROP` or `RENAME`.
+async fn queued_on(client: &tokio_postgres::Client, db: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.objid \
+             WHERE l.locktype = 'object' AND l.classid = 'pg_database'::regclass \
+             AND NOT l.granted AND d.datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A DBA's session renaming `db` in a transaction left open: it holds the database's lock
+/// until `ROLLBACK`.
+async fn hold_rename(db: &str) -> tokio_postgres::Client {
+    let holder = connect_dba().await;
+    let sql = format!("BEGIN; ALTER DATABASE {db} RENAME TO {db}_x");
+    run(&holder, &sql).await.0.unwrap();
+    holder
+}
+
+/// Recreates `db` empty.
+async fn recreate(client: &tokio_postgres::Client, db: &str) {
+    let _ = run(client, &format!("DROP DATABASE IF EXISTS {db}")).await;
+    run(client, &format!("CREATE DATABASE {db}"))
+        .await
+        .0
+        .unwrap();
+}
+
+/// Reviewer 3 B1: while a DBA's `ALTER DATABASE … RENAME` holds the database's lock in an
+/// open transaction, scrapes leave it alone: no session of ours queues on the server behind
+/// the lock (before: one more at every scrape, each past its connect timeout, until
+/// `max_connections`). Once the lock is gone the database is scraped again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_a_dba_holds_is_left_alone_and_nothing_queues_on_it() {
+    let db = "held_a";
+    let dba = connect_dba().await;
+    recreate(&dba, db).await;
+    // Generous for a loaded machine: nothing should connect to the held database at all.
+    let (exp, _dir) = exporter(PER_DB, &[db], |s| {
+        s.engine.disable_cache = true;
+        s.engine.connect_timeout = Duration::from_millis(500);
+    });
+    assert!(exp.scrape(None).await.contains(&series(db)));
+    let holder = hold_rename(db).await;
+    let mut peak = 0;
+    for _ in 0..10 {
+        let body = exp.scrape(None).await;
+        assert!(body.contains("\npg_up 1\n"), "{body}");
+        assert!(!body.contains(&series(db)), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak = peak.max(queued_on(&dba, db).await);
+    }
+    run(&holder, "ROLLBACK").await.0.unwrap();
+    assert_eq!(peak, 0, "sessions of ours queued behind the DBA's lock");
+    assert!(exp.scrape(None).await.contains(&series(db)));
+    let _ = run(&dba, &format!("DROP DATABASE {db}")).await;
+}
+
+/// Reviewer 3 B1: a discovered database whose connect timed out (a lock taken after the main
+/// server's catalog query said it was free) is not connected to again at every scrape: at
+/// most one session of ours queues behind the lock per pause (1 s, doubling): two in 1.5 s
+/// (before: one per scrape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_that_time_out_pause_before_the_next() {
+    use sql_collector::planner::ServerKind;
+    use sql_collector::server::{EngineSettings, OutcomeCache, Server};
+    let db = "held_b";
+    let dba = connect_dba().await;
+    recreate(&dba, db).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("collectors.yml"), PER_DB).unwrap();
+    let set = Arc::new(config::load(dir.path(), LoadMode::Strict).unwrap());
+    let info = ConnInfo::parse(&format!("{}?sslmode=disable", server().url(db))).unwrap();
+    let settings = Arc::new(EngineSettings {
+        connect_timeout: Duration::from_millis(300),
+        disable_cache: true,
+        const_labels: Vec::new(),
+        tags: Vec::new(),
+    });
+    let fork = Server::discovered(
+        info,
+        ServerKind::Postgres,
+        Arc::new(tokio::sync::Semaphore::new(4)),
+        settings,
+        set,
+        OutcomeCache::new(),
+    );
+    assert!(fork.scrape(None, None).await.up);
+    let holder = hold_rename(db).await;
+    let started = Instant::now();
+    let mut scrapes = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert!(!fork.scrape(None, None).await.up);
+        scrapes += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queued = queued_on(&dba, db).await;
+    run(&holder, "ROLLBACK").await.0.unwrap();
+    assert!(
+        (1..=2).contains(&queued),
+        "{queued} sessions queued behind the lock after {scrapes} scrapes in 1.5 s"
+    );
+    let _ = run(&dba, &format!("DROP DATABASE {db}")).await;
+}
+
+/// Reviewer 3 B2: with eight scrapers overlapping (every 0.1 s, a query of 0.2 s per
+/// database), a discovered database's connection is not passed from scrape to scrape
+/// forever: every `DROP DATABASE` succeeds on the first try (before: "being accessed by
+/// other users" after 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_succeeds_under_eight_overlapping_scrapers() {
+    let db = "busy_a";
+    let dba = connect_dba().await;
+    let _ = run(&dba, &format!("DROP DATABASE IF EXISTS {db}")).await;
+    let yaml = "t_db:\n  name: t_db\n  timeout: 5\n  query: \"SELECT current_database() AS datname, 1 AS v FROM pg_sleep(0.2)\"\n  metrics:\n    - datname: { usage: LABEL }\n    - v: { usage: GAUGE }\n";
+    let (exp, _dir) = exporter(yaml, &[db], |s| s.engine.disable_cache = true);
+    let mut scrapers: Vec<_> = (0..8)
+        .map(|_| scraper(exp.clone(), Duration::from_millis(100)))
+        .collect();
+    let rx = &mut scrapers[0];
+    for cycle in 0..6 {
+        run(&dba, &format!("CREATE DATABASE {db}")).await.0.unwrap();
+        next_scrape(rx, Instant::now(), &format!("{db} is scraped"), |b| {
+            b.contains(&series(db))
+        })
+        .await;
+        let (result, took) = run(&dba, &format!("DROP DATABASE {db}")).await;
+        assert!(
+            result.is_ok(),
+            "cycle {cycle}: DROP after {took:?}: {result:?}"
+        );
+    }
+}
+
+/// Reviewer 3 B3: two overlapping scrapes of a main server whose collector takes 0.3 s: the
+/// second's pre-check waits for the connection instead of timing out behind the first's
+/// query, and cancels nobody's query (before: the second was down and the first lost its
+/// collector to the cancel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_scrapes_of_a_slow_main_server_both_succeed() {
+    let yaml = "t_slow:\n  name: t_slow\n  timeout: 5\n  query: \"SELECT 1 AS v FROM pg_sleep(0.3)\"\n  metrics:\n    - v: { usage: GAUGE }\n";
+    let (exp, _dir) = exporter(yaml, &[], |s| {
+        s.auto_discovery = false;
+        s.engine.disable_cache = true;
+    });
+    for _ in 0..3 {
+        let first = tokio::spawn({
+            let exp = exp.clone();
+            async move { exp.scrape(None).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = exp.scrape(None).await;
+        let first = first.await.unwrap();
+        for (which, body) in [("first", &first), ("second", &second)] {
+            assert!(body.contains("\npg_up 1\n"), "{which}: {body}");
+            assert!(body.contains("\nt_slow_v 1\n"), "{which}: {body}");
+        }
+    }
+}
+
+/// Reviewer 3 B4: when the main server's pre-check fails, the discovered databases are not
+/// scraped (which exist is unknown): none of their series is served with `pg_up 0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_main_pre_check_serves_no_discovered_series() {
+    let (main, db) = ("gone_main", "gone_x");
+    let dba = connect_dba().await;
+    let _ = run(
+        &dba,
+        &format!("ALTER DATABASE {main} ALLOW_CONNECTIONS true"),
+    )
+    .await;
+    recreate(&dba, main).await;
+    recreate(&dba, db).await;
+    let (exp, _dir) = exporter_of(main, PER_DB, &[db], |s| {
+        s.engine.disable_cache = true;
+        s.engine.connect_timeout = Duration::from_secs(1);
+    });
+    let body = exp.scrape(None).await;
+    assert!(body.contains(&series(db)), "{body}");
+    run(
+        &dba,
+        &format!(
+            "ALTER DATABASE {main} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{main}'"
+        ),
+    )
+    .await
+    .0
+    .unwrap();
+    let body = exp.scrape(None).await;
+    assert!(body.contains("\npg_up 0\n"), "{body}");
+    assert!(!body.contains(&series(db)), "{body}");
+    let _ = run(
+        &dba,
+        &format!("ALTER DATABASE {main} ALLOW_CONNECTIONS true"),
+    )
+    .await;
+    for d in [main, db] {
+        let _ = run(&dba, &format!("DROP DATABASE {d}")).await;
     }
 }

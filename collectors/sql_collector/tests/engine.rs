@@ -466,6 +466,71 @@ async fn a_fatal_failure_keeps_health_down_until_a_scrape_succeeds() {
     );
 }
 
+/// `/metrics` is written as it is sent, in chunks, plain or gzipped, never whole: a family of
+/// 20,000 series arrives in several pieces and reads back exactly, in order, both ways.
+#[tokio::test]
+async fn metrics_stream_in_chunks_plain_and_gzipped() {
+    use futures_util::StreamExt as _;
+    use std::io::Read as _;
+    use tower::ServiceExt as _;
+    let cluster = shared_cluster();
+    let yaml = "t_many:\n  name: t_many\n  query: \"SELECT 'series \\\"' || g AS n, g * 0.5 AS v FROM generate_series(1, 20000) g\"\n  metrics:\n    - n: { usage: LABEL }\n    - v: { usage: GAUGE }\n";
+    let (exp, _dir) = exporter(&cluster.primary().url("postgres"), yaml, |s| {
+        s.engine.disable_cache = true;
+    });
+    let want: String = (1..=20000)
+        .map(|g| format!("t_many_v{{n=\"series \\\"{g}\"}} {}\n", f64::from(g) * 0.5))
+        .collect();
+    let state = Arc::new(sql_collector::app::AppState::new(
+        "pg_exporter",
+        exp.clone(),
+        None,
+        false,
+    ));
+    let app = sql_collector::app::router(state, "/metrics");
+    for gzip in [false, true] {
+        let mut req = axum::http::Request::get("/metrics");
+        if gzip {
+            req = req.header("accept-encoding", "gzip");
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.headers().get("content-encoding").is_some(),
+            gzip,
+            "{resp:?}"
+        );
+        let pieces: Vec<_> = resp.into_body().into_data_stream().collect().await;
+        let sizes: Vec<usize> = pieces.iter().map(|p| p.as_ref().unwrap().len()).collect();
+        assert!(pieces.len() >= 3, "{sizes:?}");
+        let bytes: Vec<u8> = pieces
+            .into_iter()
+            .flat_map(|p| p.unwrap().to_vec())
+            .collect();
+        let mut text = String::new();
+        if gzip {
+            flate2::read::GzDecoder::new(&bytes[..])
+                .read_to_string(&mut text)
+                .unwrap();
+        } else {
+            text = String::from_utf8(bytes).unwrap();
+        }
+        let family: String = text
+            .lines()
+            .filter(|l| l.starts_with("t_many_v{"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(family == want, "gzip {gzip}: the family differs");
+        assert!(
+            text.contains("\n# TYPE pg_up gauge\npg_up 1\n"),
+            "gzip {gzip}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scrape_answers_before_the_scrapers_deadline_and_counts_the_cut() {
     let cluster = shared_cluster();

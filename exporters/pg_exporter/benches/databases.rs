@@ -7,8 +7,8 @@
 //! `BENCH_SCRAPES` (default 20) change the run; each figure is given as the range over the
 //! rounds, the ratio from the medians. `PG_EXPORTER_BIN` measures another build of ours,
 //! `BENCH_PEER=0` leaves the peer out, and `PG_EXPORTER_BASELINE=<binary>` adds, in the same
-//! rounds, a build that keeps a connection to every discovered database (commit 897f67c, before
-//! they were closed after each scrape) and a table of the trade-off.
+//! rounds, another build of ours (an earlier commit, e.g. 897f67c which kept a connection to
+//! every discovered database) and a table comparing the two.
 //!
 //! What each collects: ours runs its built-in collector set on the main database and, on
 //! every discovered database, every collector without the `cluster` tag (per-table,
@@ -122,7 +122,7 @@ fn main() {
         }
         let mut ours = Vec::new();
         let mut peer = Vec::new();
-        let mut kept = Vec::new();
+        let mut base_runs = Vec::new();
         for round in 1..=rounds {
             eprintln!("bench: {size} databases, round {round}/{rounds}");
             let mut run = run_ours(&pg, postmaster, dir.path(), &ours_bin, scrapes, false);
@@ -135,7 +135,7 @@ fn main() {
             if let Some(base) = &baseline {
                 let mut run = run_ours(&pg, postmaster, dir.path(), base, scrapes, false);
                 run.warm_p50_ms = run_ours(&pg, postmaster, dir.path(), base, scrapes, true).p50_ms;
-                kept.push(run);
+                base_runs.push(run);
             }
         }
         print_table(
@@ -149,12 +149,9 @@ fn main() {
         );
         if let Some(base) = &baseline {
             print_table(
-                &format!(
-                    "{size} databases: connections closed after each scrape (this build) vs kept \
-                     ({base})"
-                ),
+                &format!("{size} databases: this build vs the baseline build ({base})"),
                 ("this build", "baseline"),
-                (&ours, &kept),
+                (&ours, &base_runs),
                 true,
             );
         }
