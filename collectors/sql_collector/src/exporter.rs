@@ -142,7 +142,7 @@ pub struct Exporter {
     info: ConnInfo,
     engine: Arc<EngineSettings>,
     collectors: RwLock<Arc<CollectorSet>>,
-    primary: Arc<Server>,
+    main: Arc<Server>,
     forks: Mutex<BTreeMap<String, Arc<Server>>>,
     /// The budget of connections to discovered databases.
     budget: Arc<Semaphore>,
@@ -191,7 +191,7 @@ impl Exporter {
         let bad_files = collectors.skipped_files.len() as u64;
         let collectors = Arc::new(collectors);
         let cache = OutcomeCache::new();
-        let primary = Server::new(
+        let main = Server::new(
             info.clone(),
             kind,
             engine.clone(),
@@ -205,7 +205,7 @@ impl Exporter {
             info,
             engine,
             collectors: RwLock::new(collectors),
-            primary,
+            main,
             forks: Mutex::default(),
             budget,
             cache,
@@ -243,8 +243,8 @@ impl Exporter {
     }
 
     /// The main server.
-    pub fn primary(&self) -> &Arc<Server> {
-        &self.primary
+    pub fn main_server(&self) -> &Arc<Server> {
+        &self.main
     }
 
     /// The health state from the last probe or scrape.
@@ -263,7 +263,7 @@ impl Exporter {
     /// on a connection of its own. A server whose fatal collector failed at the last scrape
     /// stays down until a scrape succeeds.
     pub async fn probe(&self) {
-        let health = match self.primary.probe().await {
+        let health = match self.main.probe().await {
             Probe::Up { .. } if self.fatal_failed.load(Ordering::SeqCst) => Health::Down,
             Probe::Up { in_recovery } => {
                 self.in_recovery.store(in_recovery, Ordering::Relaxed);
@@ -299,7 +299,7 @@ impl Exporter {
         let bad = collectors.skipped_files.len() as u64;
         let collectors = Arc::new(collectors);
         *self.collectors.write().expect("collectors lock") = collectors.clone();
-        self.primary.set_collectors(collectors.clone());
+        self.main.set_collectors(collectors.clone());
         for fork in self.forks.lock().expect("forks lock").values() {
             fork.set_collectors(collectors.clone());
         }
@@ -427,9 +427,9 @@ impl Exporter {
     /// Scrapes every server and groups their families.
     async fn collect(&self, deadline: Option<Instant>) -> Families {
         let started = Instant::now();
-        let main = self.primary.scrape(deadline, None).await;
+        let main = self.main.scrape(deadline, None).await;
         self.fatal_failed.store(main.fatal_failed, Ordering::SeqCst);
-        let instance = self.primary.facts().filter(|_| main.up);
+        let instance = self.main.facts().filter(|_| main.up);
         match &instance {
             Some(facts) => {
                 self.version.store(facts.version, Ordering::Relaxed);
@@ -479,7 +479,7 @@ impl Exporter {
         }
 
         let up = main.up;
-        let mut servers = vec![self.primary.clone()];
+        let mut servers = vec![self.main.clone()];
         servers.extend(forks);
         let scrapes: Vec<ServerScrape> = std::iter::once(main).chain(fork_scrapes).collect();
         let groups = self.group_families(&servers, &scrapes);
@@ -841,7 +841,7 @@ impl Exporter {
 
     /// The `/explain` text: every planned collector of the main server.
     pub fn explain(&self) -> String {
-        let plan = self.primary.plan();
+        let plan = self.main.plan();
         plan.collectors
             .iter()
             .map(|c| c.config.explain())
@@ -857,7 +857,7 @@ impl Exporter {
             "{:<40} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12}",
             "name", "total", "hit", "error", "skip", "metric", "ttl/s", "duration/ms"
         );
-        for planned in &self.primary.plan().collectors {
+        for planned in &self.main.plan().collectors {
             let s = &planned.stats;
             let last = planned.last.lock().expect("outcome lock").clone();
             let _ = writeln!(

@@ -1,7 +1,7 @@
 //! Planning: which collectors of the config run on one server, from the facts gathered on it
 //! (version, role, database, user, schemas, extensions) and the exporter's `--tag`s.
 //!
-//! The rules are pg_exporter's (`pg_exporter.md` §2): version range `[min, max)`, `cluster`
+//! The rules are the Go pg_exporter's: version range `[min, max)`, `cluster`
 //! only on the main connection, `primary`/`replica` and their aliases, `extension:`,
 //! `schema:`, `dbname:`, `username:`, `not:` and free tags.
 

@@ -5,7 +5,8 @@
 //! [`Value::decode`] turns that into a [`Value`]. Pgbouncer's admin console only speaks the
 //! simple protocol, whose values are text without types; those become [`Value::Text`].
 //!
-//! Conversion (see `pg_exporter.md` §1 "Value conversion rules"):
+//! Conversion, by the Go pg_exporter's rules (stated here in full; the tests in this file pin
+//! them):
 //! - metric values: numbers × `scale`; booleans 1/0 and timestamps as Unix seconds, both
 //!   unscaled; text parsed as a number; NULL → `default` × `scale`, else NaN. Text that is no
 //!   number (or beyond ±1.8e308, which Go's `ParseFloat` refuses), and types without a

@@ -556,7 +556,7 @@ async fn verify(role: &str, url: &str, allowed: &[(&str, &str)]) -> Vec<String> 
     }
 
     let mut problems = Vec::new();
-    let Some(facts) = exporter.primary().facts() else {
+    let Some(facts) = exporter.main_server().facts() else {
         return vec![format!("{role}: the pre-check never succeeded")];
     };
     println!("{role}: server_version_num {}", facts.version);
@@ -590,7 +590,7 @@ async fn verify(role: &str, url: &str, allowed: &[(&str, &str)]) -> Vec<String> 
         }
     }
 
-    let plan = exporter.primary().plan();
+    let plan = exporter.main_server().plan();
     let outcomes: Vec<(&CollectorConfig, Option<Outcome>)> = plan
         .collectors
         .iter()

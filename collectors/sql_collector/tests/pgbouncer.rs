@@ -324,7 +324,7 @@ fn new_exporter(url: &str, disable_cache: bool) -> Arc<Exporter> {
 /// The branches planned on the exporter's server, sorted.
 fn planned(exporter: &Exporter) -> Vec<String> {
     let mut v: Vec<String> = exporter
-        .primary()
+        .main_server()
         .plan()
         .collectors
         .iter()
@@ -336,7 +336,7 @@ fn planned(exporter: &Exporter) -> Vec<String> {
 
 /// Every planned collector's last execution succeeded.
 fn assert_no_collector_failed(exporter: &Exporter) {
-    for planned in &exporter.primary().plan().collectors {
+    for planned in &exporter.main_server().plan().collectors {
         let last = planned.last.lock().unwrap().clone();
         let outcome = last.unwrap_or_else(|| panic!("{} never ran", planned.config.branch));
         assert!(
