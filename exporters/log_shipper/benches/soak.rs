@@ -371,6 +371,28 @@ fn metric_sum(url: &str, name: &str) -> Option<f64> {
     )
 }
 
+/// Whether the shipper has looked at `file` at its current size and read all of it.
+fn has_read_all(url: &str, file: &Path) -> bool {
+    let Ok(size) = std::fs::metadata(file).map(|m| m.len()) else {
+        return false;
+    };
+    let Ok(response) = test_harness::http::get(url, &[]) else {
+        return false;
+    };
+    let label = format!("file=\"{}\"", file.display());
+    let value = |name: &str| {
+        response.body.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !rest.starts_with('{') || !rest.contains(&label) {
+                return None;
+            }
+            rest.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+    };
+    value("log_shipper_file_size_bytes") == Some(size as f64)
+        && value("log_shipper_file_lag_bytes") == Some(0.0)
+}
+
 fn shipper_is_running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit_once(')')
@@ -509,12 +531,12 @@ fn write_loop(
                     rotated.push((Instant::now(), target));
                 }
                 _ => {
-                    // In place: only once the shipper has read everything (lag 0), as
-                    // PostgreSQL truncates a file hours after it last wrote to it.
+                    // In place: only once the shipper has read everything, as PostgreSQL
+                    // truncates a file hours after it last wrote to it. Its lag alone is not
+                    // enough: it counts from the size at the shipper's last look, 0 until the
+                    // shipper sees the last write (truncating then lost that write's records).
                     let deadline = Instant::now() + Duration::from_secs(120);
-                    while metric_sum(metrics_url, "log_shipper_file_lag_bytes") != Some(0.0)
-                        && Instant::now() < deadline
-                    {
+                    while !has_read_all(metrics_url, &live) && Instant::now() < deadline {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                     file.set_len(0).unwrap();
