@@ -220,17 +220,7 @@ impl Tailer {
                 && d.fid.head_matches(&head)
                 && d.offset <= size
         }) {
-            let d = self.dead.remove(i);
-            self.young.remove(&(fid.dev, fid.ino));
-            self.add_stream(
-                next_stream_id(),
-                file,
-                path,
-                fid,
-                size,
-                d.offset,
-                "back in the globs",
-            );
+            self.resume_ended(i, file, path, fid, size, "back in the globs");
             return;
         }
         // A file just created may still be written by `cp` (copytruncate): decide once its
@@ -265,17 +255,7 @@ impl Tailer {
             if size < self.dead[i].offset && first_seen.elapsed() < COPY_WAIT {
                 return;
             }
-            let d = self.dead.remove(i);
-            self.young.remove(&key);
-            self.add_stream(
-                next_stream_id(),
-                file,
-                path,
-                fid,
-                size,
-                d.offset.min(size),
-                "copy of an ended file",
-            );
+            self.resume_ended(i, file, path, fid, size, "copy of an ended file");
             return;
         }
         if !full && !settled {
@@ -322,6 +302,23 @@ impl Tailer {
         if self.warned.len() == MAX_WARNED {
             warn!(source = %source, "{MAX_WARNED} paths warned about: further ones are logged at debug level only.");
         }
+    }
+
+    /// Reads `file` on as a new stream from where the ended file `dead[i]` (the same file back
+    /// in the globs, or a copy of it) ended, at most its size, and forgets the ended file.
+    fn resume_ended(
+        &mut self,
+        i: usize,
+        file: File,
+        path: &Path,
+        fid: FileId,
+        size: u64,
+        why: &str,
+    ) {
+        let ended = self.dead.remove(i);
+        self.young.remove(&(fid.dev, fid.ino));
+        let start = ended.offset.min(size);
+        self.add_stream(next_stream_id(), file, path, fid, size, start, why);
     }
 
     /// Starts reading `file` at `start` as stream `id` (a new one, or a checkpointed file's,
